@@ -1,0 +1,109 @@
+"""The distributed communication: `TPComm` whose TP group spans processes (gloo or NCCL).
+
+Process p of a TP group of P processes holds the R = tp / P consecutive ranks
+[p * R, (p + 1) * R): R = 1 is plain distributed TP, R > 1 the hybrid mode. The model code never
+imports this module; the caller builds a comm here and hands it to `ParallelGPT`.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+from .comm import CommCounter, TPComm
+
+_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+
+
+class DistributedComm(TPComm):
+    cross_process = True
+
+    def __init__(self, tp: int, group: dist.ProcessGroup | None = None,
+                 counter: CommCounter | None = None):
+        if not dist.is_initialized():
+            raise RuntimeError("torch.distributed is not initialized: call init_distributed() first")
+        nproc = dist.get_world_size(group)
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1 or tp % nproc:
+            raise ValueError(f"tp={tp!r} must be a multiple of the TP group's {nproc} processes")
+        per_proc = tp // nproc
+        me = dist.get_rank(group)
+        super().__init__(tp, range(me * per_proc, (me + 1) * per_proc), counter)
+        self.group = group
+        self.nproc = nproc
+        self._stash: dict[torch.nn.Parameter, torch.Tensor] = {}
+
+    def _cross_all_reduce(self, x: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        x = x.contiguous().clone()
+        dist.all_reduce(x, op=_REDUCE_OPS[op], group=self.group)
+        return x
+
+    def _cross_all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        out = x.new_empty((self.nproc * x.shape[0], *x.shape[1:]))
+        dist.all_gather_into_tensor(out, x, group=self.group)
+        return out
+
+    @torch.no_grad()
+    def gather_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        return self._cross_all_gather(x.detach())
+
+    def per_rank_param(self, p: torch.Tensor) -> torch.Tensor:
+        return _StashGrad.apply(p, self._stash)
+
+    @torch.no_grad()
+    def sync_replicated_grads(self, params: list[torch.nn.Parameter]) -> None:
+        """One all-reduce of every stashed per-rank contribution, added to `p.grad`.
+
+        Why our own bucket and not DDP: DDP averages whole gradients over data-parallel replicas;
+        here only one *part* of a gradient (the per-rank uses) must be summed, while the part from
+        replicated uses, identical on every rank, must not be. The stash keeps the two apart.
+        """
+        super().sync_replicated_grads(params)
+        if not params:
+            return
+        parts = [self._stash.pop(p, None) for p in params]
+        flat = torch.cat([torch.zeros(p.numel(), dtype=p.dtype, device=p.device) if g is None
+                          else g.reshape(-1) for p, g in zip(params, parts)])
+        flat = self._cross_all_reduce(flat)
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            g = g.view_as(p)
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.add_(g)
+
+
+class _StashGrad(torch.autograd.Function):
+    """Identity forward; backward moves the gradient into a stash for the deferred all-reduce."""
+
+    @staticmethod
+    def forward(ctx, p, stash):
+        ctx.param, ctx.stash = p, stash
+        return p.view_as(p)
+
+    @staticmethod
+    def backward(ctx, grad):
+        prev = ctx.stash.get(ctx.param)
+        ctx.stash[ctx.param] = grad.clone() if prev is None else prev + grad
+        return None, None
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 300.0) -> tuple[int, int, torch.device]:
+    """Initialise the default process group from torchrun's environment.
+
+    Returns (rank, world_size, device): NCCL and this rank's GPU when CUDA is there, else gloo/CPU.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise RuntimeError("RANK/WORLD_SIZE are not set: launch with torchrun")
+    use_cuda = torch.cuda.is_available() and backend != "gloo"
+    backend = backend or ("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size(), device
