@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .plan import Collective
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class TPComm:
 
     def __init__(self, tp: int, ranks: range | None = None, counter: CommCounter | None = None):
         if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
-            raise ValueError(f"tp={tp!r} is invalid: it must be a positive integer")
+            raise ConfigError(f"tp={tp!r} is invalid: it must be a positive integer")
         self.tp = tp
         self.ranks = range(tp) if ranks is None else ranks
         self.counter = counter if counter is not None else CommCounter()
@@ -120,8 +121,8 @@ class TPComm:
 
     @torch.no_grad()
     def gather_ranks(self, x: torch.Tensor) -> torch.Tensor:
-        """[R, ...] -> [tp, ...]: every rank's shard, for export (not counted as training comm)."""
-        return x
+        """[R, ...] -> [tp, ...]: a copy of every rank's shard, for export (not counted)."""
+        return x.detach().clone()
 
     # --- cross-process primitives: identity when one process holds every rank ---------------
     def _cross_all_reduce(self, x: torch.Tensor, op: str = "sum") -> torch.Tensor:

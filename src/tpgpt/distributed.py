@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from .comm import CommCounter, TPComm
+from .errors import ConfigError
 
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 
@@ -26,7 +27,7 @@ class DistributedComm(TPComm):
             raise RuntimeError("torch.distributed is not initialized: call init_distributed() first")
         nproc = dist.get_world_size(group)
         if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1 or tp % nproc:
-            raise ValueError(f"tp={tp!r} must be a multiple of the TP group's {nproc} processes")
+            raise ConfigError(f"tp={tp!r} must be a multiple of the TP group's {nproc} processes")
         per_proc = tp // nproc
         me = dist.get_rank(group)
         super().__init__(tp, range(me * per_proc, (me + 1) * per_proc), counter)

@@ -17,11 +17,12 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .errors import ConfigError
 
 
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} is invalid: it must be a positive integer")
+        raise ConfigError(f"{name}={value!r} is invalid: it must be a positive integer")
 
 
 @dataclass
@@ -41,14 +42,14 @@ class GPTConfig:
             if f.type in (int, "int"):
                 _check_positive_int(f.name, getattr(self, f.name))
         if self.n_embd % self.n_head:
-            raise ValueError(
+            raise ConfigError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: "
                 f"choose n_embd as a multiple of n_head")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
                 or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout!r} is invalid: it must be in [0, 1)")
+            raise ConfigError(f"dropout={self.dropout!r} is invalid: it must be in [0, 1)")
         if not isinstance(self.bias, bool):
-            raise ValueError(f"bias={self.bias!r} is invalid: it must be true or false")
+            raise ConfigError(f"bias={self.bias!r} is invalid: it must be true or false")
 
 
 class LayerNorm(nn.Module):
@@ -163,7 +164,7 @@ class GPT(nn.Module):
         """idx (B, T) -> (logits, loss). Without targets, only the last position's logits."""
         B, T = idx.shape
         if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size={self.config.block_size}")
+            raise ConfigError(f"sequence length {T} exceeds block_size={self.config.block_size}")
         pos = torch.arange(T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:

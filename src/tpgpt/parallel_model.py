@@ -29,6 +29,7 @@ from .comm import TPComm
 from .model import GPT, LayerNorm, sample_next
 from .plan import SyncPlan, validate_tp
 from .tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+from .errors import ConfigError
 
 
 @dataclass
@@ -146,7 +147,7 @@ class ParallelGPT(nn.Module):
         validate_tp(tp, config.n_head, config.vocab_size, vocab_parallel)
         comm = TPComm(tp) if comm is None else comm
         if comm.tp != tp:
-            raise ValueError(f"tp={tp} but the comm was built for tp={comm.tp}")
+            raise ConfigError(f"tp={tp} but the comm was built for tp={comm.tp}")
         self.config, self.tp, self.comm = config, tp, comm
         self.vocab_parallel = vocab_parallel
         self.plan = SyncPlan.parse(sync, config.n_layer)
@@ -188,7 +189,7 @@ class ParallelGPT(nn.Module):
         got = set(sd) - {"lm_head.weight"}
         if want != got:
             missing, extra = sorted(want - got), sorted(got - want)
-            raise ValueError(f"dense state dict does not match the model: missing {missing[:3]}"
+            raise ConfigError(f"dense state dict does not match the model: missing {missing[:3]}"
                              f"{'...' if len(missing) > 3 else ''}, unexpected {extra[:3]}"
                              f"{'...' if len(extra) > 3 else ''}")
         tp, ranks = self.tp, self.comm.ranks
@@ -258,7 +259,7 @@ class ParallelGPT(nn.Module):
         """
         B, T = idx.shape
         if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size={self.config.block_size}")
+            raise ConfigError(f"sequence length {T} exceeds block_size={self.config.block_size}")
         t = self.transformer
         pos = torch.arange(T, dtype=torch.long, device=idx.device)
         tok = t.wte(idx) if self.vocab_parallel else t.wte(idx).unsqueeze(0)  # [1, B, T, C]

@@ -18,6 +18,7 @@ model code, so that tests can hold the counts the model observes against it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from .errors import ConfigError
 
 LAYER_KINDS = {"tp": (1, 1), "spd": (0, 1), "parallel": (0, 0)}
 _KIND_OF_BITS = {(1, 1): "tp", (0, 1): "spd", (0, 0): "parallel", (1, 0): "attn-sync"}
@@ -39,11 +40,11 @@ class SyncPlan:
         """Read a preset (`spd`), a comma list of kinds (`tp,spd`) or explicit `bits:0111`."""
         if isinstance(spec, SyncPlan):
             if spec.n_layer != n_layer:
-                raise ValueError(f"sync plan {spec.spec!r} is for {spec.n_layer} layers, "
+                raise ConfigError(f"sync plan {spec.spec!r} is for {spec.n_layer} layers, "
                                  f"the model has n_layer={n_layer}")
             return spec
         if not isinstance(spec, str) or not spec.strip():
-            raise ValueError(f"sync={spec!r} is invalid: give a preset (tp, spd, parallel), a comma "
+            raise ConfigError(f"sync={spec!r} is invalid: give a preset (tp, spd, parallel), a comma "
                              f"list of them, or bits:<{2 * n_layer} bits of 0/1>")
         spec = spec.strip()
         if spec.startswith("bits:"):
@@ -51,10 +52,10 @@ class SyncPlan:
         kinds = [k.strip() for k in spec.split(",")]
         for k in kinds:
             if k not in LAYER_KINDS:
-                raise ValueError(f"unknown layer kind {k!r} in sync={spec!r}: valid kinds are "
+                raise ConfigError(f"unknown layer kind {k!r} in sync={spec!r}: valid kinds are "
                                  f"{', '.join(LAYER_KINDS)} (or bits:...)")
         if n_layer % len(kinds):
-            raise ValueError(f"sync={spec!r} lists {len(kinds)} layer kinds, which does not divide "
+            raise ConfigError(f"sync={spec!r} lists {len(kinds)} layer kinds, which does not divide "
                              f"n_layer={n_layer}: give 1 or a divisor of {n_layer} kinds")
         kinds = kinds * (n_layer // len(kinds))
         bits: list[int] = []
@@ -100,26 +101,26 @@ def _parse_bits(body: str, n_layer: int) -> tuple[int, ...]:
     body = body.strip()
     bad = sorted(set(body) - {"0", "1"})
     if bad:
-        raise ValueError(f"sync bits {body!r} contain {''.join(bad)!r}: only 0 and 1 are allowed "
+        raise ConfigError(f"sync bits {body!r} contain {''.join(bad)!r}: only 0 and 1 are allowed "
                          f"({want} bits, 2 per layer: after attention, after MLP)")
     if len(body) != want:
-        raise ValueError(f"sync bits {body!r} have {len(body)} bits: n_layer={n_layer} needs "
+        raise ConfigError(f"sync bits {body!r} have {len(body)} bits: n_layer={n_layer} needs "
                          f"exactly {want} (2 per layer: after attention, after MLP)")
     if body[-1] != "1":
-        raise ValueError(f"sync bits {body!r} end in 0: the last layer must sync after its MLP "
+        raise ConfigError(f"sync bits {body!r} end in 0: the last layer must sync after its MLP "
                          f"(the final LayerNorm needs the whole stream)")
     return tuple(int(c) for c in body)
 
 
 def validate_tp(tp, n_head: int, vocab_size: int, vocab_parallel: bool) -> None:
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
-        raise ValueError(f"tp={tp!r} is invalid: it must be a positive integer")
+        raise ConfigError(f"tp={tp!r} is invalid: it must be a positive integer")
     if n_head % tp:
         divisors = [d for d in range(1, n_head + 1) if n_head % d == 0]
-        raise ValueError(f"tp={tp} does not divide n_head={n_head}: valid tp values are "
+        raise ConfigError(f"tp={tp} does not divide n_head={n_head}: valid tp values are "
                          f"{', '.join(map(str, divisors))}")
     if vocab_parallel and vocab_size % tp:
-        raise ValueError(f"vocab_parallel needs vocab_size divisible by tp: vocab_size={vocab_size} "
+        raise ConfigError(f"vocab_parallel needs vocab_size divisible by tp: vocab_size={vocab_size} "
                          f"is not a multiple of tp={tp} (pad it, e.g. to "
                          f"{-(-vocab_size // tp) * tp})")
 
@@ -156,11 +157,12 @@ def count_collectives(plan: SyncPlan, *, tp: int, n_embd: int, bias: bool, batch
     if tp == 1:
         return []
     act = batch_size * seq_len * n_embd * dtype_bytes
+    loss_bytes = max(dtype_bytes, 4)  # the vocab-parallel loss is computed in fp32 or wider
     out = [Collective("fwd", "all_reduce", "sync", plan.num_syncs, act)]
     if vocab_parallel:
         out += [Collective("fwd", "all_reduce", "embedding", 1, act),
-                Collective("fwd", "all_reduce_max", "loss", 1, batch_size * seq_len * dtype_bytes),
-                Collective("fwd", "all_reduce", "loss", 1, 2 * batch_size * seq_len * dtype_bytes)]
+                Collective("fwd", "all_reduce_max", "loss", 1, batch_size * seq_len * loss_bytes),
+                Collective("fwd", "all_reduce", "loss", 1, 2 * batch_size * seq_len * loss_bytes)]
     if backward:
         out.append(Collective("bwd", "all_reduce", "region", len(plan.regions()), act))
         if vocab_parallel:

@@ -1,0 +1,168 @@
+"""The `tpgpt` command: one entry point, alone or under torchrun (RANK in the environment)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from .model import GPT, GPTConfig
+from .errors import ConfigError
+
+TOLERANCE = 1e-5  # relative, fp32: "exactly the dense model" up to summation order
+
+
+class CliError(Exception):
+    """A bad input from the user: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise CliError(f"{self.prog}: {message}")
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true or false)")
+
+
+def _add_model_args(p: argparse.ArgumentParser, **defaults) -> None:
+    """--field=value for every GPTConfig field, checked by GPTConfig itself."""
+    for f in dataclasses.fields(GPTConfig):
+        kind = {"int": int, "float": float, "bool": _bool}[str(f.type)]
+        extra = {"nargs": "?", "const": True} if kind is _bool else {}
+        p.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name, type=kind,
+                       default=defaults.get(f.name, f.default), metavar=f.name.upper(),
+                       help=f"model: {f.name} (default {defaults.get(f.name, f.default)})", **extra)
+
+
+def _model_config(args) -> GPTConfig:
+    return GPTConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GPTConfig)})
+
+
+def _cmd_plan(args) -> int:
+    from .plan import SyncPlan, validate_tp
+    from .plan_report import format_plan, plan_report
+
+    cfg = _model_config(args)
+    validate_tp(args.tp, cfg.n_head, cfg.vocab_size, args.vocab_parallel)
+    if args.batch_size < 1:
+        raise ConfigError(f"batch_size={args.batch_size} is invalid: it must be >= 1")
+    seq_len = args.seq_len or cfg.block_size
+    if not 1 <= seq_len <= cfg.block_size:
+        raise ConfigError(f"seq_len={seq_len} is invalid: it must be in [1, block_size="
+                         f"{cfg.block_size}]")
+    if args.dtype_bytes not in (2, 4, 8):
+        raise ConfigError(f"dtype_bytes={args.dtype_bytes} is invalid: choose 2, 4 or 8")
+    plans = args.sync or ["tp"]
+    reports = [plan_report(cfg, SyncPlan.parse(s, cfg.n_layer), tp=args.tp,
+                           batch_size=args.batch_size, seq_len=seq_len,
+                           vocab_parallel=args.vocab_parallel, dtype_bytes=args.dtype_bytes)
+               for s in plans]
+    if args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+    else:
+        print("\n\n".join(format_plan(r) for r in reports))
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    import torch
+
+    from .verify import check_plan, check_distributed
+
+    cfg = _model_config(args)
+    for tp in args.tp:
+        from .plan import validate_tp
+        validate_tp(tp, cfg.n_head, cfg.vocab_size, args.vocab_parallel)
+    torch.manual_seed(args.seed)
+    gpt = GPT(cfg)
+    idx = torch.randint(0, cfg.vocab_size, (args.batch_size, cfg.block_size))
+    targets = torch.randint(0, cfg.vocab_size, (args.batch_size, cfg.block_size))
+    distributed = "RANK" in os.environ
+    if distributed:
+        from .distributed import init_distributed
+        rank, world, _ = init_distributed(backend="gloo")
+    rows = []
+    for tp in args.tp:
+        for sync in args.plans:
+            if distributed:
+                rows.append(check_distributed(gpt, tp, sync, idx, targets, args.vocab_parallel))
+            else:
+                rows.append(check_plan(gpt, tp, sync, idx, targets, args.vocab_parallel))
+    ok = all(r["counts_match"] and (not r["exact"] or max(r["loss_err"], r["logits_err"],
+                                                          r["grad_err"]) < TOLERANCE)
+             for r in rows)
+    if distributed and rank != 0:
+        return 0 if ok else 1
+    ref = "simulated" if distributed else "dense"
+    print(f"{'tp':>3}  {'sync':<24} {'fwd syncs':>9}  {'vs ' + ref:<10} {'loss':>9} "
+          f"{'logits':>9} {'grads':>9}  counts = plan")
+    for r in rows:
+        exact = "exact" if r["exact"] else "differs"
+        print(f"{r['tp']:>3}  {r['sync']:<24} {r['forward_syncs']:>9}  {exact:<10} "
+              f"{r['loss_err']:9.1e} {r['logits_err']:9.1e} {r['grad_err']:9.1e}  "
+              f"{'yes' if r['counts_match'] else 'NO'}")
+    print(f"\n{'all checks passed' if ok else 'CHECKS FAILED'} (relative tolerance {TOLERANCE:g}; "
+          f"'differs' rows drop syncs, so they are other models than the {ref} one"
+          + (")" if distributed else ", and only their counts are checked)"))
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tpgpt", description="Tensor-parallel GPT with per-layer sync plans.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    plan = sub.add_parser("plan", help="where a sync plan communicates, and how much",
+                          description="Per-layer sync diagram and the collectives of one training "
+                                      "step (forward with loss, backward, gradient sync).")
+    _add_model_args(plan)
+    plan.add_argument("--tp", type=int, default=2, help="tensor-parallel degree (default 2)")
+    plan.add_argument("--sync", nargs="+", metavar="PLAN",
+                      help="one or more plans: tp | spd | parallel | a comma list such as "
+                           "tp,spd | bits:0111... (default tp)")
+    plan.add_argument("--vocab-parallel", "--vocab_parallel", dest="vocab_parallel", type=_bool,
+                      nargs="?", const=True, default=False, help="vocab-parallel embedding/loss")
+    plan.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=12)
+    plan.add_argument("--seq-len", "--seq_len", dest="seq_len", type=int, default=None,
+                      help="tokens per sequence (default block_size)")
+    plan.add_argument("--dtype-bytes", "--dtype_bytes", dest="dtype_bytes", type=int, default=4,
+                      help="bytes per activation element: 4 fp32, 2 bf16 (default 4)")
+    plan.add_argument("--json", action="store_true", help="print JSON for machines")
+    plan.set_defaults(func=_cmd_plan)
+
+    ver = sub.add_parser("verify", help="check parallel == dense and counts == plan",
+                         description="On a small model: simulated TP with every sync on equals "
+                                     "the dense GPT, and every plan's collectives equal the plan. "
+                                     "Under torchrun: distributed equals simulated, every plan.")
+    _add_model_args(ver, n_layer=4, n_head=4, n_embd=64, vocab_size=96, block_size=32)
+    ver.add_argument("--tp", type=_int_list, default=[1, 2, 4], help="comma list (default 1,2,4)")
+    ver.add_argument("--plans", nargs="+", default=["tp", "spd", "tp,spd", "parallel",
+                                                    "spd,parallel", "bits:01100111"])
+    ver.add_argument("--vocab-parallel", "--vocab_parallel", dest="vocab_parallel", type=_bool,
+                     nargs="?", const=True, default=False)
+    ver.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=4)
+    ver.add_argument("--seed", type=int, default=1337)
+    ver.set_defaults(func=_cmd_verify)
+    return p
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of integers") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except (CliError, ConfigError) as e:
+        print(f"tpgpt: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,78 @@
+"""`tpgpt plan`: what a sync plan communicates, as a per-layer diagram, a table or JSON."""
+from __future__ import annotations
+
+from .plan import SyncPlan, count_collectives, replicated_per_rank_numel
+
+
+def plan_report(config, plan: SyncPlan, *, tp: int, batch_size: int, seq_len: int,
+                vocab_parallel: bool, dtype_bytes: int = 4) -> dict:
+    """Everything `tpgpt plan --json` prints: layers, regions, and collectives per step."""
+    step = count_collectives(plan, tp=tp, n_embd=config.n_embd, bias=config.bias,
+                             batch_size=batch_size, seq_len=seq_len,
+                             vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes)
+    totals: dict[str, dict[str, int]] = {}
+    for c in step:
+        t = totals.setdefault(c.phase, {"count": 0, "bytes": 0})
+        t["count"] += c.count
+        t["bytes"] += c.count * c.nbytes
+    totals["step"] = {"count": sum(t["count"] for t in totals.values()),
+                      "bytes": sum(t["bytes"] for t in totals.values())}
+    baseline = 2 * config.n_layer
+    return {
+        "model": {k: getattr(config, k) for k in
+                  ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "bias")},
+        "tp": tp, "sync": plan.spec, "bits": plan.bitstring, "vocab_parallel": vocab_parallel,
+        "batch_size": batch_size, "seq_len": seq_len, "dtype_bytes": dtype_bytes,
+        "layers": [{"layer": i, "kind": plan.layer_kind(i), "attn_sync": plan.sync_after(2 * i),
+                    "mlp_sync": plan.sync_after(2 * i + 1)} for i in range(config.n_layer)],
+        "regions": plan.regions(),
+        "forward_syncs": plan.num_syncs if tp > 1 else 0,
+        "forward_syncs_all_on": baseline if tp > 1 else 0,
+        "replicated_grad_elements": replicated_per_rank_numel(plan, config.n_embd, config.bias),
+        "collectives": [{"phase": c.phase, "op": c.op, "tag": c.tag, "count": c.count,
+                         "bytes_each": c.nbytes} for c in step],
+        "totals": totals,
+    }
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB" if n >= 1024 \
+        else f"{n} B"
+
+
+_WHAT = {"sync": "residual stream, leaving a region (g)",
+         "region": "residual stream, entering a region (f)",
+         "embedding": "vocab-parallel embedding lookup",
+         "loss": "vocab-parallel cross-entropy",
+         "head": "vocab-parallel LM head input (f)",
+         "replicated_grads": "LayerNorm/bias grads used per rank, bucketed"}
+
+
+def format_plan(r: dict) -> str:
+    m = r["model"]
+    lines = [f"model: {m['n_layer']} layers, {m['n_head']} heads, n_embd {m['n_embd']}, "
+             f"vocab {m['vocab_size']}{' (vocab-parallel)' if r['vocab_parallel'] else ''}",
+             f"tp={r['tp']}  sync={r['sync']!r}  batch {r['batch_size']} x {r['seq_len']} tokens, "
+             f"{r['dtype_bytes']}-byte activations", "",
+             "layer  kind        attn  mlp    region"]
+    region_of = {s: i for i, reg in enumerate(r["regions"]) for s in reg}
+    for layer in r["layers"]:
+        i = layer["layer"]
+        cell = lambda on: "sync" if on else "  - "  # noqa: E731
+        regs = sorted({region_of[2 * i], region_of[2 * i + 1]})
+        lines.append(f"{i:5d}  {layer['kind']:<10}  {cell(layer['attn_sync'])}  "
+                     f"{cell(layer['mlp_sync'])}   {', '.join(map(str, regs))}")
+    n, base = r["forward_syncs"], r["forward_syncs_all_on"]
+    lines += ["", f"forward all-reduces of the residual stream per pass: {n}"
+              + (f" (all-on: {base}, {100 * (base - n) / base:.0f}% fewer)" if base else
+                 " (tp=1: nothing to communicate)"), ""]
+    if not r["collectives"]:
+        return "\n".join(lines + ["per training step: no collectives"])
+    lines.append("per training step (forward with loss, backward, gradient sync):")
+    lines.append(f"  {'phase':<5} {'op':<15} {'count':>5}  {'each':>11}  {'total':>11}  what")
+    for c in r["collectives"]:
+        lines.append(f"  {c['phase']:<5} {c['op']:<15} {c['count']:>5}  {_mb(c['bytes_each']):>11}"
+                     f"  {_mb(c['count'] * c['bytes_each']):>11}  {_WHAT.get(c['tag'], c['tag'])}")
+    t = r["totals"]["step"]
+    lines.append(f"  total {t['count']} collectives, {_mb(t['bytes'])} per rank buffer")
+    return "\n".join(lines)
