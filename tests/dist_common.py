@@ -1,0 +1,34 @@
+"""Shared by the distributed worker and the test that checks it: model shape and batch."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+
+from tpgpt import GPTConfig
+
+CONFIG = GPTConfig(block_size=8, vocab_size=64, n_layer=6, n_head=4, n_embd=32, bias=True)
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def make_batch():
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, CONFIG.vocab_size, (2, 8), generator=g)
+    targets = torch.randint(0, CONFIG.vocab_size, (2, 8), generator=g)
+    targets[1, :2] = -1
+    return idx, targets
+
+
+def torchrun(nproc: int, script: str, args: list[str], timeout: float = 300,
+             extra: list[str] | None = None) -> subprocess.CompletedProcess:
+    """torchrun on loopback with a free port; fails the test with torchrun's own output."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", *(extra or []), script, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise AssertionError(f"torchrun exited {proc.returncode}:\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
+    return proc

@@ -1,0 +1,47 @@
+"""Run by tests/test_distributed.py under torchrun: one training step per case, results saved.
+
+usage: torchrun --nproc_per_node=P tests/dist_worker.py OUT_DIR TP CASE [CASE ...]
+where CASE is PLAN or PLAN@vp (vocab-parallel). Every process builds the same dense GPT from the
+seed and takes its own shards; rank k writes OUT_DIR/rank{k}_case{i}.pt.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from dist_common import CONFIG, make_batch  # noqa: E402
+from tpgpt import GPT, ParallelGPT  # noqa: E402
+from tpgpt.distributed import DistributedComm, init_distributed  # noqa: E402
+
+
+def main() -> None:
+    out, tp, cases = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    rank, _, _ = init_distributed(backend="gloo", timeout_s=120)
+    torch.set_num_threads(1)
+    idx, targets = make_batch()
+    for i, case in enumerate(cases):
+        sync, _, vp = case.partition("@")
+        torch.manual_seed(0)
+        gpt = GPT(CONFIG)
+        comm = DistributedComm(tp)
+        model = ParallelGPT.from_dense(gpt, tp=tp, sync=sync, comm=comm, vocab_parallel=vp == "vp")
+        _, loss = model(idx, targets, return_logits=False)
+        loss.backward()
+        model.sync_replicated_grads()
+        counts = comm.counter.summary()
+        with torch.no_grad():
+            logits, _ = model(idx, targets)
+        torch.save({"ranks": list(comm.ranks), "loss": loss.detach(), "logits": logits,
+                    "grads": {n: p.grad for n, p in model.named_parameters()},
+                    "counts": counts, "cross_process": {e.cross_process for e in
+                                                        comm.counter.events}},
+                   os.path.join(out, f"rank{rank}_case{i}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
