@@ -30,6 +30,7 @@ class SyncPlan:
 
     bits: tuple[int, ...]
     spec: str
+    kinds: tuple[str, ...] | None = None  # the declared layer kinds, when given as kinds
 
     @property
     def n_layer(self) -> int:
@@ -64,12 +65,14 @@ class SyncPlan:
             run_ends = kind == "parallel" and (i == n_layer - 1 or kinds[i + 1] != "parallel")
             bits += [a, 1 if run_ends else m]
         bits[-1] = 1  # the final LayerNorm reads the whole stream
-        return cls(tuple(bits), spec)
+        return cls(tuple(bits), spec, tuple(kinds))
 
     def sync_after(self, sublayer: int) -> bool:
         return bool(self.bits[sublayer])
 
     def layer_kind(self, layer: int) -> str:
+        if self.kinds is not None:
+            return self.kinds[layer]
         a, m = self.bits[2 * layer], self.bits[2 * layer + 1]
         return _KIND_OF_BITS[(a, m)]
 

@@ -1,0 +1,114 @@
+"""Sync plans: parsing, regions, and the counts of `tpgpt plan --json` against observed runs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_gpt
+from tpgpt import ParallelGPT, SyncPlan
+from tpgpt.cli import main
+from tpgpt.plan import count_collectives, summarize
+
+
+def plan_json(capsys, *args) -> dict:
+    assert main(["plan", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_presets_expand_to_bits():
+    assert SyncPlan.parse("tp", 3).bitstring == "111111"
+    assert SyncPlan.parse("spd", 3).bitstring == "010101"
+    assert SyncPlan.parse("parallel", 3).bitstring == "000001"
+    assert SyncPlan.parse("tp,spd", 4).bitstring == "11011101"
+    assert SyncPlan.parse(" tp , spd ", 2).bitstring == "1101"
+
+
+def test_a_run_of_parallel_layers_syncs_once_at_its_end():
+    # spd,parallel,parallel: each run of two parallel layers ends with one sync
+    assert SyncPlan.parse("spd,parallel,parallel", 6).bitstring == "010001" * 2
+    # a lone parallel layer is an spd layer
+    assert SyncPlan.parse("tp,parallel", 4).bitstring == SyncPlan.parse("tp,spd", 4).bitstring
+    assert SyncPlan.parse("parallel,tp", 2).bitstring == "0111"
+
+
+def test_explicit_bits_and_regions():
+    plan = SyncPlan.parse("bits:1001", 2)
+    assert plan.bits == (1, 0, 0, 1)
+    assert plan.regions() == [[0], [1, 2, 3]]
+    assert plan.region_starts() == [True, True, False, False]
+    assert plan.layer_kind(0) == "attn-sync" and plan.layer_kind(1) == "spd"
+
+
+@pytest.mark.parametrize("sync,fwd", [("tp", 24), ("tp,spd", 18), ("tp,spd,spd", 16), ("spd", 12),
+                                      ("spd,parallel", 12), ("spd,parallel,parallel", 8),
+                                      ("spd,parallel,parallel,parallel", 6), ("parallel", 1)])
+def test_twelve_layer_forward_all_reduces(capsys, sync, fwd):
+    r = plan_json(capsys, "--n_layer=12", "--sync", sync, "--tp", "2")
+    assert r["forward_syncs"] == fwd
+    lines = {(c["phase"], c["tag"]): c for c in r["collectives"]}
+    assert lines[("fwd", "sync")]["count"] == fwd
+    assert lines[("bwd", "region")]["count"] == fwd  # one f per region entered
+    assert lines[("fwd", "sync")]["bytes_each"] == 12 * 1024 * 768 * 4
+    assert r["totals"]["fwd"]["count"] == fwd
+
+
+def test_plan_shows_the_true_count_for_mixed_patterns(capsys):
+    main(["plan", "--n_layer=12", "--sync", "spd,parallel,parallel"])
+    text = capsys.readouterr().out
+    assert "per pass: 8 (all-on: 24, 67% fewer)" in text
+    assert "    2  parallel      -     sync" in text  # the run's last layer carries the sync
+
+
+def test_tp1_communicates_nothing(capsys):
+    r = plan_json(capsys, "--tp", "1", "--sync", "spd")
+    assert r["collectives"] == [] and r["forward_syncs"] == 0
+
+
+CASES = [(tp, sync, vp, bias) for tp in (2, 4) for sync in
+         ("tp", "spd", "parallel", "tp,spd", "spd,parallel", "bits:01001101")
+         for vp in (False, True) for bias in (True, False)]
+
+
+@pytest.mark.parametrize("tp,sync,vp,bias", CASES)
+def test_observed_counts_equal_plan_json(capsys, tp, sync, vp, bias, batch):
+    """The collectives a simulated training step records equal `tpgpt plan --json`, bytes too."""
+    idx, targets = batch
+    gpt = make_gpt(bias=bias)
+    model = ParallelGPT.from_dense(gpt, tp=tp, sync=sync, vocab_parallel=vp)
+    _, loss = model(idx, targets, return_logits=False)
+    loss.backward()
+    model.sync_replicated_grads()
+    c = gpt.config
+    r = plan_json(capsys, f"--n_layer={c.n_layer}", f"--n_head={c.n_head}", f"--n_embd={c.n_embd}",
+                  f"--vocab_size={c.vocab_size}", f"--block_size={c.block_size}", f"--bias={bias}",
+                  "--tp", str(tp), "--sync", sync, f"--vocab_parallel={vp}",
+                  "--batch_size", str(idx.shape[0]), "--seq_len", str(idx.shape[1]))
+    planned = {(x["phase"], x["op"], x["tag"]): (x["count"], x["count"] * x["bytes_each"])
+               for x in r["collectives"]}
+    assert model.comm.counter.summary() == planned
+
+
+def test_forward_only_counts_and_logits_gather(batch):
+    idx, _ = batch
+    model = ParallelGPT.from_dense(make_gpt(), tp=2, sync="spd", vocab_parallel=True)
+    with torch.no_grad():
+        logits, _ = model(idx)
+    observed = model.comm.counter.summary()
+    assert observed[("fwd", "all_reduce", "sync")][0] == 4
+    assert observed[("fwd", "all_gather", "logits")] == (1, 3 * 1 * 96 * 4)
+    assert not any(k[0] == "bwd" for k in observed)
+    assert logits.shape == (3, 1, 96)
+
+
+def test_counts_are_exact_not_at_least():
+    """A plan with a dropped sync must not be counted like the all-on plan (no slack)."""
+    a = summarize(count_collectives(SyncPlan.parse("tp", 4), tp=2, n_embd=8, bias=True,
+                                    batch_size=1, seq_len=1))
+    b = summarize(count_collectives(SyncPlan.parse("spd", 4), tp=2, n_embd=8, bias=True,
+                                    batch_size=1, seq_len=1))
+    assert a[("fwd", "all_reduce", "sync")][0] == 8 and b[("fwd", "all_reduce", "sync")][0] == 4
+    assert ("grad", "all_reduce", "replicated_grads") not in a
+    # spd: 4 regions of 2 sublayers, each: 2 LayerNorms (w + b) + the attention output bias
+    assert b[("grad", "all_reduce", "replicated_grads")] == (1, 4 * (2 * 16 + 8) * 4)
