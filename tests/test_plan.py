@@ -58,7 +58,7 @@ def test_plan_shows_the_true_count_for_mixed_patterns(capsys):
     main(["plan", "--n_layer=12", "--sync", "spd,parallel,parallel"])
     text = capsys.readouterr().out
     assert "per pass: 8 (all-on: 24, 67% fewer)" in text
-    assert "    2  parallel      -     sync" in text  # the run's last layer carries the sync
+    assert "    2  parallel      -   sync" in text  # the run's last layer carries the sync
 
 
 def test_tp1_communicates_nothing(capsys):
