@@ -89,12 +89,16 @@ def _cmd_verify(args) -> int:
         from .distributed import init_distributed
         rank, world, _ = init_distributed(backend="gloo")
     rows = []
-    for tp in args.tp:
-        for sync in args.plans:
-            if distributed:
-                rows.append(check_distributed(gpt, tp, sync, idx, targets, args.vocab_parallel))
-            else:
-                rows.append(check_plan(gpt, tp, sync, idx, targets, args.vocab_parallel))
+    try:
+        for tp in args.tp:
+            for sync in args.plans:
+                check = check_distributed if distributed else check_plan
+                rows.append(check(gpt, tp, sync, idx, targets, args.vocab_parallel))
+    finally:
+        if distributed:
+            import torch.distributed as dist
+            dist.barrier()
+            dist.destroy_process_group()
     ok = all(r["counts_match"] and (not r["exact"] or max(r["loss_err"], r["logits_err"],
                                                           r["grad_err"]) < TOLERANCE)
              for r in rows)

@@ -16,6 +16,8 @@ from .comm import CommCounter, TPComm
 from .errors import ConfigError
 
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+# torch 2.13 renamed all_gather_into_tensor (deprecated there) to all_gather_single
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
 class DistributedComm(TPComm):
@@ -43,7 +45,7 @@ class DistributedComm(TPComm):
     def _cross_all_gather(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
         out = x.new_empty((self.nproc * x.shape[0], *x.shape[1:]))
-        dist.all_gather_into_tensor(out, x, group=self.group)
+        _all_gather_single(out, x, group=self.group)
         return out
 
     @torch.no_grad()
