@@ -98,6 +98,11 @@ class TPComm:
         return _ScatterToTP.apply(x, self, dim, tag)
 
     @torch.no_grad()
+    def all_reduce_sum(self, x: torch.Tensor, phase: str, tag: str) -> torch.Tensor:
+        """[R, ...] -> [1, ...] summed over all tp ranks, outside autograd (e.g. a grad norm)."""
+        return self._all_reduce_ranks(x, phase, tag)
+
+    @torch.no_grad()
     def all_reduce_max(self, x: torch.Tensor, tag: str) -> torch.Tensor:
         """[R, ...] -> [1, ...] elementwise max over all tp ranks (no gradient)."""
         self._record("fwd", "all_reduce_max", tag, x[0])

@@ -24,7 +24,11 @@ class DistributedComm(TPComm):
     cross_process = True
 
     def __init__(self, tp: int, group: dist.ProcessGroup | None = None,
-                 counter: CommCounter | None = None):
+                 counter: CommCounter | None = None,
+                 grad_group: dist.ProcessGroup | None = None, grad_scale: float = 1.0):
+        """`grad_group`/`grad_scale`: with data parallelism, the per-rank parts of replicated
+        gradients are summed over the TP x DP group and scaled by 1/dp in one all-reduce (DDP
+        averages the rest of the gradient over DP)."""
         if not dist.is_initialized():
             raise RuntimeError("torch.distributed is not initialized: call init_distributed() first")
         nproc = dist.get_world_size(group)
@@ -35,6 +39,7 @@ class DistributedComm(TPComm):
         super().__init__(tp, range(me * per_proc, (me + 1) * per_proc), counter)
         self.group = group
         self.nproc = nproc
+        self.grad_group, self.grad_scale = grad_group if grad_group is not None else group, grad_scale
         self._stash: dict[torch.nn.Parameter, torch.Tensor] = {}
 
     def _cross_all_reduce(self, x: torch.Tensor, op: str = "sum") -> torch.Tensor:
@@ -69,7 +74,10 @@ class DistributedComm(TPComm):
         parts = [self._stash.pop(p, None) for p in params]
         flat = torch.cat([torch.zeros(p.numel(), dtype=p.dtype, device=p.device) if g is None
                           else g.reshape(-1) for p, g in zip(params, parts)])
-        flat = self._cross_all_reduce(flat)
+        flat = flat.contiguous()
+        dist.all_reduce(flat, group=self.grad_group)
+        if self.grad_scale != 1.0:
+            flat.mul_(self.grad_scale)
         for p, g in zip(params, flat.split([p.numel() for p in params])):
             g = g.view_as(p)
             if p.grad is None:
@@ -79,7 +87,10 @@ class DistributedComm(TPComm):
 
 
 class _StashGrad(torch.autograd.Function):
-    """Identity forward; backward moves the gradient into a stash for the deferred all-reduce."""
+    """Identity forward; backward moves the gradient into a stash for the deferred all-reduce.
+
+    It hands autograd zeros rather than None, so the parameter still counts as used (DDP
+    expects a gradient for every parameter)."""
 
     @staticmethod
     def forward(ctx, p, stash):
@@ -90,7 +101,7 @@ class _StashGrad(torch.autograd.Function):
     def backward(ctx, grad):
         prev = ctx.stash.get(ctx.param)
         ctx.stash[ctx.param] = grad.clone() if prev is None else prev + grad
-        return None, None
+        return torch.zeros_like(grad), None
 
 
 def init_distributed(backend: str | None = None, timeout_s: float = 300.0) -> tuple[int, int, torch.device]:

@@ -283,6 +283,15 @@ class ParallelGPT(nn.Module):
             if return_logits else None
         return logits, loss
 
+    def sharded_param_ids(self) -> set[int]:
+        """ids of the parameters split over ranks (every other parameter is replicated)."""
+        shard_types = (ColumnParallelLinear, VocabParallelEmbedding)
+        out = {id(m.weight) for m in self.modules() if isinstance(m, RowParallelLinear)}
+        for m in self.modules():
+            if isinstance(m, shard_types):
+                out |= {id(p) for p in m.parameters(recurse=False)}
+        return out
+
     def sync_replicated_grads(self) -> None:
         """Sum, across the TP group, the gradients of replicated parameters used per rank."""
         self.comm.sync_replicated_grads(self._per_rank)

@@ -173,6 +173,8 @@ def count_collectives(plan: SyncPlan, *, tp: int, n_embd: int, bias: bool, batch
         n = replicated_per_rank_numel(plan, n_embd, bias)
         if n:
             out.append(Collective("grad", "all_reduce", "replicated_grads", 1, n * dtype_bytes))
+        if grad_clip:
+            out.append(Collective("grad", "all_reduce", "grad_norm", 1, 8))
     return out
 
 

@@ -45,7 +45,8 @@ _WHAT = {"sync": "residual stream, leaving a region (g)",
          "embedding": "vocab-parallel embedding lookup",
          "loss": "vocab-parallel cross-entropy",
          "head": "vocab-parallel LM head input (f)",
-         "replicated_grads": "LayerNorm/bias grads used per rank, bucketed"}
+         "replicated_grads": "LayerNorm/bias grads used per rank, bucketed",
+         "grad_norm": "squared norm of sharded grads, for clipping"}
 
 
 def format_plan(r: dict) -> str:

@@ -1,0 +1,295 @@
+"""Datasets: prepare token files, then read batches from them by memory map.
+
+A prepared dataset is a directory with `train.bin` and `val.bin` (uint16 tokens, as nanoGPT
+writes them) and `meta.json` (the tokenizer and vocabulary: JSON, never a pickle).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import urllib.error
+import urllib.request
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
+                   "tinyshakespeare/input.txt")
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+SHAKESPEARE_ENV = "TPGPT_SHAKESPEARE"  # a local copy of the corpus, used when --input is not given
+
+
+# --- tokenizers --------------------------------------------------------------------------------
+class Tokenizer:
+    name = "?"
+    vocab_size = 0
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids) -> str:
+        raise NotImplementedError
+
+    def meta(self) -> dict:
+        return {"tokenizer": self.name, "vocab_size": self.vocab_size}
+
+
+class CharTokenizer(Tokenizer):
+    """One token per distinct character of the corpus, in sorted order (nanoGPT's)."""
+
+    name = "char"
+
+    def __init__(self, chars: str):
+        self.chars = chars
+        self.vocab_size = len(chars)
+        self.stoi = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def fit(cls, text: str) -> "CharTokenizer":
+        return cls("".join(sorted(set(text))))
+
+    def encode(self, text: str) -> list[int]:
+        bad = sorted({c for c in text if c not in self.stoi})
+        if bad:
+            raise ConfigError(f"text has characters outside the vocabulary: "
+                              f"{''.join(bad)[:20]!r}; the vocabulary is {self.chars[:80]!r}")
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def meta(self) -> dict:
+        return {**super().meta(), "chars": self.chars}
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes: 256 tokens, any text."""
+
+    name = "byte"
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+class TiktokenTokenizer(Tokenizer):
+    """A tiktoken encoding (GPT-2 BPE for OpenWebText); `encoding` may be given directly."""
+
+    def __init__(self, encoding_name: str = "gpt2", encoding=None):
+        import tiktoken
+
+        self.enc = encoding if encoding is not None else tiktoken.get_encoding(encoding_name)
+        self.name = f"tiktoken:{self.enc.name}"
+        self.vocab_size = self.enc.n_vocab
+
+    def encode(self, text: str) -> list[int]:
+        return self.enc.encode_ordinary(text)
+
+    def decode(self, ids) -> str:
+        return self.enc.decode(list(ids))
+
+
+def tokenizer_from_meta(meta: dict) -> Tokenizer:
+    kind = meta.get("tokenizer")
+    if kind == "char":
+        return CharTokenizer(meta["chars"])
+    if kind == "byte":
+        return ByteTokenizer()
+    if isinstance(kind, str) and kind.startswith("tiktoken:"):
+        return TiktokenTokenizer(kind.split(":", 1)[1])
+    raise ConfigError(f"meta.json names an unknown tokenizer {kind!r}: expected char, byte or "
+                      f"tiktoken:<name>")
+
+
+# --- preparing ---------------------------------------------------------------------------------
+def _check_out_dir(out: str, force: bool) -> None:
+    if os.path.exists(os.path.join(out, "train.bin")) and not force:
+        raise ConfigError(f"{out} already holds a prepared dataset: pass --force to replace it")
+    os.makedirs(out, exist_ok=True)
+
+
+def _write_split(out: str, name: str, ids) -> int:
+    arr = np.asarray(ids, dtype=np.uint16)
+    tmp = os.path.join(out, f".{name}.bin.tmp")
+    arr.tofile(tmp)
+    os.replace(tmp, os.path.join(out, f"{name}.bin"))  # never a half-written file
+    return int(arr.size)
+
+
+def _write_meta(out: str, meta: dict) -> None:
+    tmp = os.path.join(out, ".meta.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(tmp, os.path.join(out, "meta.json"))
+
+
+def write_dataset(out: str, tok: Tokenizer, train_ids, val_ids, source: str) -> dict:
+    if tok.vocab_size > 65536:
+        raise ConfigError(f"vocab_size={tok.vocab_size} does not fit uint16 token files")
+    n_train = _write_split(out, "train", train_ids)
+    n_val = _write_split(out, "val", val_ids)
+    meta = {**tok.meta(), "train_tokens": n_train, "val_tokens": n_val, "source": source}
+    _write_meta(out, meta)
+    return meta
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+
+
+def fetch_shakespeare(input_path: str | None) -> str:
+    """The corpus from --input, $TPGPT_SHAKESPEARE, or a download; its sha256 is checked."""
+    path = input_path or os.environ.get(SHAKESPEARE_ENV)
+    if path:
+        if not os.path.exists(path):
+            _missing(path)
+        with open(path, "rb") as f:
+            data = f.read()
+        where = path
+    else:
+        try:
+            with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as r:
+                data = r.read()
+        except (urllib.error.URLError, OSError) as e:
+            raise ConfigError(f"cannot download Tiny Shakespeare ({getattr(e, 'reason', e)}): "
+                              f"pass a local copy with --input FILE or set {SHAKESPEARE_ENV}") \
+                from None
+        where = SHAKESPEARE_URL
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != SHAKESPEARE_SHA256:
+        raise ConfigError(f"{where} is not Tiny Shakespeare (sha256 {digest[:12]}..., expected "
+                          f"{SHAKESPEARE_SHA256[:12]}...): use 'tpgpt prepare text' for other text")
+    return data.decode("utf-8")
+
+
+def _missing(path: str):
+    raise ConfigError(f"input file {path} does not exist")
+
+
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    n = int(len(text) * (1 - val_fraction))
+    return text[:n], text[n:]
+
+
+def prepare_shakespeare_char(out: str, input_path: str | None = None, force: bool = False) -> dict:
+    """nanoGPT's character-level Tiny Shakespeare: 65 characters, first 90 % train."""
+    _check_out_dir(out, force)
+    text = fetch_shakespeare(input_path)
+    tok = CharTokenizer.fit(text)
+    train, val = split_text(text, 0.1)
+    return write_dataset(out, tok, tok.encode(train), tok.encode(val), "tinyshakespeare")
+
+
+def prepare_text(out: str, input_path: str, tokenizer: str = "char", val_fraction: float = 0.1,
+                 force: bool = False) -> dict:
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction={val_fraction} is invalid: it must be in (0, 1)")
+    if tokenizer not in ("char", "byte"):
+        raise ConfigError(f"tokenizer {tokenizer!r} is invalid: choose char or byte")
+    if not os.path.exists(input_path):
+        _missing(input_path)
+    _check_out_dir(out, force)
+    text = read_text(input_path)
+    if len(text) < 2:
+        raise ConfigError(f"{input_path} is too short to split into train and val")
+    tok = CharTokenizer.fit(text) if tokenizer == "char" else ByteTokenizer()
+    train, val = split_text(text, val_fraction)
+    return write_dataset(out, tok, tok.encode(train), tok.encode(val),
+                         os.path.basename(input_path))
+
+
+def prepare_openwebtext(out: str, num_proc: int = 8, force: bool = False, dataset=None,
+                        encoding=None, val_fraction: float = 0.0005, seed: int = 2357) -> dict:
+    """GPT-2 BPE tokens of OpenWebText (HF `datasets` + `tiktoken`), nanoGPT's split.
+
+    `dataset` (anything with a "text" column, e.g. a `datasets.Dataset`) and `encoding` (a
+    tiktoken Encoding) default to the hub's openwebtext and GPT-2's BPE, which need the network.
+    Each document ends with the end-of-text token.
+    """
+    _check_out_dir(out, force)
+    if dataset is None:
+        import datasets
+
+        dataset = datasets.load_dataset("openwebtext", num_proc=num_proc, split="train")
+    tok = TiktokenTokenizer(encoding=encoding)
+    eot = tok.enc.eot_token
+    splits = dataset.train_test_split(test_size=val_fraction, seed=seed, shuffle=True)
+
+    def encode(batch):
+        return {"ids": [tok.encode(t) + [eot] for t in batch["text"]]}
+
+    ids = {name: np.concatenate([np.asarray(x, dtype=np.uint16) for x in
+                                 d.map(encode, batched=True, remove_columns=["text"])["ids"]])
+           for name, d in (("train", splits["train"]), ("val", splits["test"]))}
+    return write_dataset(out, tok, ids["train"], ids["val"], "openwebtext")
+
+
+# --- reading -----------------------------------------------------------------------------------
+def load_meta(data_dir: str) -> dict:
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.isdir(data_dir):
+        raise ConfigError(f"data_dir {data_dir} does not exist: run 'tpgpt prepare' first")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing: run 'tpgpt prepare' for this data_dir") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("vocab_size"), int) \
+            or meta["vocab_size"] < 1:
+        raise ConfigError(f"{path} has no positive integer vocab_size")
+    tokenizer_from_meta(meta)  # checks the tokenizer entry
+    if meta["tokenizer"] == "char" and len(meta["chars"]) != meta["vocab_size"]:
+        raise ConfigError(f"{path}: {len(meta['chars'])} chars but vocab_size={meta['vocab_size']}")
+    return meta
+
+
+class TokenFile:
+    """One split of uint16 tokens, read by memory map; opened anew per batch as nanoGPT does
+    (a long-lived np.memmap keeps every page it touched in memory)."""
+
+    def __init__(self, path: str, block_size: int, vocab_size: int):
+        if not os.path.exists(path):
+            raise ConfigError(f"{path} is missing: run 'tpgpt prepare' for this data_dir")
+        size = os.path.getsize(path)
+        if size % 2:
+            raise ConfigError(f"{path} is truncated: {size} bytes is not a whole number of "
+                              f"uint16 tokens")
+        self.path, self.n = path, size // 2
+        if self.n <= block_size + 1:
+            raise ConfigError(f"{path} holds {self.n} tokens, too few for block_size="
+                              f"{block_size}: it needs more than {block_size + 1}")
+        self.block_size = block_size
+        self.vocab_size = vocab_size
+
+    def batch(self, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        data = np.memmap(self.path, dtype=np.uint16, mode="r")
+        T = self.block_size
+        rows = np.stack([data[i:i + T + 1] for i in offsets.tolist()]).astype(np.int64)
+        xy = torch.from_numpy(rows)
+        return xy[:, :-1], xy[:, 1:]
+
+    def random_offsets(self, shape, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(self.n - self.block_size, shape, generator=generator)
+
+
+def check_tokens_in_vocab(path: str, vocab_size: int, limit: int = 50_000_000) -> None:
+    """Every token id < vocab_size (checked in full up to `limit` tokens, else the first ones)."""
+    data = np.memmap(path, dtype=np.uint16, mode="r")
+    top = int(data[:limit].max()) if data.size else 0
+    if top >= vocab_size:
+        raise ConfigError(f"{path} holds token id {top}, outside the vocabulary of "
+                          f"meta.json (vocab_size={vocab_size}): the files do not match")
