@@ -155,7 +155,7 @@ def replicated_per_rank_numel(plan: SyncPlan, n_embd: int, bias: bool) -> int:
 
 def count_collectives(plan: SyncPlan, *, tp: int, n_embd: int, bias: bool, batch_size: int,
                       seq_len: int, vocab_parallel: bool = False, dtype_bytes: int = 4,
-                      backward: bool = True) -> list[Collective]:
+                      backward: bool = True, grad_clip: bool = False) -> list[Collective]:
     """Every collective of one training step (forward with loss, backward, gradient sync)."""
     if tp == 1:
         return []
