@@ -118,6 +118,45 @@ def _cmd_verify(args) -> int:
     return 0 if ok else 1
 
 
+def _cmd_prepare(args) -> int:
+    from . import data
+
+    if args.dataset == "shakespeare_char":
+        meta = data.prepare_shakespeare_char(args.out, args.input, force=args.force)
+    elif args.dataset == "text":
+        if not args.input:
+            raise CliError("tpgpt prepare text: --input FILE is required")
+        meta = data.prepare_text(args.out, args.input, args.tokenizer, args.val_fraction,
+                                 force=args.force)
+    else:
+        meta = data.prepare_openwebtext(args.out, num_proc=args.num_proc, force=args.force)
+    print(f"prepared {args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val "
+          f"tokens, tokenizer {meta['tokenizer']}, vocab_size {meta['vocab_size']}")
+    return 0
+
+
+def _cmd_train(args, extra: list[str]) -> int:
+    from .config import load_config, parse_overrides
+    from .train import Trainer
+
+    cfg = load_config(args.config, parse_overrides(extra))
+    trainer = Trainer(cfg, resume=args.resume)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    from .sample import sample
+
+    texts = sample(args.ckpt, args.prompt, args.num_samples, args.max_new_tokens,
+                   args.temperature, args.top_k, args.seed, args.device)
+    print("\n---------------\n".join(texts))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tpgpt", description="Tensor-parallel GPT with per-layer sync plans.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -153,6 +192,39 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=4)
     ver.add_argument("--seed", type=int, default=1337)
     ver.set_defaults(func=_cmd_verify)
+
+    prep = sub.add_parser("prepare", help="tokenize a dataset into train.bin/val.bin/meta.json")
+    prep.add_argument("dataset", choices=["shakespeare_char", "text", "openwebtext"])
+    prep.add_argument("--out", required=True, help="output directory")
+    prep.add_argument("--input", help="a local text file (shakespeare_char: a local copy of the "
+                                      "corpus instead of the download; default $TPGPT_SHAKESPEARE)")
+    prep.add_argument("--tokenizer", choices=["char", "byte"], default="char", help="text only")
+    prep.add_argument("--val-fraction", "--val_fraction", dest="val_fraction", type=float,
+                      default=0.1, help="text only (default 0.1)")
+    prep.add_argument("--num-proc", "--num_proc", dest="num_proc", type=int, default=8,
+                      help="openwebtext only: tokenizer processes")
+    prep.add_argument("--force", action="store_true", help="replace a prepared dataset in --out")
+    prep.set_defaults(func=_cmd_prepare)
+
+    train = sub.add_parser("train", help="train a GPT under a sync plan (alone or under torchrun)",
+                           description="Train from a TOML preset (a path or a name in configs/) "
+                                       "with --key=value overrides of any config field.")
+    train.add_argument("config", help="TOML config: path or preset name")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from out_dir/last exactly where it stopped")
+    train.set_defaults(func=_cmd_train, takes_overrides=True)
+
+    samp = sub.add_parser("sample", help="generate text from a checkpoint")
+    samp.add_argument("--ckpt", required=True, help="a checkpoint dir or a run's out_dir")
+    samp.add_argument("--prompt", default="\n")
+    samp.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=3)
+    samp.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int,
+                      default=500)
+    samp.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    samp.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=200)
+    samp.add_argument("--seed", type=int, default=1337)
+    samp.add_argument("--device", default="cpu")
+    samp.set_defaults(func=_cmd_sample)
     return p
 
 
@@ -165,8 +237,14 @@ def _int_list(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if getattr(args, "takes_overrides", False):
+            return args.func(args, extra)
+        if extra:
+            raise CliError(f"unrecognized arguments: {' '.join(extra)}")
         return args.func(args)
     except (CliError, ConfigError) as e:
-        print(f"tpgpt: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per rank
+            print(f"tpgpt: error: {e}", file=sys.stderr)
         return 2

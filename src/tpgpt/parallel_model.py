@@ -283,6 +283,13 @@ class ParallelGPT(nn.Module):
             if return_logits else None
         return logits, loss
 
+    def get_num_params(self, non_embedding: bool = True) -> int:
+        """The dense model's parameter count (as GPT.get_num_params), whatever the layout."""
+        sharded = self.sharded_param_ids()
+        n = sum(p.numel() * (self.tp // self.comm.local_ranks if id(p) in sharded else 1)
+                for p in self.parameters())
+        return n - (self.transformer.wpe.weight.numel() if non_embedding else 0)
+
     def sharded_param_ids(self) -> set[int]:
         """ids of the parameters split over ranks (every other parameter is replicated)."""
         shard_types = (ColumnParallelLinear, VocabParallelEmbedding)

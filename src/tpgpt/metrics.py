@@ -1,0 +1,81 @@
+"""Run metrics: JSONL (one object a line), TensorBoard event files, and the progress bar."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def write(self, text):
+        pass
+
+    def close(self):
+        pass
+
+
+class _PrintBar(_NoBar):
+    def write(self, text):
+        print(text, flush=True)
+
+
+class MetricsLog:
+    """`metrics.jsonl` and `tb/` in out_dir (rank 0 only). On resume, lines past the resumed
+    iteration (progress the killed run made after its last checkpoint) are dropped."""
+
+    def __init__(self, out_dir: str, enabled: bool, tensorboard: bool,
+                 truncate_after: int | None = None):
+        self.enabled = enabled
+        self.file = self.tb = None
+        if not enabled:
+            return
+        path = os.path.join(out_dir, "metrics.jsonl")
+        if truncate_after is not None and os.path.exists(path):
+            keep = []
+            with open(path) as f:
+                for line in f:
+                    try:
+                        if json.loads(line)["iter"] <= truncate_after:
+                            keep.append(line)
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        pass  # a line cut short by the crash
+            with open(path + ".tmp", "w") as f:
+                f.writelines(keep)
+            os.replace(path + ".tmp", path)
+        elif truncate_after is None and os.path.exists(path):
+            os.replace(path, path + ".prev")  # a fresh run: keep the old log, never overwrite it
+        self.file = open(path, "a")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(os.path.join(out_dir, "tb"), purge_step=truncate_after)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            it = record["iter"]
+            for k, v in record.items():
+                if k not in ("kind", "iter") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{record['kind']}/{k}", v, it)
+
+    def progress(self, total: int, initial: int, enabled: bool):
+        if not self.enabled:
+            return _NoBar()
+        if not enabled:
+            return _PrintBar()
+        from tqdm import tqdm
+        return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()

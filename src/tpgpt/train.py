@@ -1,0 +1,352 @@
+"""`tpgpt train`: nanoGPT's training loop for the dense, simulated and distributed GPT.
+
+One process: dense GPT when tp=1, simulated TP otherwise. Under torchrun: TP groups of
+`tp_procs` processes (tp / tp_procs ranks each) times data parallelism over the rest (DDP).
+Every optimizer step sees the same global batch, whatever the layout: the step's
+`gradient_accumulation_steps x batch_size` sequences are drawn from one seeded generator and
+data-parallel rank d takes its share of micro-batches, so tp=1 x dp=2 reproduces single-process
+gradient accumulation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from .checkpoint import (find_checkpoint, load_dense_weights, load_rank_state, load_state,
+                         save_checkpoint)
+from .comm import TPComm
+from .config import TrainConfig
+from .data import TokenFile, check_tokens_in_vocab, load_meta
+from .errors import ConfigError
+from .metrics import MetricsLog
+from .model import GPT
+from .optim import clip_grad_norm, lr_at, make_optimizer
+from .parallel_model import ParallelGPT
+from .plan import count_collectives
+
+# keys that must match the checkpoint for --resume to continue the same run
+RESUME_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "dropout", "tp",
+               "sync", "vocab_parallel", "tp_procs", "batch_size", "gradient_accumulation_steps",
+               "seed", "data_dir", "dtype")
+
+
+@dataclass
+class Layout:
+    world: int = 1
+    rank: int = 0
+    tp_procs: int = 1  # processes in a TP group
+    dp: int = 1
+    dp_rank: int = 0
+    distributed: bool = False
+    device: torch.device = torch.device("cpu")
+
+    def describe(self, cfg: TrainConfig) -> str:
+        mode = ("dense" if cfg.tp == 1 else "simulated TP" if self.tp_procs == 1
+                else "distributed TP" if self.tp_procs == cfg.tp else "hybrid TP")
+        return (f"{mode}: tp={cfg.tp} ({cfg.tp // self.tp_procs} rank(s) per process), dp={self.dp}, "
+                f"{self.world} process(es), {self.device}")
+
+
+def _setup_distributed(cfg: TrainConfig) -> tuple[Layout, object, object]:
+    """Returns (layout, tp_group, dp_group); groups are None when not distributed."""
+    device_kind = cfg.device if cfg.device != "auto" else \
+        ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but CUDA is not available: use device=cpu or auto")
+    if "RANK" not in os.environ:
+        return Layout(device=torch.device(device_kind), tp_procs=1), None, None
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from .distributed import init_distributed
+    rank, world, device = init_distributed(backend="gloo" if device_kind == "cpu" else None,
+                                           timeout_s=cfg.comm_timeout_s)
+    tp_procs = cfg.tp_procs or min(cfg.tp, world)
+    if cfg.tp % tp_procs or world % tp_procs:
+        raise ConfigError(f"cannot lay out tp={cfg.tp} with tp_procs={tp_procs} on {world} "
+                          f"processes: tp_procs must divide both")
+    dp = world // tp_procs
+    mesh = init_device_mesh(device.type, (dp, tp_procs), mesh_dim_names=("dp", "tp"))
+    layout = Layout(world=world, rank=rank, tp_procs=tp_procs, dp=dp,
+                    dp_rank=mesh.get_local_rank("dp"), distributed=True, device=device)
+    return layout, mesh.get_group("tp"), mesh.get_group("dp")
+
+
+def _barrier(layout: Layout):
+    if layout.distributed:
+        import torch.distributed as dist
+        return dist.barrier
+    return lambda: None
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, quiet: bool = False):
+        self.cfg = cfg
+        self.layout, self.tp_group, self.dp_group = _setup_distributed(cfg)
+        self.master = self.layout.rank == 0
+        self.quiet = quiet or not self.master
+        self.meta = load_meta(cfg.data_dir)
+        vocab = cfg.vocab_size or self.meta["vocab_size"]
+        if vocab < self.meta["vocab_size"]:
+            raise ConfigError(f"vocab_size={vocab} is smaller than the data's vocabulary "
+                              f"({self.meta['vocab_size']} in {cfg.data_dir}/meta.json)")
+        self.model_config = cfg.model_config(vocab)
+        self.files = {s: TokenFile(os.path.join(cfg.data_dir, f"{s}.bin"), cfg.block_size, vocab)
+                      for s in ("train", "val")}
+        for f in self.files.values():
+            check_tokens_in_vocab(f.path, self.meta["vocab_size"])
+        if cfg.gradient_accumulation_steps % self.layout.dp:
+            raise ConfigError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} is "
+                              f"not divisible by dp={self.layout.dp}")
+        self.accum = cfg.gradient_accumulation_steps // self.layout.dp
+        self.device = self.layout.device
+        self._build_model()
+        self.ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                        "float16": torch.float16}[cfg.dtype]
+        self.autocast = nullcontext() if self.ptdtype == torch.float32 else \
+            torch.autocast(self.device.type, dtype=self.ptdtype)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.ptdtype == torch.float16)
+        self.optimizer = make_optimizer(self.inner, cfg.weight_decay, cfg.learning_rate,
+                                        (cfg.beta1, cfg.beta2))
+        self.batch_gen = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + 1 + self.layout.dp_rank)  # dropout: same across a TP group
+        self.iter = 0
+        self.best_val = float("inf")
+        self.last_eval: dict = {}
+        self.resumed_at = None
+        if resume:
+            self._resume()
+
+    # --- set-up ----------------------------------------------------------------------------
+    def _build_model(self) -> None:
+        cfg, layout = self.cfg, self.layout
+        torch.manual_seed(cfg.seed)  # the same dense weights on every process, at any tp
+        dense = GPT(self.model_config)
+        if cfg.tp == 1:
+            self.inner = dense
+            self.comm = None
+        else:
+            if layout.distributed and layout.tp_procs > 1:
+                from .distributed import DistributedComm
+                import torch.distributed as dist
+                comm = DistributedComm(cfg.tp, group=self.tp_group,
+                                       grad_group=dist.group.WORLD if layout.dp > 1 else None,
+                                       grad_scale=1.0 / layout.dp)
+            else:
+                comm = TPComm(cfg.tp)
+            self.inner = ParallelGPT.from_dense(dense, tp=cfg.tp, sync=cfg.sync, comm=comm,
+                                                vocab_parallel=cfg.vocab_parallel)
+            self.comm = comm
+        self.inner.to(self.device)
+        self.model = self.inner
+        if layout.dp > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            self.model = DDP(self.inner, process_group=self.dp_group,
+                             device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _resume(self) -> None:
+        ckpt = os.path.join(self.cfg.out_dir, "last")
+        if find_checkpoint(ckpt) is None:
+            raise ConfigError(f"--resume: no checkpoint in {ckpt}")
+        state = load_state(ckpt)
+        saved = state.get("config", {})
+        diff = [k for k in RESUME_KEYS if k in saved and saved[k] != getattr(self.cfg, k)]
+        if diff:
+            raise ConfigError("--resume: the config differs from the checkpoint's in "
+                              + ", ".join(f"{k} ({saved[k]!r} -> {getattr(self.cfg, k)!r})"
+                                          for k in diff))
+        if state.get("layout", {}).get("world", 1) != self.layout.world:
+            raise ConfigError(f"--resume: the checkpoint was saved by {state['layout']['world']} "
+                              f"process(es), this run has {self.layout.world}")
+        self._load_weights(load_dense_weights(state["path"]))
+        rs = load_rank_state(state["path"], self.layout.rank)
+        self.optimizer.load_state_dict(rs["optimizer"])
+        self.batch_gen.set_state(rs["batch_rng"])
+        torch.set_rng_state(rs["torch_rng"])
+        self.iter = state["iter"]
+        self.best_val = state["best_val_loss"]
+        self.last_eval = {"train": state["train_loss"], "val": state["val_loss"]}
+        self.resumed_at = self.iter
+
+    def _load_weights(self, sd: dict[str, torch.Tensor]) -> None:
+        if isinstance(self.inner, ParallelGPT):
+            self.inner.load_dense_state_dict(sd)
+        else:
+            self.inner.load_state_dict(sd)
+
+    def _dense_state(self) -> dict[str, torch.Tensor]:
+        if isinstance(self.inner, ParallelGPT):
+            return self.inner.dense_state_dict()  # collective when distributed
+        return self.inner.state_dict()
+
+    # --- steps -----------------------------------------------------------------------------
+    def _loss(self, model, x, y):
+        with self.autocast:
+            if isinstance(self.inner, ParallelGPT):
+                return model(x, y, return_logits=False)[1]
+            return model(x, y)[1]
+
+    def _dp_mean(self, value: float) -> float:
+        if self.layout.dp == 1:
+            return value
+        import torch.distributed as dist
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, group=self.dp_group)
+        return t.item() / self.layout.dp
+
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        lr = lr_at(self.iter, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.comm is not None:
+            self.comm.counter.reset()
+        offsets = self.files["train"].random_offsets(
+            (cfg.gradient_accumulation_steps, cfg.batch_size), self.batch_gen)
+        mine = offsets[self.layout.dp_rank * self.accum:(self.layout.dp_rank + 1) * self.accum]
+        total = 0.0
+        for micro in range(self.accum):
+            x, y = (t.to(self.device) for t in self.files["train"].batch(mine[micro]))
+            last = micro == self.accum - 1
+            ctx = self.model.no_sync() if self.layout.dp > 1 and not last else nullcontext()
+            with ctx:
+                loss = self._loss(self.model, x, y) / self.accum
+                self.scaler.scale(loss).backward()
+            total += loss.item()
+        if isinstance(self.inner, ParallelGPT):
+            self.inner.sync_replicated_grads()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            clip_grad_norm(self.model, cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        events = self.comm.counter.events if self.comm is not None else []
+        return {"loss": self._dp_mean(total), "lr": lr, "collectives": len(events),
+                "comm_bytes": sum(e.nbytes for e in events)}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over eval_iters batches per split, drawn from a generator seeded by the
+        iteration (so evaluation never disturbs, nor depends on, the training batches)."""
+        cfg = self.cfg
+        self.inner.eval()
+        out = {}
+        for i, split in enumerate(("train", "val")):
+            g = torch.Generator().manual_seed(cfg.seed * 7919 + 2 * self.iter + i)
+            offsets = self.files[split].random_offsets((cfg.eval_iters, cfg.batch_size), g)
+            s = 0.0
+            for k in range(self.layout.dp_rank, cfg.eval_iters, self.layout.dp):
+                x, y = (t.to(self.device) for t in self.files[split].batch(offsets[k]))
+                s += self._loss(self.inner, x, y).item()
+            out[split] = self._dp_mean(s) * self.layout.dp / cfg.eval_iters
+        self.inner.train()
+        return out
+
+    def save(self, name: str, with_rank_state: bool) -> None:
+        rank_state = None
+        if with_rank_state:
+            rank_state = {"optimizer": self.optimizer.state_dict(),
+                          "batch_rng": self.batch_gen.get_state(),
+                          "torch_rng": torch.get_rng_state()}
+        state = {"iter": self.iter, "best_val_loss": self.best_val,
+                 "train_loss": self.last_eval["train"], "val_loss": self.last_eval["val"],
+                 "config": self.cfg.to_dict(),
+                 "layout": {"world": self.layout.world, "tp": self.cfg.tp,
+                            "tp_procs": self.layout.tp_procs, "dp": self.layout.dp},
+                 "model": {k: getattr(self.model_config, k) for k in
+                           ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout",
+                            "bias")}}
+        save_checkpoint(os.path.join(self.cfg.out_dir, name), rank=self.layout.rank,
+                        barrier=_barrier(self.layout), dense_state=self._dense_state(),
+                        state=state, meta=self.meta, rank_state=rank_state)
+
+    # --- the loop --------------------------------------------------------------------------
+    def planned_collectives(self) -> int:
+        if self.cfg.tp == 1:
+            return 0
+        c = count_collectives(self.inner.plan, tp=self.cfg.tp, n_embd=self.cfg.n_embd,
+                              bias=self.cfg.bias, batch_size=self.cfg.batch_size,
+                              seq_len=self.cfg.block_size, vocab_parallel=self.cfg.vocab_parallel,
+                              grad_clip=self.cfg.grad_clip > 0)
+        fwd_bwd = sum(x.count for x in c if x.phase in ("fwd", "bwd"))
+        return fwd_bwd * self.accum + sum(x.count for x in c if x.phase == "grad")
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        if self.master:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+        log = MetricsLog(cfg.out_dir, enabled=self.master, tensorboard=cfg.tensorboard,
+                         truncate_after=self.resumed_at)
+        tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+        if not self.quiet:
+            print(f"tpgpt train: {self.layout.describe(cfg)}; sync={cfg.sync!r}; "
+                  f"{self.inner.get_num_params() / 1e6:.2f}M parameters; "
+                  f"{tokens_per_iter} tokens/iter (batch {cfg.batch_size} x accum "
+                  f"{cfg.gradient_accumulation_steps} x block {cfg.block_size})"
+                  + (f"; resuming at iter {self.iter}" if self.resumed_at is not None else ""))
+        bar = log.progress(total=cfg.max_iters, initial=self.iter,
+                           enabled=cfg.progress and not self.quiet)
+        t_start = time.perf_counter()
+        t_last, iters_since = time.perf_counter(), 0
+        train_time = 0.0
+        while True:
+            if (self.iter % cfg.eval_interval == 0 or self.iter == cfg.max_iters) \
+                    and self.iter != self.resumed_at:
+                losses = self.evaluate()
+                self.last_eval = losses
+                log.write({"kind": "eval", "iter": self.iter, "train_loss": losses["train"],
+                           "val_loss": losses["val"]})
+                bar.write(f"iter {self.iter}: train loss {losses['train']:.4f}, "
+                          f"val loss {losses['val']:.4f}")
+                if self.iter > 0:
+                    if losses["val"] < self.best_val:
+                        self.best_val = losses["val"]
+                        self.save("best", with_rank_state=False)
+                    self.save("last", with_rank_state=True)
+            if self.iter >= cfg.max_iters:
+                break
+            t0 = time.perf_counter()
+            step = self.train_step()
+            dt = time.perf_counter() - t0
+            train_time += dt
+            self.iter += 1
+            iters_since += 1
+            bar.update(1)
+            if self.iter % cfg.log_interval == 0 or self.iter == cfg.max_iters:
+                now = time.perf_counter()
+                tok_s = tokens_per_iter * iters_since / (now - t_last)
+                t_last, iters_since = now, 0
+                log.write({"kind": "train", "iter": self.iter, "loss": step["loss"],
+                           "lr": step["lr"], "tokens_per_s": tok_s, "ms_per_iter": 1e3 * dt,
+                           "collectives": step["collectives"], "comm_bytes": step["comm_bytes"]})
+                bar.set_postfix(loss=f"{step['loss']:.4f}", tok_s=f"{tok_s:.0f}")
+        bar.close()
+        summary = {"final_train_loss": self.last_eval.get("train"),
+                   "final_val_loss": self.last_eval.get("val"), "best_val_loss": self.best_val,
+                   "iters": self.iter, "wall_s": time.perf_counter() - t_start,
+                   "train_s": train_time, "tp": cfg.tp, "sync": cfg.sync,
+                   "forward_syncs": self.inner.plan.num_syncs if cfg.tp > 1 else 0,
+                   "collectives_per_step": self.planned_collectives(),
+                   "resumed_at": self.resumed_at}
+        log.close()
+        if self.master:
+            with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=1)
+        if not self.quiet:
+            print(f"done: final val loss {summary['final_val_loss']:.4f} (best "
+                  f"{summary['best_val_loss']:.4f}) after {summary['iters']} iters in "
+                  f"{summary['wall_s']:.1f} s; {summary['forward_syncs']} forward syncs per pass, "
+                  f"{summary['collectives_per_step']} TP collectives per step")
+        return summary
+
+    def close(self) -> None:
+        if self.layout.distributed:
+            import torch.distributed as dist
+            dist.barrier()
+            dist.destroy_process_group()
