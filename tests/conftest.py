@@ -44,3 +44,60 @@ def batch():
 def make_gpt(seed: int = 0, **kw) -> GPT:
     torch.manual_seed(seed)
     return GPT(tiny_config(**kw))
+
+
+# --- data for training tests ---------------------------------------------------------------------
+WORDS = ("the king queen lord shall not thou art my good sir love death night day come go "
+         "speak hear heart hand eyes blood crown war peace fair foul sweet").split()
+
+
+def synthetic_text(n_words: int = 40_000, seed: int = 0) -> str:
+    """Pseudo-verse with a learnable structure: a seeded Markov chain over a few words."""
+    import random
+    rng = random.Random(seed)
+    out, w = [], "the"
+    for i in range(n_words):
+        w = WORDS[(WORDS.index(w) * 7 + rng.randint(0, 3)) % len(WORDS)]
+        out.append(w + ("\n" if i % 9 == 8 else " "))
+    return "".join(out)
+
+
+@pytest.fixture(scope="session")
+def text_data(tmp_path_factory):
+    """A prepared char-level dataset of synthetic text: (data_dir, text file)."""
+    from tpgpt.data import prepare_text
+    root = tmp_path_factory.mktemp("data")
+    src = root / "input.txt"
+    src.write_text(synthetic_text())
+    prepare_text(str(root / "synth"), str(src), "char")
+    return str(root / "synth"), str(src)
+
+
+SHAKESPEARE = os.environ.get("TPGPT_SHAKESPEARE")
+needs_shakespeare = pytest.mark.skipif(
+    not (SHAKESPEARE and os.path.exists(SHAKESPEARE)),
+    reason="TPGPT_SHAKESPEARE does not point at a local Tiny Shakespeare (CI sets it)")
+
+
+def tiny_train_overrides(data_dir: str, out_dir: str, **kw) -> dict:
+    """A small, fast training config (as --key=value strings) for tests."""
+    base = dict(data_dir=data_dir, out_dir=out_dir, n_layer=2, n_head=2, n_embd=32, block_size=16,
+                dropout=0.0, bias=True, batch_size=4, max_iters=30, lr_decay_iters=30,
+                warmup_iters=5, eval_interval=10, eval_iters=2, log_interval=1, progress=False,
+                tensorboard=False, learning_rate=3e-3, min_lr=3e-4)
+    base.update(kw)
+    return {k: str(v) for k, v in base.items()}
+
+
+def train_losses(out_dir: str) -> dict[int, float]:
+    import json
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        recs = [json.loads(line) for line in f]
+    return {r["iter"]: r["loss"] for r in recs if r["kind"] == "train"}
+
+
+def eval_losses(out_dir: str) -> dict[int, tuple[float, float]]:
+    import json
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        recs = [json.loads(line) for line in f]
+    return {r["iter"]: (r["train_loss"], r["val_loss"]) for r in recs if r["kind"] == "eval"}

@@ -140,12 +140,36 @@ def _cmd_train(args, extra: list[str]) -> int:
     from .train import Trainer
 
     cfg = load_config(args.config, parse_overrides(extra))
-    trainer = Trainer(cfg, resume=args.resume)
     try:
+        trainer = Trainer(cfg, resume=args.resume)
         trainer.run()
-    finally:
         trainer.close()
+    finally:
+        _shutdown()
     return 0
+
+
+def _cmd_sweep(args, extra: list[str]) -> int:
+    from .config import load_config, parse_overrides
+    from .sweep import run_sweep
+
+    cfg = load_config(args.config, parse_overrides(extra))
+    echo = print if os.environ.get("RANK", "0") == "0" else (lambda *a: None)
+    try:
+        rows = run_sweep(cfg, args.plans, args.out, echo=echo)
+    finally:
+        _shutdown()
+    echo(f"\nwrote {args.out}/results.md, results.csv, frontier.png, loss_curves.png")
+    with open(os.path.join(args.out, "results.md")) as f:
+        echo(f.read())
+    return 0 if rows else 1
+
+
+def _shutdown() -> None:
+    if "RANK" in os.environ:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _cmd_sample(args) -> int:
@@ -213,6 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue from out_dir/last exactly where it stopped")
     train.set_defaults(func=_cmd_train, takes_overrides=True)
+
+    sw = sub.add_parser("sweep", help="train one model per sync plan; table and plots",
+                        description="Trains CONFIG once per plan (same data, seed, budget) in "
+                                    "OUT/<plan>/, then writes results.csv, results.md, "
+                                    "frontier.png and loss_curves.png. Rerun to resume.")
+    sw.add_argument("config", help="TOML config: path or preset name")
+    sw.add_argument("--plans", nargs="+", required=True, metavar="PLAN",
+                    help="sync plans; the all-sync 'tp' baseline is added if missing")
+    sw.add_argument("--out", required=True, help="sweep directory")
+    sw.set_defaults(func=_cmd_sweep, takes_overrides=True)
 
     samp = sub.add_parser("sample", help="generate text from a checkpoint")
     samp.add_argument("--ckpt", required=True, help="a checkpoint dir or a run's out_dir")

@@ -29,7 +29,7 @@ class TrainConfig:
     # data and output
     data_dir: str = "data/shakespeare_char"
     out_dir: str = "out/shakespeare_char"
-    # model (vocab_size 0: take it from the data's meta.json)
+    # model (vocab_size 0: the data's, from meta.json; padded to a multiple of tp if vocab_parallel)
     n_layer: int = 6
     n_head: int = 6
     n_embd: int = 384

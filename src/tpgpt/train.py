@@ -91,6 +91,8 @@ class Trainer:
         self.quiet = quiet or not self.master
         self.meta = load_meta(cfg.data_dir)
         vocab = cfg.vocab_size or self.meta["vocab_size"]
+        if not cfg.vocab_size and cfg.vocab_parallel:  # from the data: pad to a multiple of tp
+            vocab = -(-vocab // cfg.tp) * cfg.tp
         if vocab < self.meta["vocab_size"]:
             raise ConfigError(f"vocab_size={vocab} is smaller than the data's vocabulary "
                               f"({self.meta['vocab_size']} in {cfg.data_dir}/meta.json)")
@@ -346,7 +348,7 @@ class Trainer:
         return summary
 
     def close(self) -> None:
+        """Wait for every process (the process group itself stays up for the next run)."""
         if self.layout.distributed:
             import torch.distributed as dist
             dist.barrier()
-            dist.destroy_process_group()

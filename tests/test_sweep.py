@@ -1,0 +1,42 @@
+"""`tpgpt sweep`: one run per plan, results table and plots, resumable."""
+from __future__ import annotations
+
+import csv
+import os
+
+from conftest import tiny_train_overrides
+from tpgpt.cli import main
+
+
+def test_sweep_writes_results_and_resumes(text_data, tmp_path, capsys):
+    data, _ = text_data
+    out = tmp_path / "sweep"
+    args = [f"--{k}={v}" for k, v in tiny_train_overrides(data, str(tmp_path / "unused"), tp=2,
+                                                        max_iters=20).items()]
+    cmd = ["sweep", "shakespeare_char_cpu", "--plans", "spd", "parallel", "bits:1001",
+           "--out", str(out), *args]
+    assert main(cmd) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["plan"] for r in rows] == ["tp", "spd", "parallel", "bits:1001"]
+    assert [int(r["forward_syncs"]) for r in rows] == [4, 2, 1, 2]
+    assert float(rows[0]["delta_val_loss"]) == 0.0
+    md = (out / "results.md").read_text()
+    assert "| `parallel` | `0001` | 1 |" in md
+    for png in ("frontier.png", "loss_curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    # interrupted sweep: drop one plan's finished marker; rerun trains only that one
+    os.remove(out / "parallel" / "summary.json")
+    assert main(cmd) == 0
+    text = capsys.readouterr().out
+    assert text.count("done before") == 3 and "[3/4] parallel: resuming" in text
+    again = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["final_val_loss"] for r in again] == [r["final_val_loss"] for r in rows]
+
+
+def test_sweep_needs_tp_above_one(capsys, tmp_path, text_data):
+    data, _ = text_data
+    args = [f"--{k}={v}" for k, v in tiny_train_overrides(data, str(tmp_path)).items()]
+    assert main(["sweep", "shakespeare_char_cpu", "--plans", "spd", "--out", str(tmp_path / "s"),
+                 *args]) == 2
+    assert "sweep needs tp >= 2" in capsys.readouterr().err

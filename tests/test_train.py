@@ -1,0 +1,130 @@
+"""Training: modes agree, resume is exact (SIGKILL included), sampling works from any layout."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import eval_losses, tiny_train_overrides, train_losses
+from dist_common import HERE, torchrun
+from tpgpt.config import load_config
+from tpgpt.sample import sample
+from tpgpt.train import Trainer
+
+
+def train(data_dir, out_dir, resume=False, **kw) -> dict:
+    cfg = load_config(None, tiny_train_overrides(data_dir, out_dir, **kw))
+    trainer = Trainer(cfg, resume=resume, quiet=True)
+    summary = trainer.run()
+    trainer.close()
+    return summary
+
+
+def assert_losses_close(a: dict, b: dict, tol: float, what: str) -> None:
+    assert a.keys() == b.keys(), f"{what}: iterations differ"
+    worst = max(abs(a[k] - b[k]) for k in a)
+    assert worst <= tol, f"{what}: largest loss difference {worst:.3e} > {tol:.0e}"
+
+
+def test_simulated_tp2_tracks_dense(text_data, tmp_path):
+    data, _ = text_data
+    train(data, tmp_path / "dense")
+    train(data, tmp_path / "tp2", tp=2)
+    assert_losses_close(train_losses(tmp_path / "tp2"), train_losses(tmp_path / "dense"), 1e-4,
+                        "simulated tp=2 vs dense")
+
+
+def test_loss_goes_down_and_summary(text_data, tmp_path):
+    data, _ = text_data
+    s = train(data, tmp_path / "run", tp=2, sync="spd", max_iters=60, lr_decay_iters=60)
+    ev = eval_losses(tmp_path / "run")
+    assert ev[60][1] < ev[0][1] - 0.5  # synthetic text is learnable
+    assert s["forward_syncs"] == 2 and s["final_val_loss"] == ev[60][1]
+    recs = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    step = next(r for r in recs if r["kind"] == "train")
+    # spd, 2 layers: 2 fwd + 2 bwd syncs, the replicated-grad bucket and the grad-norm all-reduce
+    assert step["collectives"] == s["collectives_per_step"] == 6
+    assert {"lr", "tokens_per_s", "ms_per_iter", "comm_bytes"} <= step.keys()
+    for name in ("best", "last"):
+        assert os.path.isfile(tmp_path / "run" / name / "model.safetensors")
+
+
+def test_resume_is_bit_exact(text_data, tmp_path):
+    data, _ = text_data
+    full = tmp_path / "full"
+    train(data, full, tp=2, sync="tp,spd", dropout=0.1)
+    part = tmp_path / "part"
+    train(data, part, tp=2, sync="tp,spd", dropout=0.1, max_iters=20)  # stops at a checkpoint
+    s = train(data, part, resume=True, tp=2, sync="tp,spd", dropout=0.1)
+    assert s["resumed_at"] == 20
+    assert train_losses(part) == train_losses(full)  # bit for bit, dropout included
+    assert eval_losses(part) == eval_losses(full)
+
+
+def test_sigkill_mid_run_then_resume_gives_the_same_losses(text_data, tmp_path):
+    data, _ = text_data
+    kw = dict(tp=2, sync="spd", max_iters=400, lr_decay_iters=400, eval_interval=50,
+              log_interval=1, n_embd=64)
+    full = tmp_path / "full"
+    train(data, full, **kw)
+    run = tmp_path / "killed"
+    args = [f"--{k}={v}" for k, v in tiny_train_overrides(data, run, **kw).items()]
+    cmd = [sys.executable, "-m", "tpgpt", "train", os.path.join(HERE, "..", "configs",
+                                                                 "shakespeare_char_cpu.toml"), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and any(json.loads(x).get("iter", 0) >= 130
+                                    for x in metrics.read_text().splitlines() if x.strip()):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "summary.json").exists()
+    subprocess.run(cmd + ["--resume"], check=True, capture_output=True)
+    assert train_losses(run) == train_losses(full)
+    assert json.loads((run / "summary.json").read_text())["resumed_at"] in (100, 150, 200, 250)
+
+
+def test_sample_from_a_tp_checkpoint_is_reproducible(text_data, tmp_path):
+    data, _ = text_data
+    train(data, tmp_path / "tp2", tp=2, sync="spd", vocab_parallel=True)
+    run = str(tmp_path / "tp2")
+    a = sample(run, prompt="the ", num_samples=2, max_new_tokens=40, seed=3)
+    assert a == sample(run, prompt="the ", num_samples=2, max_new_tokens=40, seed=3)
+    assert a != sample(run, prompt="the ", num_samples=2, max_new_tokens=40, seed=4)
+    assert len(a) == 2 and all(t.startswith("the ") and len(t) == 44 for t in a)
+    assert a[0] != a[1]
+    assert sample(str(tmp_path / "tp2" / "last"), prompt="a", max_new_tokens=5, num_samples=1)
+
+
+@pytest.mark.parametrize("procs,single,dist", [
+    # torchrun tp=2 (2 processes) against simulated tp=2 in one process
+    (2, dict(tp=2, sync="spd"), dict(tp=2, sync="spd")),
+    # torchrun tp=1 x dp=2 against one process with gradient accumulation 2
+    (2, dict(gradient_accumulation_steps=2), dict(gradient_accumulation_steps=2)),
+    # torchrun tp=2 x dp=2 (4 processes) against simulated tp=2 with accumulation 2
+    (4, dict(tp=2, sync="tp,spd", gradient_accumulation_steps=2),
+     dict(tp=2, sync="tp,spd", gradient_accumulation_steps=2)),
+], ids=["tp2", "dp2", "tp2xdp2"])
+def test_torchrun_reproduces_single_process(text_data, tmp_path, procs, single, dist):
+    data, _ = text_data
+    common = dict(max_iters=50, lr_decay_iters=50, eval_interval=25)
+    train(data, tmp_path / "single", **common, **single)
+    args = [f"--{k}={v}" for k, v in
+            tiny_train_overrides(data, tmp_path / "dist", **common, **dist).items()]
+    torchrun(procs, "-m", ["tpgpt", "train",
+                           os.path.join(HERE, "..", "configs", "shakespeare_char_cpu.toml"),
+                           *args], extra=None)
+    assert_losses_close(train_losses(tmp_path / "dist"), train_losses(tmp_path / "single"), 1e-4,
+                        f"torchrun x{procs} vs one process")
+    ev_d, ev_s = eval_losses(tmp_path / "dist"), eval_losses(tmp_path / "single")
+    assert_losses_close({k: v[1] for k, v in ev_d.items()}, {k: v[1] for k, v in ev_s.items()},
+                        1e-4, "val loss")
