@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo verify test bench clean
 
 # A virtual environment with the pinned CPU torch of requirements-ci.txt and tpgpt (editable).
 $(BIN)/tpgpt: pyproject.toml requirements-ci.txt
@@ -14,8 +14,20 @@ $(BIN)/tpgpt: pyproject.toml requirements-ci.txt
 
 setup: $(BIN)/tpgpt
 
+# The main job: data, the plan, a small model trained at simulated tp=2 with 6 of 8 syncs, a
+# sample. A local copy of Tiny Shakespeare is used when TPGPT_SHAKESPEARE names one; rerunning
+# resumes the finished run instead of training again.
+DEMO_OUT ?= out/demo
+DEMO_ARGS = --tp=2 --sync=tp,spd --out_dir=$(DEMO_OUT)
 demo: setup
-	$(BIN)/tpgpt plan --n_layer=12 --tp 2 --sync tp tp,spd spd spd,parallel,parallel
+	@test -f data/shakespeare_char/train.bin || $(BIN)/tpgpt prepare shakespeare_char \
+		--out data/shakespeare_char $(if $(TPGPT_SHAKESPEARE),--input $(TPGPT_SHAKESPEARE))
+	$(BIN)/tpgpt plan --config shakespeare_char_cpu --tp 2 --sync tp,spd
+	$(BIN)/tpgpt train shakespeare_char_cpu $(DEMO_ARGS) $(if $(wildcard $(DEMO_OUT)/last),--resume)
+	$(BIN)/tpgpt sample --ckpt $(DEMO_OUT) --num-samples 1 --max-new-tokens 300
+
+# Correctness on a small model: dense == simulated == distributed, counts == plan.
+verify: setup
 	$(BIN)/tpgpt verify
 	OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc_per_node=2 -m tpgpt verify --tp 2,4
 

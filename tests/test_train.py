@@ -128,3 +128,30 @@ def test_torchrun_reproduces_single_process(text_data, tmp_path, procs, single, 
     ev_d, ev_s = eval_losses(tmp_path / "dist"), eval_losses(tmp_path / "single")
     assert_losses_close({k: v[1] for k, v in ev_d.items()}, {k: v[1] for k, v in ev_s.items()},
                         1e-4, "val loss")
+
+
+def test_sample_cli_and_its_errors(text_data, tmp_path, capsys):
+    from tpgpt.cli import main
+    data, _ = text_data
+    train(data, tmp_path / "run", max_iters=10)
+    assert main(["sample", "--ckpt", str(tmp_path / "run"), "--prompt", "the", "--num-samples",
+                 "2", "--max-new-tokens", "5", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("the") >= 2 and "---------------" in out
+    for args, fragment in [
+        (["--prompt", "THE"], "text has characters outside the vocabulary: 'EHT'"),
+        (["--num-samples", "0"], "num_samples=0 must be >= 1"),
+        (["--top-k", "0"], "top_k=0 >= 1"),
+        (["--prompt", ""], "the prompt is empty"),
+    ]:
+        assert main(["sample", "--ckpt", str(tmp_path / "run"), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0], err
+    assert main(["sample", "--ckpt", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["sample", "--ckpt", str(tmp_path / "empty")]) == 2
+    assert "no checkpoint in" in capsys.readouterr().err
+    assert main(["train", "shakespeare_char_cpu", *[f"--{k}={v}" for k, v in tiny_train_overrides(
+        data, tmp_path / "run", max_iters=10).items()]]) == 2
+    assert "holds a checkpoint: pass --resume" in capsys.readouterr().err

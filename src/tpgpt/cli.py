@@ -62,7 +62,8 @@ def _cmd_plan(args) -> int:
     plans = args.sync or ["tp"]
     reports = [plan_report(cfg, SyncPlan.parse(s, cfg.n_layer), tp=args.tp,
                            batch_size=args.batch_size, seq_len=seq_len,
-                           vocab_parallel=args.vocab_parallel, dtype_bytes=args.dtype_bytes)
+                           vocab_parallel=args.vocab_parallel, dtype_bytes=args.dtype_bytes,
+                           grad_clip=args.grad_clip)
                for s in plans]
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
@@ -141,7 +142,7 @@ def _cmd_train(args, extra: list[str]) -> int:
 
     cfg = load_config(args.config, parse_overrides(extra))
     try:
-        trainer = Trainer(cfg, resume=args.resume)
+        trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
         trainer.run()
         trainer.close()
     finally:
@@ -181,6 +182,23 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .hf import export_hf
+
+    found = export_hf(args.ckpt, args.out, force=args.force)
+    print(f"exported {found} to {args.out} (model.safetensors, config.json): loads with "
+          f"tpgpt.hf.load_hf and transformers' GPT2LMHeadModel.from_pretrained")
+    return 0
+
+
+def _cmd_import_hf(args) -> int:
+    from .hf import import_hf
+
+    import_hf(args.path, args.out)
+    print(f"imported {args.path} as the tpgpt checkpoint {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tpgpt", description="Tensor-parallel GPT with per-layer sync plans.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -201,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--dtype-bytes", "--dtype_bytes", dest="dtype_bytes", type=int, default=4,
                       help="bytes per activation element: 4 fp32, 2 bf16 (default 4)")
     plan.add_argument("--json", action="store_true", help="print JSON for machines")
+    plan.add_argument("--config", help="take the model, tp, sync and batch from a training "
+                                       "config (path or preset); flags still override")
+    plan.add_argument("--grad-clip", "--grad_clip", dest="grad_clip", type=_bool, nargs="?",
+                      const=True, default=False, help="count the grad-norm all-reduce of clipping")
     plan.set_defaults(func=_cmd_plan)
 
     ver = sub.add_parser("verify", help="check parallel == dense and counts == plan",
@@ -236,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="TOML config: path or preset name")
     train.add_argument("--resume", action="store_true",
                        help="continue from out_dir/last exactly where it stopped")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start afresh in an out_dir that holds a checkpoint (replacing it)")
     train.set_defaults(func=_cmd_train, takes_overrides=True)
 
     sw = sub.add_parser("sweep", help="train one model per sync plan; table and plots",
@@ -247,6 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sync plans; the all-sync 'tp' baseline is added if missing")
     sw.add_argument("--out", required=True, help="sweep directory")
     sw.set_defaults(func=_cmd_sweep, takes_overrides=True)
+
+    exp = sub.add_parser("export", help="write a checkpoint as an HF GPT-2 directory")
+    exp.add_argument("--ckpt", required=True, help="a checkpoint dir or a run's out_dir")
+    exp.add_argument("--out", required=True, help="directory for model.safetensors + config.json")
+    exp.add_argument("--force", action="store_true", help="replace an earlier export in --out")
+    exp.set_defaults(func=_cmd_export)
+
+    imp = sub.add_parser("import-hf", help="read an HF GPT-2 directory into a tpgpt checkpoint")
+    imp.add_argument("path", help="directory with config.json and model.safetensors")
+    imp.add_argument("--out", required=True, help="the checkpoint directory to write")
+    imp.set_defaults(func=_cmd_import_hf)
 
     samp = sub.add_parser("sample", help="generate text from a checkpoint")
     samp.add_argument("--ckpt", required=True, help="a checkpoint dir or a run's out_dir")
@@ -269,9 +304,37 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of integers") from None
 
 
+def _plan_defaults_from_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """`tpgpt plan --config X`: the config's values become the plan command's defaults."""
+    from .config import load_config
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if not known.config:
+        return
+    cfg = load_config(known.config)
+    plan = parser._subparsers._group_actions[0].choices["plan"]
+    model = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig)}
+    vocab = cfg.vocab_size
+    if not vocab and os.path.isfile(os.path.join(cfg.data_dir, "meta.json")):
+        from .data import load_meta
+        vocab = load_meta(cfg.data_dir)["vocab_size"]
+        if cfg.vocab_parallel:  # as training pads it
+            vocab = -(-vocab // cfg.tp) * cfg.tp
+    model["vocab_size"] = vocab or 50304  # only vocab-parallel checks depend on it
+    plan.set_defaults(**model, tp=cfg.tp, sync=[cfg.sync], vocab_parallel=cfg.vocab_parallel,
+                      batch_size=cfg.batch_size, seq_len=cfg.block_size,
+                      grad_clip=cfg.grad_clip > 0,
+                      dtype_bytes=2 if cfg.dtype in ("bfloat16", "float16") else 4)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
+        argv = sys.argv[1:] if argv is None else argv
+        if argv[:1] == ["plan"]:
+            _plan_defaults_from_config(parser, argv[1:])
         args, extra = parser.parse_known_args(argv)
         if getattr(args, "takes_overrides", False):
             return args.func(args, extra)

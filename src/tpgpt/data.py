@@ -219,11 +219,19 @@ def prepare_openwebtext(out: str, num_proc: int = 8, force: bool = False, datase
     Each document ends with the end-of-text token.
     """
     _check_out_dir(out, force)
-    if dataset is None:
-        import datasets
+    try:
+        tok = TiktokenTokenizer(encoding=encoding)
+        if dataset is None:
+            import datasets
 
-        dataset = datasets.load_dataset("openwebtext", num_proc=num_proc, split="train")
-    tok = TiktokenTokenizer(encoding=encoding)
+            dataset = datasets.load_dataset("openwebtext", num_proc=num_proc, split="train")
+    except ImportError as e:
+        raise ConfigError(f"prepare openwebtext needs the 'owt' extra ({e.name} is missing): "
+                          f"pip install 'tpgpt[owt]'") from None
+    except Exception as e:  # the hub's and tiktoken's download errors have many types
+        raise ConfigError(f"cannot load OpenWebText or GPT-2's BPE ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}): this needs the "
+                          f"network") from None
     eot = tok.enc.eot_token
     splits = dataset.train_test_split(test_size=val_fraction, seed=seed, shuffle=True)
 

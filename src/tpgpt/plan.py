@@ -155,7 +155,8 @@ def replicated_per_rank_numel(plan: SyncPlan, n_embd: int, bias: bool) -> int:
 
 def count_collectives(plan: SyncPlan, *, tp: int, n_embd: int, bias: bool, batch_size: int,
                       seq_len: int, vocab_parallel: bool = False, dtype_bytes: int = 4,
-                      backward: bool = True, grad_clip: bool = False) -> list[Collective]:
+                      backward: bool = True, grad_clip: bool = False,
+                      param_bytes: int | None = None) -> list[Collective]:
     """Every collective of one training step (forward with loss, backward, gradient sync)."""
     if tp == 1:
         return []
@@ -172,7 +173,8 @@ def count_collectives(plan: SyncPlan, *, tp: int, n_embd: int, bias: bool, batch
             out.append(Collective("bwd", "all_reduce", "head", 1, act))
         n = replicated_per_rank_numel(plan, n_embd, bias)
         if n:
-            out.append(Collective("grad", "all_reduce", "replicated_grads", 1, n * dtype_bytes))
+            out.append(Collective("grad", "all_reduce", "replicated_grads", 1,
+                                  n * (param_bytes or dtype_bytes)))
         if grad_clip:
             out.append(Collective("grad", "all_reduce", "grad_norm", 1, 8))
     return out

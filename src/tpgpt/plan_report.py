@@ -5,11 +5,12 @@ from .plan import SyncPlan, count_collectives, replicated_per_rank_numel
 
 
 def plan_report(config, plan: SyncPlan, *, tp: int, batch_size: int, seq_len: int,
-                vocab_parallel: bool, dtype_bytes: int = 4) -> dict:
+                vocab_parallel: bool, dtype_bytes: int = 4, grad_clip: bool = False) -> dict:
     """Everything `tpgpt plan --json` prints: layers, regions, and collectives per step."""
     step = count_collectives(plan, tp=tp, n_embd=config.n_embd, bias=config.bias,
                              batch_size=batch_size, seq_len=seq_len,
-                             vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes)
+                             vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes,
+                             grad_clip=grad_clip, param_bytes=4 if dtype_bytes < 4 else None)
     totals: dict[str, dict[str, int]] = {}
     for c in step:
         t = totals.setdefault(c.phase, {"count": 0, "bytes": 0})
@@ -69,7 +70,7 @@ def format_plan(r: dict) -> str:
                  " (tp=1: nothing to communicate)"), ""]
     if not r["collectives"]:
         return "\n".join(lines + ["per training step: no collectives"])
-    lines.append("per training step (forward with loss, backward, gradient sync):")
+    lines.append("per training step (fwd/bwd lines: per micro-batch; grad lines: per optimizer step):")
     lines.append(f"  {'phase':<5} {'op':<15} {'count':>5}  {'each':>11}  {'total':>11}  what")
     for c in r["collectives"]:
         lines.append(f"  {c['phase']:<5} {c['op']:<15} {c['count']:>5}  {_mb(c['bytes_each']):>11}"

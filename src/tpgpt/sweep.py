@@ -11,6 +11,7 @@ import json
 import os
 
 from .config import TrainConfig, replace
+from .evaluate import checkpoint_split_loss
 from .errors import ConfigError
 from .plan import SyncPlan
 
@@ -54,11 +55,17 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
             trainer = Trainer(run_cfg, resume=resume)
             summary = trainer.run()
             trainer.close()
+        if "full_val_loss" not in summary:  # exact, computed once and kept in summary.json
+            summary["full_val_loss"] = checkpoint_split_loss(os.path.join(run_dir, "last"),
+                                                             run_cfg)
+            with open(os.path.join(run_dir, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=1)
         rows.append({"plan": plan, "bits": SyncPlan.parse(plan, cfg.n_layer).bitstring,
                      **summary, "curve": _curve(run_dir)})
-    base = next(r for r in rows if r["plan"] == "tp")["final_val_loss"]
+    base = next(r for r in rows if r["plan"] == "tp")
     for r in rows:
-        r["delta_val_loss"] = r["final_val_loss"] - base
+        r["delta_val_loss"] = r["final_val_loss"] - base["final_val_loss"]
+        r["delta_full_val_loss"] = r["full_val_loss"] - base["full_val_loss"]
     write_results(rows, out, cfg)
     return rows
 
@@ -75,8 +82,9 @@ def _curve(run_dir: str) -> list[dict]:
     return out
 
 
-COLUMNS = ["plan", "bits", "forward_syncs", "collectives_per_step", "final_val_loss",
-           "delta_val_loss", "final_train_loss", "train_s"]
+COLUMNS = ["plan", "bits", "forward_syncs", "collectives_per_step", "full_val_loss",
+           "delta_full_val_loss", "final_val_loss", "delta_val_loss", "final_train_loss",
+           "train_s"]
 
 
 def write_results(rows: list[dict], out: str, cfg: TrainConfig) -> None:
@@ -88,13 +96,19 @@ def write_results(rows: list[dict], out: str, cfg: TrainConfig) -> None:
              f"block {cfg.block_size}, tp={cfg.tp}, {cfg.max_iters} iterations, batch "
              f"{cfg.batch_size} x {cfg.gradient_accumulation_steps}, seed {cfg.seed}.", "",
              "| plan | bits (a m per layer) | forward syncs / pass | TP collectives / step | "
-             "val loss | vs all-sync | train loss | train time (s) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: -r["forward_syncs"]):
+             "val loss, full split | vs all-sync | val loss, sampled | vs all-sync | "
+             "train loss, sampled | train time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (-r["forward_syncs"], r["plan"])):
         lines.append(f"| `{r['plan']}` | `{r['bits']}` | {r['forward_syncs']} | "
-                     f"{r['collectives_per_step']} | {r['final_val_loss']:.4f} | "
+                     f"{r['collectives_per_step']} | {r['full_val_loss']:.4f} | "
+                     f"{r['delta_full_val_loss']:+.4f} | {r['final_val_loss']:.4f} | "
                      f"{r['delta_val_loss']:+.4f} | {r['final_train_loss']:.4f} | "
                      f"{r['train_s']:.0f} |")
+    lines += ["", f"val loss, full split: the final model's mean loss over every token of "
+              f"val.bin (consecutive windows of {cfg.block_size}); sampled: the training run's "
+              f"last evaluation ({cfg.eval_iters} random batches of {cfg.batch_size}), as "
+              f"nanoGPT reports it. Train time excludes evaluation."]
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     _plots(rows, out)
@@ -106,21 +120,23 @@ def _plots(rows: list[dict], out: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    xs = [r["forward_syncs"] for r in rows]
-    ys = [r["final_val_loss"] for r in rows]
-    ax.scatter(xs, ys, zorder=3)
+    points: dict[tuple[int, float], list[str]] = {}  # identical models share a point
     for r in rows:
-        ax.annotate(r["plan"], (r["forward_syncs"], r["final_val_loss"]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
+        points.setdefault((r["forward_syncs"], r["full_val_loss"]), []).append(r["plan"])
+    ax.scatter([x for x, _ in points], [y for _, y in points], zorder=3)
+    for (x, y), names in points.items():
+        ax.annotate(" = ".join(names), (x, y), fontsize=8, xytext=(4, 4),
+                    textcoords="offset points")
     frontier, best = [], float("inf")  # lowest loss reachable with at most x syncs
-    for x, y in sorted(zip(xs, ys)):
+    for x, y in sorted(points):
         if y < best:
             best = y
             frontier.append((x, y))
+    frontier.append((max(x for x, _ in points), best))
     ax.step([f[0] for f in frontier], [f[1] for f in frontier], where="post", color="tab:red",
             alpha=0.6, label="frontier: best val loss with at most x syncs")
     ax.set_xlabel("forward all-reduces per pass")
-    ax.set_ylabel("final validation loss")
+    ax.set_ylabel("final validation loss (full split)")
     ax.set_title("Communication vs quality")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -128,16 +144,24 @@ def _plots(rows: list[dict], out: str) -> None:
     fig.savefig(os.path.join(out, "frontier.png"), dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, dax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    base = {e["iter"]: e["val_loss"] for e in next(r for r in rows if r["plan"] == "tp")["curve"]}
     for r in sorted(rows, key=lambda r: -r["forward_syncs"]):
         pts = [(e["iter"], e["val_loss"]) for e in r["curve"]]
         if pts:
-            ax.plot(*zip(*pts), marker=".", label=f"{r['plan']} ({r['forward_syncs']} syncs)")
+            label = f"{r['plan']} ({r['forward_syncs']} syncs)"
+            ax.plot(*zip(*pts), marker=".", label=label)
+            dax.plot([i for i, _ in pts], [v - base.get(i, float("nan")) for i, v in pts],
+                     marker=".", label=label)
     ax.set_xlabel("iteration")
-    ax.set_ylabel("validation loss")
+    ax.set_ylabel("validation loss (sampled)")
     ax.set_title("Validation loss curves")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    dax.set_xlabel("iteration")
+    dax.set_ylabel("difference to the all-sync plan 'tp'")
+    dax.set_title("Difference to all-sync")
+    for a in (ax, dax):
+        a.grid(alpha=0.3)
+    dax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "loss_curves.png"), dpi=120)
     plt.close(fig)

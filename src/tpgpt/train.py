@@ -84,8 +84,12 @@ def _barrier(layout: Layout):
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = False, quiet: bool = False):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, quiet: bool = False,
+                 overwrite: bool = False):
         self.cfg = cfg
+        if not resume and not overwrite and find_checkpoint(os.path.join(cfg.out_dir, "last")):
+            raise ConfigError(f"{cfg.out_dir} holds a checkpoint: pass --resume to continue it, "
+                              f"--overwrite to start over, or choose another out_dir")
         self.layout, self.tp_group, self.dp_group = _setup_distributed(cfg)
         self.master = self.layout.rank == 0
         self.quiet = quiet or not self.master

@@ -1,0 +1,65 @@
+"""Export to HF GPT-2 and import back: transformers gives tpgpt's logits; the round trip is exact."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_gpt
+from tpgpt.checkpoint import save_checkpoint
+from tpgpt.cli import main
+from tpgpt.hf import load_hf
+from tpgpt.sample import load_model
+
+
+def write_ckpt(gpt, path):
+    c = gpt.config
+    state = {"iter": 0, "best_val_loss": None, "train_loss": None, "val_loss": None,
+             "config": {}, "layout": {"world": 1},
+             "model": {k: getattr(c, k) for k in ("block_size", "vocab_size", "n_layer",
+                                                   "n_head", "n_embd", "dropout", "bias")}}
+    save_checkpoint(str(path), rank=0, barrier=lambda: None, dense_state=gpt.state_dict(),
+                    state=state, meta={"tokenizer": "byte", "vocab_size": 256}, rank_state=None)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_export_loads_in_transformers_with_the_same_logits(tmp_path, bias, batch):
+    transformers = pytest.importorskip("transformers", reason="transformers (test extra) missing")
+    gpt = make_gpt(bias=bias).eval()
+    write_ckpt(gpt, tmp_path / "ckpt")
+    assert main(["export", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")]) == 0
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
+    idx, _ = batch
+    with torch.no_grad():
+        ours, _ = gpt(idx, idx)
+        theirs = hf(idx).logits
+    assert (ours - theirs).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_import_hf_round_trips_exactly(tmp_path, bias):
+    gpt = make_gpt(bias=bias)
+    write_ckpt(gpt, tmp_path / "ckpt")
+    assert main(["export", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")]) == 0
+    assert main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
+    back, meta, _ = load_model(str(tmp_path / "back"))
+    assert meta["tokenizer"] == "byte"
+    for k, v in gpt.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    assert load_hf(str(tmp_path / "hf"))[0].config == back.config
+
+
+def test_import_and_export_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["import-hf", str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 2
+    assert "config.json cannot be read" in capsys.readouterr().err
+    (tmp_path / "empty" / "config.json").write_text('{"model_type": "gpt2", "n_positions": 8}')
+    assert main(["import-hf", str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 2
+    assert "model.safetensors is missing (only safetensors are read" in capsys.readouterr().err
+    (tmp_path / "empty" / "config.json").write_text('{"model_type": "llama"}')
+    assert main(["import-hf", str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 2
+    assert "is not a GPT-2 model" in capsys.readouterr().err
+    gpt = make_gpt()
+    write_ckpt(gpt, tmp_path / "ckpt")
+    assert main(["export", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")]) == 0
+    assert main(["export", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")]) == 2
+    assert "already holds an exported model: pass --force" in capsys.readouterr().err
