@@ -115,8 +115,12 @@ def test_resume_errors(tmp_path, capsys, text_data):
     assert "--resume: no checkpoint in" in capsys.readouterr().err
     assert main(["train", "shakespeare_char_cpu", *args]) == 0
     capsys.readouterr()
-    assert main(["train", "shakespeare_char_cpu", *args, "--tp=2", "--resume"]) == 2
-    assert "config differs from the checkpoint's in tp (1 -> 2)" in capsys.readouterr().err
+    assert main(["train", "shakespeare_char_cpu", *args, "--batch_size=8", "--resume"]) == 2
+    assert "config differs from the checkpoint's in batch_size (4 -> 8)" in \
+        capsys.readouterr().err
+    assert main(["train", "shakespeare_char_cpu", *args, "--tp=2", "--sync=spd", "--resume"]) == 2
+    assert "--resume: the config differs from the checkpoint's in sync ('tp' -> 'spd')" in \
+        capsys.readouterr().err
 
 
 def test_missing_shakespeare_input(tmp_path, capsys):

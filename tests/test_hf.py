@@ -9,6 +9,7 @@ from tpgpt.checkpoint import save_checkpoint
 from tpgpt.cli import main
 from tpgpt.hf import load_hf
 from tpgpt.sample import load_model
+from tpgpt.sharded_state import ShardedState
 
 
 def write_ckpt(gpt, path):
@@ -17,7 +18,7 @@ def write_ckpt(gpt, path):
              "config": {}, "layout": {"world": 1},
              "model": {k: getattr(c, k) for k in ("block_size", "vocab_size", "n_layer",
                                                    "n_head", "n_embd", "dropout", "bias")}}
-    save_checkpoint(str(path), rank=0, barrier=lambda: None, dense_state=gpt.state_dict(),
+    save_checkpoint(str(path), rank=0, barrier=lambda: None, sharded=ShardedState(gpt),
                     state=state, meta={"tokenizer": "byte", "vocab_size": 256}, rank_state=None)
 
 

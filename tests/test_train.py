@@ -51,7 +51,8 @@ def test_loss_goes_down_and_summary(text_data, tmp_path):
     assert step["collectives"] == s["collectives_per_step"] == 6
     assert {"lr", "tokens_per_s", "ms_per_iter", "comm_bytes"} <= step.keys()
     for name in ("best", "last"):
-        assert os.path.isfile(tmp_path / "run" / name / "model.safetensors")
+        assert os.path.isfile(tmp_path / "run" / name / "state.json")
+        assert any(f.endswith(".safetensors") for f in os.listdir(tmp_path / "run" / name / "model"))
 
 
 def test_resume_is_bit_exact(text_data, tmp_path):
@@ -155,3 +156,23 @@ def test_sample_cli_and_its_errors(text_data, tmp_path, capsys):
     assert main(["train", "shakespeare_char_cpu", *[f"--{k}={v}" for k, v in tiny_train_overrides(
         data, tmp_path / "run", max_iters=10).items()]]) == 2
     assert "holds a checkpoint: pass --resume" in capsys.readouterr().err
+
+
+def test_resume_at_another_layout_continues_the_same_run(text_data, tmp_path):
+    """A checkpoint of torchrun tp=2 x dp=2 resumes at simulated tp=4 and at tp=1 (dense) with
+    the uninterrupted run's losses: the all-sync model is the same function at any layout."""
+    data, _ = text_data
+    common = dict(max_iters=40, lr_decay_iters=40, eval_interval=20, gradient_accumulation_steps=2,
+                  n_head=4)
+    train(data, tmp_path / "full", tp=2, **common)
+    args = [f"--{k}={v}" for k, v in tiny_train_overrides(data, tmp_path / "part", tp=2,
+                                                        **{**common, "max_iters": 20}).items()]
+    torchrun(4, "-m", ["tpgpt", "train",
+                       os.path.join(HERE, "..", "configs", "shakespeare_char_cpu.toml"), *args])
+    import shutil
+    shutil.copytree(tmp_path / "part", tmp_path / "part1")
+    train(data, tmp_path / "part", resume=True, tp=4, **common)
+    train(data, tmp_path / "part1", resume=True, tp=1, **common)
+    full = train_losses(tmp_path / "full")
+    for run in ("part", "part1"):
+        assert_losses_close(train_losses(tmp_path / run), full, 1e-4, f"resumed {run}")

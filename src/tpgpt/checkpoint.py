@@ -1,10 +1,12 @@
 """Checkpoints: a directory per checkpoint, written under a temporary name and swapped in.
 
-    model.safetensors   the dense GPT's weights (nanoGPT names), whatever layout trained it
-    state.json          iteration, losses, the training config and the parallel layout
+    model/              model (and optimizer) state written by torch.distributed.checkpoint in
+                        layout-independent coordinates (sharded_state.py) as safetensors shards:
+                        loads at any tp, process count and dp, or into the dense GPT
+    state.json          iteration, losses, the training config, the layout, the batch RNG
     meta.json           the tokenizer (a copy of the dataset's), so sampling needs no data
-    rank{k}.pt          process k's optimizer state and RNG states (tensors only, loaded with
-                        weights_only=True), used to resume at the same layout
+    rank{k}.pt          process k's torch RNG state (loaded with weights_only=True), so a resume
+                        at the same layout continues bit for bit, dropout included
 
 A crash while saving leaves the previous checkpoint in place: files go to `NAME.tmp/`, then
 `NAME/` is renamed to `NAME.old/`, `NAME.tmp/` to `NAME/`, and `NAME.old/` is removed; a reader
@@ -15,14 +17,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from .errors import ConfigError
 
-FORMAT = 1
+FORMAT = 2
 
 
 def _fsync_dir(path: str) -> None:
@@ -40,26 +42,28 @@ def write_json(path: str, obj) -> None:
         os.fsync(f.fileno())
 
 
-def save_checkpoint(path: str, *, rank: int, barrier: Callable[[], None],
-                    dense_state: dict[str, torch.Tensor] | None, state: dict, meta: dict,
-                    rank_state: dict | None) -> None:
-    """Collective when distributed: every process calls it; rank 0 writes the shared files.
+def save_checkpoint(path: str, *, rank: int, barrier: Callable[[], None], sharded,
+                    state: dict, meta: dict, rank_state: dict | None,
+                    distributed: bool = False) -> None:
+    """Collective when distributed: every process calls it. `sharded` is a ShardedState (the
+    model, with or without its optimizer); rank 0 writes the JSON files and does the swap."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
-    `dense_state` is needed on rank 0 only; `rank_state` (optimizer, RNG) is written by every
-    process that passes one.
-    """
     tmp, old = path + ".tmp", path + ".old"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     barrier()
+    with warnings.catch_warnings():  # DCP warns that a single process is single
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(sharded.state_dict(), no_dist=not distributed,
+                 storage_writer=HuggingFaceStorageWriter(os.path.join(tmp, "model"),
+                                                         save_distributed=distributed))
     if rank_state is not None:
         torch.save(rank_state, os.path.join(tmp, f"rank{rank}.pt"))
     barrier()
     if rank == 0:
-        weights = {k: v.detach().contiguous().cpu() for k, v in dense_state.items()
-                   if k != "lm_head.weight"}  # tied to transformer.wte.weight
-        save_file(weights, os.path.join(tmp, "model.safetensors"))
         write_json(os.path.join(tmp, "meta.json"), meta)
         write_json(os.path.join(tmp, "state.json"), {"format": FORMAT, **state})
         _fsync_dir(tmp)
@@ -70,6 +74,27 @@ def save_checkpoint(path: str, *, rank: int, barrier: Callable[[], None],
         shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(os.path.dirname(os.path.abspath(path)))
     barrier()
+
+
+def load_sharded(path: str, sharded, distributed: bool = False) -> None:
+    """Fill `sharded` (a ShardedState of this layout) from checkpoint `path`, resharding."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    model_dir = os.path.join(path, "model")
+    if not os.path.isdir(model_dir):
+        raise ConfigError(f"{model_dir} is missing: the checkpoint is incomplete")
+    state = sharded.empty_state_dict()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, storage_reader=HuggingFaceStorageReader(model_dir),
+                     no_dist=not distributed)
+    except Exception as e:  # DCP wraps per-rank failures in its own exception types
+        first = str(e).strip().splitlines()
+        raise ConfigError(f"{model_dir} does not fit this model: "
+                          f"{first[-1] if first else type(e).__name__}") from None
+    sharded.load_state_dict(state)
 
 
 def find_checkpoint(path: str) -> str | None:
@@ -104,22 +129,9 @@ def load_meta(path: str) -> dict:
         raise ConfigError(f"{path}/meta.json cannot be read: {e}") from None
 
 
-def load_dense_weights(path: str) -> dict[str, torch.Tensor]:
-    """The dense state dict (lm_head.weight re-tied to the embedding)."""
-    file = os.path.join(path, "model.safetensors")
-    try:
-        sd = load_file(file)
-    except FileNotFoundError:
-        raise ConfigError(f"{file} is missing: the checkpoint is incomplete") from None
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise ConfigError(f"{file} is not a valid safetensors file: {e}") from None
-    if "transformer.wte.weight" in sd:
-        sd["lm_head.weight"] = sd["transformer.wte.weight"]
-    return sd
-
-
 def load_rank_state(path: str, rank: int) -> dict:
+    """Process `rank`'s RNG state, or {} when that process did not save one (another layout)."""
     file = os.path.join(path, f"rank{rank}.pt")
     if not os.path.exists(file):
-        raise ConfigError(f"{file} is missing: resume needs the layout that saved the checkpoint")
+        return {}
     return torch.load(file, map_location="cpu", weights_only=True)

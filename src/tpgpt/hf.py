@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from .checkpoint import save_checkpoint
 from .errors import ConfigError
 from .model import GPT, GPTConfig
+from .sharded_state import ShardedState
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -128,5 +129,5 @@ def import_hf(path: str, out: str) -> None:
              "model": {k: getattr(c, k) for k in ("block_size", "vocab_size", "n_layer", "n_head",
                                                    "n_embd", "dropout", "bias")},
              "source": os.path.abspath(path)}
-    save_checkpoint(out, rank=0, barrier=lambda: None, dense_state=model.state_dict(),
+    save_checkpoint(out, rank=0, barrier=lambda: None, sharded=ShardedState(model),
                     state=state, meta=meta, rank_state=None)

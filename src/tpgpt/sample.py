@@ -6,10 +6,11 @@ import os
 
 import torch
 
-from .checkpoint import find_checkpoint, load_dense_weights, load_meta, load_state
+from .checkpoint import find_checkpoint, load_meta, load_sharded, load_state
 from .data import tokenizer_from_meta
 from .errors import ConfigError
 from .model import GPT, GPTConfig
+from .sharded_state import ShardedState
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -32,13 +33,7 @@ def load_model(path: str) -> tuple[GPT, dict, str]:
     except (KeyError, TypeError) as e:
         raise ConfigError(f"{ckpt}/state.json has no valid model config: {e}") from None
     model = GPT(config)
-    sd = load_dense_weights(ckpt)
-    try:
-        model.load_state_dict(sd)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise ConfigError(f"{ckpt}/model.safetensors does not fit the model of state.json: "
-                          f"{first[1].strip() if len(first) > 1 else first[0]}") from None
+    load_sharded(ckpt, ShardedState(model))
     return model.eval(), load_meta(ckpt), ckpt
 
 

@@ -9,6 +9,7 @@ gradient accumulation.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checkpoint import (find_checkpoint, load_dense_weights, load_rank_state, load_state,
+from .checkpoint import (find_checkpoint, load_rank_state, load_sharded, load_state,
                          save_checkpoint)
 from .comm import TPComm
 from .config import TrainConfig
@@ -28,11 +29,12 @@ from .model import GPT
 from .optim import clip_grad_norm, lr_at, make_optimizer
 from .parallel_model import ParallelGPT
 from .plan import count_collectives
+from .sharded_state import ShardedState
 
-# keys that must match the checkpoint for --resume to continue the same run
-RESUME_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "dropout", "tp",
-               "sync", "vocab_parallel", "tp_procs", "batch_size", "gradient_accumulation_steps",
-               "seed", "data_dir", "dtype")
+# keys that must match the checkpoint for --resume to continue the same run; the layout (tp,
+# tp_procs, processes, vocab_parallel) may change where the model stays the same function
+RESUME_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "dropout",
+               "sync", "batch_size", "gradient_accumulation_steps", "seed", "data_dir", "dtype")
 
 
 @dataclass
@@ -52,14 +54,14 @@ class Layout:
                 f"{self.world} process(es), {self.device}")
 
 
-def _setup_distributed(cfg: TrainConfig) -> tuple[Layout, object, object]:
-    """Returns (layout, tp_group, dp_group); groups are None when not distributed."""
+def _setup_distributed(cfg: TrainConfig) -> tuple[Layout, object]:
+    """Returns (layout, mesh); the (dp, tp) device mesh is None when not distributed."""
     device_kind = cfg.device if cfg.device != "auto" else \
         ("cuda" if torch.cuda.is_available() else "cpu")
     if device_kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but CUDA is not available: use device=cpu or auto")
     if "RANK" not in os.environ:
-        return Layout(device=torch.device(device_kind), tp_procs=1), None, None
+        return Layout(device=torch.device(device_kind), tp_procs=1), None
     from torch.distributed.device_mesh import init_device_mesh
 
     from .distributed import init_distributed
@@ -73,7 +75,7 @@ def _setup_distributed(cfg: TrainConfig) -> tuple[Layout, object, object]:
     mesh = init_device_mesh(device.type, (dp, tp_procs), mesh_dim_names=("dp", "tp"))
     layout = Layout(world=world, rank=rank, tp_procs=tp_procs, dp=dp,
                     dp_rank=mesh.get_local_rank("dp"), distributed=True, device=device)
-    return layout, mesh.get_group("tp"), mesh.get_group("dp")
+    return layout, mesh
 
 
 def _barrier(layout: Layout):
@@ -90,7 +92,12 @@ class Trainer:
         if not resume and not overwrite and find_checkpoint(os.path.join(cfg.out_dir, "last")):
             raise ConfigError(f"{cfg.out_dir} holds a checkpoint: pass --resume to continue it, "
                               f"--overwrite to start over, or choose another out_dir")
-        self.layout, self.tp_group, self.dp_group = _setup_distributed(cfg)
+        self.layout, self.mesh = _setup_distributed(cfg)
+        self.tp_group = self.mesh.get_group("tp") if self.mesh is not None else None
+        self.dp_group = self.mesh.get_group("dp") if self.mesh is not None else None
+        # DTensor shards of checkpoints live on the TP processes' mesh
+        self.tp_mesh = self.mesh["tp"] if self.mesh is not None and self.layout.tp_procs > 1 \
+            else None
         self.master = self.layout.rank == 0
         self.quiet = quiet or not self.master
         self.meta = load_meta(cfg.data_dir)
@@ -166,29 +173,25 @@ class Trainer:
             raise ConfigError("--resume: the config differs from the checkpoint's in "
                               + ", ".join(f"{k} ({saved[k]!r} -> {getattr(self.cfg, k)!r})"
                                           for k in diff))
-        if state.get("layout", {}).get("world", 1) != self.layout.world:
-            raise ConfigError(f"--resume: the checkpoint was saved by {state['layout']['world']} "
-                              f"process(es), this run has {self.layout.world}")
-        self._load_weights(load_dense_weights(state["path"]))
-        rs = load_rank_state(state["path"], self.layout.rank)
-        self.optimizer.load_state_dict(rs["optimizer"])
-        self.batch_gen.set_state(rs["batch_rng"])
-        torch.set_rng_state(rs["torch_rng"])
+        all_sync = all(self.inner.plan.bits) if isinstance(self.inner, ParallelGPT) else True
+        if saved.get("tp", self.cfg.tp) != self.cfg.tp and not all_sync:
+            raise ConfigError(f"--resume: tp {saved['tp']} -> {self.cfg.tp} with sync="
+                              f"{self.cfg.sync!r}: a plan that drops syncs is another model at "
+                              f"another tp (only the all-sync plan 'tp' can change tp)")
+        load_sharded(state["path"], ShardedState(self.inner, self.optimizer, self.tp_mesh),
+                     distributed=self.layout.distributed)
+        self.batch_gen.set_state(torch.frombuffer(
+            bytearray(base64.b64decode(state["batch_rng"])), dtype=torch.uint8))
+        same_layout = state.get("layout", {}).get("world") == self.layout.world
+        rs = load_rank_state(state["path"], self.layout.rank) if same_layout else {}
+        if "torch_rng" in rs:
+            torch.set_rng_state(rs["torch_rng"])
+        else:  # another layout: dropout masks are drawn afresh (they differ per layout anyway)
+            torch.manual_seed(self.cfg.seed + 1 + self.layout.dp_rank + 7 * state["iter"])
         self.iter = state["iter"]
         self.best_val = state["best_val_loss"]
         self.last_eval = {"train": state["train_loss"], "val": state["val_loss"]}
         self.resumed_at = self.iter
-
-    def _load_weights(self, sd: dict[str, torch.Tensor]) -> None:
-        if isinstance(self.inner, ParallelGPT):
-            self.inner.load_dense_state_dict(sd)
-        else:
-            self.inner.load_state_dict(sd)
-
-    def _dense_state(self) -> dict[str, torch.Tensor]:
-        if isinstance(self.inner, ParallelGPT):
-            return self.inner.dense_state_dict()  # collective when distributed
-        return self.inner.state_dict()
 
     # --- steps -----------------------------------------------------------------------------
     def _loss(self, model, x, y):
@@ -254,12 +257,7 @@ class Trainer:
         self.inner.train()
         return out
 
-    def save(self, name: str, with_rank_state: bool) -> None:
-        rank_state = None
-        if with_rank_state:
-            rank_state = {"optimizer": self.optimizer.state_dict(),
-                          "batch_rng": self.batch_gen.get_state(),
-                          "torch_rng": torch.get_rng_state()}
+    def save(self, name: str, with_optimizer: bool) -> None:
         state = {"iter": self.iter, "best_val_loss": self.best_val,
                  "train_loss": self.last_eval["train"], "val_loss": self.last_eval["val"],
                  "config": self.cfg.to_dict(),
@@ -267,10 +265,16 @@ class Trainer:
                             "tp_procs": self.layout.tp_procs, "dp": self.layout.dp},
                  "model": {k: getattr(self.model_config, k) for k in
                            ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout",
-                            "bias")}}
+                            "bias")},
+                 "batch_rng": base64.b64encode(self.batch_gen.get_state().numpy().tobytes())
+                 .decode()}
+        sharded = ShardedState(self.inner, self.optimizer if with_optimizer else None,
+                               self.tp_mesh)
         save_checkpoint(os.path.join(self.cfg.out_dir, name), rank=self.layout.rank,
-                        barrier=_barrier(self.layout), dense_state=self._dense_state(),
-                        state=state, meta=self.meta, rank_state=rank_state)
+                        barrier=_barrier(self.layout), sharded=sharded, state=state,
+                        meta=self.meta, distributed=self.layout.distributed,
+                        rank_state={"torch_rng": torch.get_rng_state()} if with_optimizer
+                        else None)
 
     # --- the loop --------------------------------------------------------------------------
     def planned_collectives(self) -> int:
@@ -313,8 +317,8 @@ class Trainer:
                 if self.iter > 0:
                     if losses["val"] < self.best_val:
                         self.best_val = losses["val"]
-                        self.save("best", with_rank_state=False)
-                    self.save("last", with_rank_state=True)
+                        self.save("best", with_optimizer=False)
+                    self.save("last", with_optimizer=True)
             if self.iter >= cfg.max_iters:
                 break
             t0 = time.perf_counter()
