@@ -30,5 +30,5 @@ def torchrun(nproc: int, script: str, args: list[str], timeout: float = 300,
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise AssertionError(f"torchrun exited {proc.returncode}:\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-3000:]}")
+                             f"{proc.stderr[:3000]}")
     return proc

@@ -342,6 +342,13 @@ def main(argv: list[str] | None = None) -> int:
             raise CliError(f"unrecognized arguments: {' '.join(extra)}")
         return args.func(args)
     except (CliError, ConfigError) as e:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per rank
-            print(f"tpgpt: error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")
+        if rank != "0":
+            # Under torchrun every rank usually meets the same error: rank 0 says it, and
+            # torchrun stops the others while they wait. An error of one rank alone still shows.
+            import time
+            time.sleep(1.0)
+            print(f"tpgpt: error: [rank {rank}] {e}", file=sys.stderr, flush=True)
+        else:
+            print(f"tpgpt: error: {e}", file=sys.stderr, flush=True)
         return 2

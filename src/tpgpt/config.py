@@ -43,6 +43,11 @@ class TrainConfig:
     sync: str = "tp"
     vocab_parallel: bool = False
     tp_procs: int = 0
+    # pipeline parallelism under torchrun: pp stages (x pp_virtual_stages for 'interleaved'),
+    # scheduled as gpipe, 1f1b or interleaved; micro-batches = gradient accumulation per dp rank
+    pp: int = 1
+    pp_schedule: str = "1f1b"
+    pp_virtual_stages: int = 1
     # optimisation (nanoGPT's recipe): gradient_accumulation_steps is global, split over dp
     batch_size: int = 64
     gradient_accumulation_steps: int = 1
@@ -77,11 +82,13 @@ class TrainConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-POSITIVE = {"n_layer", "n_head", "n_embd", "block_size", "tp", "batch_size",
+POSITIVE = {"n_layer", "n_head", "n_embd", "block_size", "tp", "batch_size", "pp",
+            "pp_virtual_stages",
             "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"}
 NON_NEGATIVE = {"vocab_size", "tp_procs", "max_iters", "warmup_iters", "lr_decay_iters",
                 "learning_rate", "min_lr", "weight_decay", "grad_clip", "seed"}
-CHOICES = {"device": ("auto", "cpu", "cuda"), "dtype": ("float32", "bfloat16", "float16")}
+CHOICES = {"device": ("auto", "cpu", "cuda"), "dtype": ("float32", "bfloat16", "float16"),
+           "pp_schedule": ("gpipe", "1f1b", "interleaved")}
 
 
 def config_keys() -> list[str]:

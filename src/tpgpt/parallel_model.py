@@ -257,31 +257,18 @@ class ParallelGPT(nn.Module):
         return_logits=False. After backward, call `sync_replicated_grads()` once per
         optimizer step (a no-op for plans whose regions are single sublayers).
         """
-        B, T = idx.shape
-        if T > self.config.block_size:
-            raise ConfigError(f"sequence length {T} exceeds block_size={self.config.block_size}")
-        t = self.transformer
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
-        tok = t.wte(idx) if self.vocab_parallel else t.wte(idx).unsqueeze(0)  # [1, B, T, C]
-        s = ResidualStream(shared=t.drop(tok + t.wpe(pos)))
-        for block in t.h:
+        s = ResidualStream(shared=embed(self.transformer, idx, self.vocab_parallel))
+        for block in self.transformer.h:
             s = block(s)
-        x = t.ln_f(s.shared)  # [1, B, T, C]
+        x = self.transformer.ln_f(s.shared)  # [1, B, T, C]
         if targets is None:
             x = x[:, :, [-1], :]
-        if not self.vocab_parallel:
-            logits = self.lm_head(x.squeeze(0))  # (B, T, V), identical on every rank
-            loss = None if targets is None else F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-            return (logits if return_logits else None), loss
-        h = self.comm.copy_to_tp(x, tag="head")  # [R, B, T, C]
-        R, _, Tx, C = h.shape
-        local = torch.bmm(h.reshape(R, B * Tx, C), t.wte.weight.transpose(1, 2))
-        local = local.view(R, B, Tx, -1)  # [R, B, T, V/tp]
-        loss = None if targets is None else t.wte.cross_entropy(local, targets)
-        logits = self.comm.gather_from_tp(local, dim=-1, tag="logits").squeeze(0) \
-            if return_logits else None
-        return logits, loss
+        logits = head(self.transformer.wte, x, self.comm, self.vocab_parallel)
+        loss = None if targets is None else \
+            head_loss(self.transformer.wte, logits, targets, self.vocab_parallel)
+        if return_logits and self.vocab_parallel:
+            logits = self.comm.gather_from_tp(logits, dim=-1, tag="logits").squeeze(0)
+        return (logits if return_logits else None), loss
 
     def get_num_params(self, non_embedding: bool = True) -> int:
         """The dense model's parameter count (as GPT.get_num_params), whatever the layout."""
@@ -312,6 +299,35 @@ class ParallelGPT(nn.Module):
             idx = torch.cat((idx, sample_next(logits[:, -1, :], temperature, top_k, generator)),
                             dim=1)
         return idx
+
+
+def embed(t: nn.ModuleDict, idx: torch.Tensor, vocab_parallel: bool) -> torch.Tensor:
+    """Token + position embeddings (then dropout): idx [B, T] -> the shared stream [1, B, T, C]."""
+    T = idx.shape[1]
+    if T > t.wpe.num_embeddings:
+        raise ConfigError(f"sequence length {T} exceeds block_size={t.wpe.num_embeddings}")
+    pos = torch.arange(T, dtype=torch.long, device=idx.device)
+    tok = t.wte(idx) if vocab_parallel else t.wte(idx).unsqueeze(0)  # [1, B, T, C]
+    return t.drop(tok + t.wpe(pos))
+
+
+def head(wte: nn.Module, x: torch.Tensor, comm: TPComm, vocab_parallel: bool) -> torch.Tensor:
+    """The LM head tied to the embedding: x [1, B, T, C] -> logits [B, T, V] (replicated) or,
+    vocab-parallel, this process's ranks' slices [R, B, T, V/tp]."""
+    if not vocab_parallel:
+        return F.linear(x.squeeze(0), wte.weight)  # identical on every rank
+    h = comm.copy_to_tp(x, tag="head")  # [R, B, T, C]
+    R, B, T, C = h.shape
+    local = torch.bmm(h.reshape(R, B * T, C), wte.weight.transpose(1, 2))
+    return local.view(R, B, T, -1)
+
+
+def head_loss(wte: nn.Module, logits: torch.Tensor, targets: torch.Tensor,
+              vocab_parallel: bool) -> torch.Tensor:
+    if vocab_parallel:
+        return wte.cross_entropy(logits, targets)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                           ignore_index=-1)
 
 
 def dense_keys(config) -> list[str]:

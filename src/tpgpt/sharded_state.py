@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import torch
 
-from .parallel_model import ParallelGPT
 
 RULES = (("attn.c_attn.weight", "qkv_w"), ("attn.c_attn.bias", "qkv_b"),
          ("mlp.c_fc.weight", "col_w"), ("mlp.c_fc.bias", "col_b"), ("c_proj.weight", "row_w"))
+
+
+def _has_rank_dim(model) -> bool:
+    """ParallelGPT and a pipeline's RankShard store [R, ...] shards; the dense GPT does not."""
+    return getattr(model, "comm", None) is not None
 
 
 def _rule(model, name: str) -> str:
@@ -39,7 +43,7 @@ def _rule(model, name: str) -> str:
 
 def _to_canonical(model, rule: str, t: torch.Tensor) -> tuple[torch.Tensor, int | None]:
     """This process's block in canonical coordinates, and its shard dim (None: replicated)."""
-    if isinstance(model, ParallelGPT):
+    if _has_rank_dim(model):
         R = t.shape[0]
         if rule == "qkv_w":
             C, n = t.shape[1], t.shape[2] // 3
@@ -65,7 +69,7 @@ def _to_canonical(model, rule: str, t: torch.Tensor) -> tuple[torch.Tensor, int 
 
 def _from_canonical(model, rule: str, c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Inverse of _to_canonical, shaped like the parameter `like`."""
-    if isinstance(model, ParallelGPT):
+    if _has_rank_dim(model):
         R = like.shape[0]
         if rule == "qkv_w":
             C, n = like.shape[1], like.shape[2] // 3
@@ -83,7 +87,7 @@ def _from_canonical(model, rule: str, c: torch.Tensor, like: torch.Tensor) -> to
 
 
 def _global_shape(model, rule: str, local: torch.Tensor, dim: int | None) -> torch.Size:
-    if dim is None or not isinstance(model, ParallelGPT):
+    if dim is None or not _has_rank_dim(model):
         return local.shape
     shape = list(local.shape)
     shape[dim] = shape[dim] * model.tp // model.comm.local_ranks

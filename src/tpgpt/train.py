@@ -44,14 +44,19 @@ class Layout:
     tp_procs: int = 1  # processes in a TP group
     dp: int = 1
     dp_rank: int = 0
+    pp: int = 1
+    pp_rank: int = 0
     distributed: bool = False
     device: torch.device = torch.device("cpu")
+    groups: str = ""
 
     def describe(self, cfg: TrainConfig) -> str:
         mode = ("dense" if cfg.tp == 1 else "simulated TP" if self.tp_procs == 1
                 else "distributed TP" if self.tp_procs == cfg.tp else "hybrid TP")
-        return (f"{mode}: tp={cfg.tp} ({cfg.tp // self.tp_procs} rank(s) per process), dp={self.dp}, "
-                f"{self.world} process(es), {self.device}")
+        pp = f"pp={self.pp} ({cfg.pp_schedule}), " if self.pp > 1 else ""
+        return (f"{mode}: tp={cfg.tp} ({cfg.tp // self.tp_procs} rank(s) per process), {pp}"
+                f"dp={self.dp}, {self.world} process(es), {self.device}"
+                + (f"; {self.groups}" if self.groups else ""))
 
 
 def _setup_distributed(cfg: TrainConfig) -> tuple[Layout, object]:
@@ -61,20 +66,28 @@ def _setup_distributed(cfg: TrainConfig) -> tuple[Layout, object]:
     if device_kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but CUDA is not available: use device=cpu or auto")
     if "RANK" not in os.environ:
+        if cfg.pp > 1:
+            raise ConfigError(f"pp={cfg.pp} needs processes: launch with torchrun "
+                              f"--nproc_per_node=<pp x dp x tp_procs>")
         return Layout(device=torch.device(device_kind), tp_procs=1), None
     from torch.distributed.device_mesh import init_device_mesh
 
     from .distributed import init_distributed
     rank, world, device = init_distributed(backend="gloo" if device_kind == "cpu" else None,
                                            timeout_s=cfg.comm_timeout_s)
-    tp_procs = cfg.tp_procs or min(cfg.tp, world)
-    if cfg.tp % tp_procs or world % tp_procs:
-        raise ConfigError(f"cannot lay out tp={cfg.tp} with tp_procs={tp_procs} on {world} "
-                          f"processes: tp_procs must divide both")
-    dp = world // tp_procs
-    mesh = init_device_mesh(device.type, (dp, tp_procs), mesh_dim_names=("dp", "tp"))
+    pp = cfg.pp
+    tp_procs = cfg.tp_procs or min(cfg.tp, max(world // pp, 1))
+    if cfg.tp % tp_procs or world % (pp * tp_procs):
+        raise ConfigError(f"cannot lay out pp={pp} x tp={cfg.tp} (tp_procs={tp_procs}) on {world} "
+                          f"processes: pp x tp_procs must divide the world size and tp_procs "
+                          f"must divide tp")
+    dp = world // (pp * tp_procs)
+    # TP innermost (consecutive ranks, the fastest links), then DP, then PP
+    mesh = init_device_mesh(device.type, (pp, dp, tp_procs), mesh_dim_names=("pp", "dp", "tp"))
+    groups = ", ".join(f"{d} group {mesh[d].mesh.flatten().tolist()}" for d in ("tp", "dp", "pp"))
     layout = Layout(world=world, rank=rank, tp_procs=tp_procs, dp=dp,
-                    dp_rank=mesh.get_local_rank("dp"), distributed=True, device=device)
+                    dp_rank=mesh.get_local_rank("dp"), pp=pp, pp_rank=mesh.get_local_rank("pp"),
+                    distributed=True, device=device, groups=f"rank {rank}: {groups}")
     return layout, mesh
 
 
@@ -140,16 +153,21 @@ class Trainer:
         cfg, layout = self.cfg, self.layout
         torch.manual_seed(cfg.seed)  # the same dense weights on every process, at any tp
         dense = GPT(self.model_config)
-        if cfg.tp == 1:
-            self.inner = dense
-            self.comm = None
+        self.pipeline = None
+        if cfg.tp == 1 and layout.pp == 1:
+            self.inner, self.comm = dense, None
         else:
             if layout.distributed and layout.tp_procs > 1:
                 from .distributed import DistributedComm
                 import torch.distributed as dist
-                comm = DistributedComm(cfg.tp, group=self.tp_group,
-                                       grad_group=dist.group.WORLD if layout.dp > 1 else None,
-                                       grad_scale=1.0 / layout.dp)
+                # the replicated-grad bucket sums over this pipeline stage's TP x DP processes
+                grid = self.mesh.mesh
+                stage_groups = [dist.new_group(grid[i].flatten().tolist())
+                                for i in range(layout.pp)] if layout.pp > 1 else [None]
+                comm = DistributedComm(
+                    cfg.tp, group=self.tp_group, grad_scale=1.0 / layout.dp,
+                    grad_group=(stage_groups[layout.pp_rank] or dist.group.WORLD)
+                    if layout.dp > 1 else None)
             else:
                 comm = TPComm(cfg.tp)
             self.inner = ParallelGPT.from_dense(dense, tp=cfg.tp, sync=cfg.sync, comm=comm,
@@ -157,7 +175,15 @@ class Trainer:
             self.comm = comm
         self.inner.to(self.device)
         self.model = self.inner
-        if layout.dp > 1:
+        if layout.pp > 1:
+            from .pipeline import Pipeline
+            self.pipeline = Pipeline(self.inner, pp=layout.pp, pp_rank=layout.pp_rank,
+                                     pp_group=self.mesh.get_group("pp"),
+                                     schedule=cfg.pp_schedule, virtual=cfg.pp_virtual_stages,
+                                     n_micro=self.accum, device=self.device, dp=layout.dp,
+                                     dp_group=self.dp_group)
+            self.inner = self.model = self.pipeline.shard  # DDP, if any, wraps each stage
+        elif layout.dp > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.model = DDP(self.inner, process_group=self.dp_group,
                              device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -218,6 +244,8 @@ class Trainer:
         offsets = self.files["train"].random_offsets(
             (cfg.gradient_accumulation_steps, cfg.batch_size), self.batch_gen)
         mine = offsets[self.layout.dp_rank * self.accum:(self.layout.dp_rank + 1) * self.accum]
+        if self.pipeline is not None:
+            return self._pipeline_step(mine, lr)
         total = 0.0
         for micro in range(self.accum):
             x, y = (t.to(self.device) for t in self.files["train"].batch(mine[micro]))
@@ -239,6 +267,38 @@ class Trainer:
         return {"loss": self._dp_mean(total), "lr": lr, "collectives": len(events),
                 "comm_bytes": sum(e.nbytes for e in events)}
 
+    def _pipeline_step(self, mine: torch.Tensor, lr: float) -> dict:
+        x, y = self._stack(self.files["train"], mine)
+        with self.autocast:
+            losses = self.pipeline.train_step(x, y)
+        self.pipeline.sync_grads()
+        if self.cfg.grad_clip > 0:
+            self.pipeline.clip_grad_norm(self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        events = self.comm.counter.events if self.comm is not None else []
+        return {"loss": self._dp_mean(sum(losses) / len(losses)), "lr": lr,
+                "collectives": len(events), "comm_bytes": sum(e.nbytes for e in events)}
+
+    def _stack(self, file: TokenFile, offsets: torch.Tensor):
+        """Micro-batches [n, B] of offsets -> one batch [n * B, T] (the pipeline splits it)."""
+        xs, ys = zip(*(file.batch(o) for o in offsets))
+        return torch.cat(xs).to(self.device), torch.cat(ys).to(self.device)
+
+    @torch.no_grad()
+    def _pipeline_eval(self, file: TokenFile, offsets: torch.Tensor) -> float:
+        """Sum of the losses of this dp rank's eval batches, n_micro at a time (padded)."""
+        mine = list(range(self.layout.dp_rank, self.cfg.eval_iters, self.layout.dp))
+        n = self.accum
+        total = 0.0
+        for i in range(0, len(mine), n):
+            chunk = mine[i:i + n]
+            padded = chunk + [chunk[-1]] * (n - len(chunk))
+            with self.autocast:
+                losses = self.pipeline.eval_step(*self._stack(file, offsets[padded]))
+            total += sum(losses[:len(chunk)])
+        return total
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Mean loss over eval_iters batches per split, drawn from a generator seeded by the
@@ -249,6 +309,10 @@ class Trainer:
         for i, split in enumerate(("train", "val")):
             g = torch.Generator().manual_seed(cfg.seed * 7919 + 2 * self.iter + i)
             offsets = self.files[split].random_offsets((cfg.eval_iters, cfg.batch_size), g)
+            if self.pipeline is not None:
+                out[split] = self._dp_mean(self._pipeline_eval(self.files[split], offsets)) \
+                    * self.layout.dp / cfg.eval_iters
+                continue
             s = 0.0
             for k in range(self.layout.dp_rank, cfg.eval_iters, self.layout.dp):
                 x, y = (t.to(self.device) for t in self.files[split].batch(offsets[k]))
@@ -262,7 +326,8 @@ class Trainer:
                  "train_loss": self.last_eval["train"], "val_loss": self.last_eval["val"],
                  "config": self.cfg.to_dict(),
                  "layout": {"world": self.layout.world, "tp": self.cfg.tp,
-                            "tp_procs": self.layout.tp_procs, "dp": self.layout.dp},
+                            "tp_procs": self.layout.tp_procs, "dp": self.layout.dp,
+                            "pp": self.layout.pp},
                  "model": {k: getattr(self.model_config, k) for k in
                            ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout",
                             "bias")},
@@ -296,9 +361,10 @@ class Trainer:
         tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
         if not self.quiet:
             print(f"tpgpt train: {self.layout.describe(cfg)}; sync={cfg.sync!r}; "
-                  f"{self.inner.get_num_params() / 1e6:.2f}M parameters; "
-                  f"{tokens_per_iter} tokens/iter (batch {cfg.batch_size} x accum "
-                  f"{cfg.gradient_accumulation_steps} x block {cfg.block_size})"
+                  f"{self.inner.get_num_params() / 1e6:.2f}M parameters"
+                  f"{' on this rank' if self.layout.pp > 1 else ''}; {tokens_per_iter} tokens/iter "
+                  f"(micro-batch {cfg.batch_size} x {self.accum} per rank x dp {self.layout.dp} "
+                  f"x block {cfg.block_size})"
                   + (f"; resuming at iter {self.iter}" if self.resumed_at is not None else ""))
         bar = log.progress(total=cfg.max_iters, initial=self.iter,
                            enabled=cfg.progress and not self.quiet)
