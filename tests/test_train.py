@@ -13,7 +13,7 @@ import pytest
 from conftest import eval_losses, tiny_train_overrides, train_losses
 from dist_common import HERE, torchrun
 from tpgpt.config import load_config
-from tpgpt.sample import sample
+from tpgpt.sample import load_model, sample
 from tpgpt.train import Trainer
 
 
@@ -158,18 +158,32 @@ def test_sample_cli_and_its_errors(text_data, tmp_path, capsys):
     assert "holds a checkpoint: pass --resume" in capsys.readouterr().err
 
 
-def test_resume_at_another_layout_continues_the_same_run(text_data, tmp_path):
-    """A checkpoint of torchrun tp=2 x dp=2 resumes at simulated tp=4 and at tp=1 (dense) with
-    the uninterrupted run's losses: the all-sync model is the same function at any layout."""
+@pytest.mark.parametrize("saved_at", [dict(tp=2), dict(tp=2, pp=2)], ids=["tp2xdp2", "tp2xpp2"])
+def test_resume_at_another_layout_continues_the_same_run(text_data, tmp_path, saved_at):
+    """A checkpoint of torchrun tp=2 x dp=2, or tp=2 x pp=2, resumes at simulated tp=4 and at
+    tp=1 (dense) with identical logits and the uninterrupted run's losses: the all-sync model is
+    the same function at any layout."""
+    import shutil
+
+    import torch
+    from tpgpt import ParallelGPT
+    from tpgpt.checkpoint import load_sharded
+    from tpgpt.sharded_state import ShardedState
+
     data, _ = text_data
     common = dict(max_iters=40, lr_decay_iters=40, eval_interval=20, gradient_accumulation_steps=2,
-                  n_head=4)
+                  n_head=4, n_layer=4)
     train(data, tmp_path / "full", tp=2, **common)
-    args = [f"--{k}={v}" for k, v in tiny_train_overrides(data, tmp_path / "part", tp=2,
-                                                        **{**common, "max_iters": 20}).items()]
+    args = [f"--{k}={v}" for k, v in tiny_train_overrides(
+        data, tmp_path / "part", **{**common, "max_iters": 20, **saved_at}).items()]
     torchrun(4, "-m", ["tpgpt", "train",
                        os.path.join(HERE, "..", "configs", "shakespeare_char_cpu.toml"), *args])
-    import shutil
+    dense, _, _ = load_model(str(tmp_path / "part" / "last"))
+    tp4 = ParallelGPT(dense.config, tp=4)
+    load_sharded(str(tmp_path / "part" / "last"), ShardedState(tp4))
+    idx = torch.randint(0, dense.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert (tp4(idx, idx)[0] - dense(idx, idx)[0]).abs().max() < 1e-5
     shutil.copytree(tmp_path / "part", tmp_path / "part1")
     train(data, tmp_path / "part", resume=True, tp=4, **common)
     train(data, tmp_path / "part1", resume=True, tp=1, **common)

@@ -141,8 +141,17 @@ def _cmd_train(args, extra: list[str]) -> int:
     from .train import Trainer
 
     cfg = load_config(args.config, parse_overrides(extra))
+    resume = args.resume
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restarts and not resume:
+        from .checkpoint import find_checkpoint
+        # torchrun --max-restarts restarted the workers after a failure: continue, don't restart
+        resume = find_checkpoint(os.path.join(cfg.out_dir, "last")) is not None
+        if resume and os.environ.get("RANK", "0") == "0":
+            print(f"tpgpt train: restart {restarts} by torchrun: resuming from "
+                  f"{cfg.out_dir}/last", flush=True)
     try:
-        trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
+        trainer = Trainer(cfg, resume=resume, overwrite=args.overwrite or bool(restarts))
         trainer.run()
         trainer.close()
     finally:

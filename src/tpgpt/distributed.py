@@ -119,5 +119,17 @@ def init_distributed(backend: str | None = None, timeout_s: float = 300.0) -> tu
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        if restart and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # After torchrun restarts the workers, keys left in the agent's store by the failed
+            # attempt (a dead peer's address) must not be read: a prefix per restart.
+            store = dist.PrefixStore(f"tpgpt/restart{restart}", dist.TCPStore(
+                os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout))
+            dist.init_process_group(backend=backend, store=store, timeout=timeout,
+                                    rank=int(os.environ["RANK"]),
+                                    world_size=int(os.environ["WORLD_SIZE"]))
+        else:
+            dist.init_process_group(backend=backend, timeout=timeout)
     return dist.get_rank(), dist.get_world_size(), device
