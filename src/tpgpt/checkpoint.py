@@ -80,6 +80,7 @@ def load_sharded(path: str, sharded, distributed: bool = False) -> None:
     """Fill `sharded` (a ShardedState of this layout) from checkpoint `path`, resharding."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.api import CheckpointException
 
     model_dir = os.path.join(path, "model")
     if not os.path.isdir(model_dir):
@@ -90,10 +91,10 @@ def load_sharded(path: str, sharded, distributed: bool = False) -> None:
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.load(state, storage_reader=HuggingFaceStorageReader(model_dir),
                      no_dist=not distributed)
-    except Exception as e:  # DCP wraps per-rank failures in its own exception types
-        first = str(e).strip().splitlines()
+    except (Exception, CheckpointException) as e:  # the latter is a BaseException
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
         raise ConfigError(f"{model_dir} does not fit this model: "
-                          f"{first[-1] if first else type(e).__name__}") from None
+                          f"{lines[-1] if lines else type(e).__name__}") from None
     sharded.load_state_dict(state)
 
 

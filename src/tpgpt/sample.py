@@ -15,7 +15,7 @@ from .sharded_state import ShardedState
 
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint directory, or a run's out_dir (its best, else its last checkpoint)."""
-    if not os.path.isdir(path):
+    if not os.path.isdir(path) and find_checkpoint(path) is None:
         raise ConfigError(f"checkpoint directory {path} does not exist")
     for candidate in (path, os.path.join(path, "best"), os.path.join(path, "last")):
         found = find_checkpoint(candidate)

@@ -1,0 +1,69 @@
+"""Checkpoint writes are atomic: a crash at any point of a save leaves a loadable checkpoint."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from conftest import make_gpt
+from tpgpt.checkpoint import find_checkpoint, load_sharded, load_state, save_checkpoint
+from tpgpt.errors import ConfigError
+from tpgpt.sample import load_model
+from tpgpt.sharded_state import ShardedState
+
+
+def save(gpt, path, it):
+    c = gpt.config
+    save_checkpoint(str(path), rank=0, barrier=lambda: None, sharded=ShardedState(gpt),
+                    state={"iter": it, "model": {k: getattr(c, k) for k in (
+                        "block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout",
+                        "bias")}}, meta={"tokenizer": "byte", "vocab_size": 256}, rank_state=None)
+
+
+def test_crash_points_of_a_save(tmp_path):
+    a, b = make_gpt(seed=1), make_gpt(seed=2)
+    ckpt = tmp_path / "last"
+    save(a, ckpt, 1)
+    # crash while writing the new files: a partial last.tmp is ignored
+    os.makedirs(tmp_path / "last.tmp" / "model")
+    (tmp_path / "last.tmp" / "model" / "junk.safetensors").write_bytes(b"\0" * 10)
+    assert load_state(str(ckpt))["iter"] == 1
+    # crash between the two renames: only last.old exists, and it is used
+    os.replace(ckpt, tmp_path / "last.old")
+    assert find_checkpoint(str(ckpt)) == str(tmp_path / "last.old")
+    gpt, _, found = load_model(str(ckpt))
+    assert found.endswith("last.old")
+    assert torch.equal(gpt.transformer.wte.weight, a.transformer.wte.weight)
+    # the next save cleans up and replaces it
+    save(b, ckpt, 2)
+    assert load_state(str(ckpt))["iter"] == 2
+    assert not (tmp_path / "last.tmp").exists() and not (tmp_path / "last.old").exists()
+    assert torch.equal(load_model(str(ckpt))[0].transformer.wte.weight, b.transformer.wte.weight)
+
+
+def test_incomplete_or_mismatched_checkpoints_are_refused(tmp_path):
+    gpt = make_gpt()
+    save(gpt, tmp_path / "c", 1)
+    other = make_gpt(n_embd=48, n_head=4)
+    with pytest.raises(ConfigError, match="does not fit this model"):
+        load_sharded(str(tmp_path / "c"), ShardedState(other))
+    shutil.rmtree(tmp_path / "c" / "model")
+    with pytest.raises(ConfigError, match="model is missing: the checkpoint is incomplete"):
+        load_model(str(tmp_path / "c"))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "state.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="state.json is not valid JSON"):
+        load_state(str(tmp_path / "bad"))
+    (tmp_path / "bad" / "state.json").write_text('{"format": 99}')
+    with pytest.raises(ConfigError, match="is not a tpgpt checkpoint"):
+        load_state(str(tmp_path / "bad"))
+
+
+def test_nothing_is_unpickled(tmp_path):
+    """A checkpoint holds safetensors, JSON and weights_only torch files: no pickle to load."""
+    gpt = make_gpt()
+    save(gpt, tmp_path / "c", 1)
+    files = [f for _, _, fs in os.walk(tmp_path / "c") for f in fs]
+    assert files and all(f.endswith((".safetensors", ".json")) for f in files), files
