@@ -6,7 +6,6 @@ import math
 
 import torch
 
-from .parallel_model import ParallelGPT
 
 
 def make_optimizer(model: torch.nn.Module, weight_decay: float, lr: float,
@@ -39,28 +38,35 @@ def lr_at(it: int, cfg) -> float:
 
 
 @torch.no_grad()
-def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
+def clip_grad_norm(model: torch.nn.Module, max_norm: float, *, across=None,
+                   skip: tuple = ()) -> float:
     """Scale gradients so their global norm is at most max_norm; returns the norm before.
 
-    For a ParallelGPT the norm is the dense model's: sharded gradients' squares are summed over
-    the TP group (one all-reduce of a scalar), replicated ones counted once. The scaling follows
-    torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), capped at 1).
+    For a model with a rank dimension (ParallelGPT, a pipeline's RankShard) the norm is the dense
+    model's: sharded gradients' squares are summed over the TP group (one all-reduce of a
+    scalar), replicated ones counted once; `across` (a process group: the pipeline) sums every
+    stage's part, and `skip` leaves out parameters counted elsewhere (a tied copy). The scaling
+    follows torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), capped at 1).
     """
     inner = getattr(model, "module", model)  # DDP
-    grads = [p.grad for p in inner.parameters() if p.grad is not None]
-    if not isinstance(inner, ParallelGPT):
+    if not hasattr(inner, "sharded_param_ids"):
         return torch.nn.utils.clip_grad_norm_(inner.parameters(), max_norm).item()
+    params = [p for p in inner.parameters() if p.grad is not None]
     sharded = inner.sharded_param_ids()
-    sq_sharded = torch.zeros(1, 1, dtype=torch.float64, device=grads[0].device)
-    sq_replicated = torch.zeros(1, 1, dtype=torch.float64, device=grads[0].device)
-    for p in inner.parameters():
-        if p.grad is None:
+    dev = params[0].device
+    sq_sharded = torch.zeros(1, 1, dtype=torch.float64, device=dev)
+    sq_replicated = torch.zeros(1, 1, dtype=torch.float64, device=dev)
+    for p in params:
+        if any(p is q for q in skip):
             continue
         sq = p.grad.double().pow(2).sum()
         (sq_sharded if id(p) in sharded else sq_replicated).add_(sq)
     total = inner.comm.all_reduce_sum(sq_sharded, phase="grad", tag="grad_norm") + sq_replicated
+    if across is not None:
+        import torch.distributed as dist
+        dist.all_reduce(total, group=across)
     norm = total.sqrt().item()
     coef = min(max_norm / (norm + 1e-6), 1.0)
-    for g in grads:
-        g.mul_(coef)
+    for p in params:
+        p.grad.mul_(coef)
     return norm

@@ -21,6 +21,7 @@ from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleG
                                           ScheduleInterleaved1F1B)
 
 from .errors import ConfigError
+from .optim import clip_grad_norm
 from .parallel_model import ParallelGPT, ResidualStream, embed, head, head_loss
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B, "interleaved": ScheduleInterleaved1F1B}
@@ -202,26 +203,9 @@ class Pipeline:
         for p, g in zip(params, flat.split([p.numel() for p in params])):
             p.grad.copy_(g.view_as(p))
 
-    @torch.no_grad()
     def clip_grad_norm(self, max_norm: float) -> float:
-        """The dense model's gradient norm: sharded squares summed over TP, every stage's sum
-        over the pipeline, the tied embedding counted once (on the first stage)."""
-        sharded = self.shard.sharded_param_ids()
-        dev = next(self.shard.parameters()).device
-        sq_sharded = torch.zeros(1, 1, dtype=torch.float64, device=dev)
-        sq_rep = torch.zeros(1, 1, dtype=torch.float64, device=dev)
+        """The dense model's gradient norm: every stage's part summed over the pipeline, the
+        tied embedding counted once (on the first stage)."""
         tied = self.shard.transformer["wte"].weight if "wte" in self.shard.transformer else None
-        for p in self.shard.parameters():
-            if p.grad is None or (p is tied and not self.has_first):
-                continue
-            sq = p.grad.double().pow(2).sum()
-            (sq_sharded if id(p) in sharded else sq_rep).add_(sq)
-        total = self.shard.comm.all_reduce_sum(sq_sharded, phase="grad", tag="grad_norm") + sq_rep
-        if self.pp > 1:
-            dist.all_reduce(total, group=self.pp_group)
-        norm = total.sqrt().item()
-        coef = min(max_norm / (norm + 1e-6), 1.0)
-        for p in self.shard.parameters():
-            if p.grad is not None:
-                p.grad.mul_(coef)
-        return norm
+        return clip_grad_norm(self.shard, max_norm, across=self.pp_group if self.pp > 1 else None,
+                              skip=(tied,) if tied is not None and not self.has_first else ())
