@@ -65,10 +65,20 @@ def _cmd_plan(args) -> int:
                            vocab_parallel=args.vocab_parallel, dtype_bytes=args.dtype_bytes,
                            grad_clip=args.grad_clip)
                for s in plans]
+    if args.interconnect:
+        from .costmodel import load_interconnect, predict_step
+        if not args.achieved_tflops > 0:
+            raise ConfigError(f"achieved_tflops={args.achieved_tflops} must be > 0")
+        ic = load_interconnect(args.interconnect)
+        for r in reports:
+            r["prediction"] = predict_step(r, cfg, ic, args.achieved_tflops)
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
-    else:
-        print("\n\n".join(format_plan(r) for r in reports))
+        return 0
+    print("\n\n".join(format_plan(r) for r in reports))
+    if args.interconnect:
+        from .plan_report import format_predictions
+        print("\n" + format_predictions(reports, ic, args.achieved_tflops))
     return 0
 
 
@@ -208,6 +218,12 @@ def _cmd_import_hf(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from . import bench
+
+    return bench.run_comm_cli(args) if args.what == "comm" else bench.run_plans_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tpgpt", description="Tensor-parallel GPT with per-layer sync plans.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -230,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print JSON for machines")
     plan.add_argument("--config", help="take the model, tp, sync and batch from a training "
                                        "config (path or preset); flags still override")
+    plan.add_argument("--interconnect", metavar="NAME|FILE",
+                      help="predict step time on an interconnect: nvlink-h100, pcie4, ib-ndr, "
+                           "100gbe, 25gbe, or a profile from 'tpgpt bench comm'")
+    plan.add_argument("--achieved-tflops", "--achieved_tflops", dest="achieved_tflops",
+                      type=float, default=300.0,
+                      help="compute rate of one device for the prediction (default 300 TFLOP/s, "
+                           "about 30%% of an H100's dense bf16 peak)")
     plan.add_argument("--grad-clip", "--grad_clip", dest="grad_clip", type=_bool, nargs="?",
                       const=True, default=False, help="count the grad-norm all-reduce of clipping")
     plan.set_defaults(func=_cmd_plan)
@@ -291,6 +314,19 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("path", help="directory with config.json and model.safetensors")
     imp.add_argument("--out", required=True, help="the checkpoint directory to write")
     imp.set_defaults(func=_cmd_import_hf)
+
+    bench = sub.add_parser("bench", help="measurements under torchrun: comm, plans",
+                           description="comm: all-reduce latency and bandwidth from 8 B to 64 MB "
+                                       "on the current backend, fitted to the alpha-beta model. "
+                                       "plans: each sync plan's measured step time against the "
+                                       "cost model's prediction. Run under torchrun.")
+    bench.add_argument("what", choices=["comm", "plans"])
+    bench.add_argument("--repeats", type=int, default=20, help="comm: timings per size")
+    bench.add_argument("--config", default="shakespeare_char_cpu", help="plans: model shape")
+    bench.add_argument("--plans", nargs="+", default=["tp", "tp,spd", "spd", "parallel"])
+    bench.add_argument("--steps", type=int, default=20, help="plans: timed steps per plan")
+    bench.add_argument("--out", help="comm: the fitted profile (JSON); plans: the results")
+    bench.set_defaults(func=_cmd_bench)
 
     samp = sub.add_parser("sample", help="generate text from a checkpoint")
     samp.add_argument("--ckpt", required=True, help="a checkpoint dir or a run's out_dir")

@@ -78,3 +78,23 @@ def format_plan(r: dict) -> str:
     t = r["totals"]["step"]
     lines.append(f"  total {t['count']} collectives, {_mb(t['bytes'])} per rank buffer")
     return "\n".join(lines)
+
+
+def format_predictions(reports: list[dict], ic, achieved_tflops: float) -> str:
+    """One line per plan: predicted step time on `ic` and what dropping syncs saves."""
+    base = next((r for r in reports if all(r["bits"])), None) or max(
+        reports, key=lambda r: r["forward_syncs"])
+    lines = [f"predicted step (one micro-batch) on {ic.name} ({ic.bandwidth_Bps / 1e9:g} GB/s, "
+             f"{ic.alpha_s * 1e6:g} us per ring step), compute at {achieved_tflops:g} TFLOP/s "
+             f"per device, no overlap:",
+             f"  {'sync':<28} {'fwd syncs':>9} {'compute ms':>11} {'comm ms':>9} "
+             f"{'step ms':>9} {'comm share':>10} {'vs ' + base['sync']:>12}"]
+    for r in reports:
+        p = r["prediction"]
+        saving = 1 - p["step_s"] / base["prediction"]["step_s"]
+        lines.append(f"  {r['sync']:<28} {r['forward_syncs']:>9} {1e3 * p['compute_s']:>11.2f} "
+                     f"{1e3 * p['comm_s']:>9.2f} {1e3 * p['step_s']:>9.2f} "
+                     f"{100 * p['comm_share']:>9.1f}% {-100 * saving + 0.0:>+11.1f}%")
+    if ic.source:
+        lines.append(f"  profile: {ic.source}")
+    return "\n".join(lines)

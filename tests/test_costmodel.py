@@ -1,0 +1,52 @@
+"""The communication cost model and `tpgpt plan --interconnect`."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tpgpt.cli import main
+from tpgpt.costmodel import BUILTIN, Interconnect, fit_alpha_beta, load_interconnect
+from tpgpt.errors import ConfigError
+
+
+def test_ring_formulas():
+    ic = Interconnect("x", alpha_s=1e-5, bandwidth_Bps=1e9)
+    # all-reduce over 4 ranks: 2(n-1) alpha + 2(n-1)/n N/B
+    assert ic.collective_time("all_reduce", 10 ** 9, 4) == pytest.approx(6e-5 + 1.5)
+    assert ic.collective_time("all_gather", 10 ** 9, 4) == pytest.approx(3e-5 + 0.75)
+    assert ic.collective_time("all_reduce", 10 ** 9, 1) == 0.0
+
+
+def test_fit_recovers_a_known_profile():
+    true = Interconnect("t", 2e-4, 3e9)
+    sizes = [8 * 4 ** k for k in range(13)]
+    fit = fit_alpha_beta(sizes, [true.collective_time("all_reduce", n, 2) for n in sizes], 2)
+    assert fit.alpha_s == pytest.approx(true.alpha_s, rel=1e-6)
+    assert fit.bandwidth_Bps == pytest.approx(true.bandwidth_Bps, rel=1e-6)
+
+
+def test_profiles_load_and_bad_ones_are_refused(tmp_path):
+    assert load_interconnect("25gbe").bandwidth_Bps == 3.125e9
+    assert all(ic.source for ic in BUILTIN.values())  # every built-in figure is sourced
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"name": "m", "alpha_s": 1e-4, "bandwidth_Bps": 2e9}))
+    assert load_interconnect(str(f)).alpha_s == 1e-4
+    f.write_text("{}")
+    with pytest.raises(ConfigError, match="is not an interconnect profile"):
+        load_interconnect(str(f))
+    with pytest.raises(ConfigError, match="neither a built-in profile"):
+        load_interconnect("token-ring")
+
+
+def test_plan_predicts_savings(capsys):
+    assert main(["plan", "--config", "gpt2_owt_sync24", "--sync", "tp", "spd", "--json",
+                 "--interconnect", "25gbe"]) == 0
+    tp, spd = json.loads(capsys.readouterr().out)
+    assert tp["prediction"]["compute_s"] == spd["prediction"]["compute_s"]
+    # half the stream syncs: the activation part of the comm time halves
+    assert spd["prediction"]["comm_s"] < 0.51 * tp["prediction"]["comm_s"]
+    assert main(["plan", "--sync", "tp", "spd", "--interconnect", "nvlink-h100"]) == 0
+    out = capsys.readouterr().out
+    assert "predicted step (one micro-batch) on nvlink-h100" in out and "vs tp" in out
+    assert main(["plan", "--interconnect", "nvlink-h100", "--achieved-tflops", "0"]) == 2
