@@ -221,7 +221,8 @@ def _cmd_import_hf(args) -> int:
 def _cmd_bench(args) -> int:
     from . import bench
 
-    return bench.run_comm_cli(args) if args.what == "comm" else bench.run_plans_cli(args)
+    return {"throughput": bench.run_throughput_cli, "comm": bench.run_comm_cli,
+            "plans": bench.run_plans_cli}[args.what](args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,16 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", required=True, help="the checkpoint directory to write")
     imp.set_defaults(func=_cmd_import_hf)
 
-    bench = sub.add_parser("bench", help="measurements under torchrun: comm, plans",
-                           description="comm: all-reduce latency and bandwidth from 8 B to 64 MB "
+    bench = sub.add_parser("bench", help="measurements: throughput; under torchrun: comm, plans",
+                           description="throughput: dense vs simulated tp=2, tp=4 training steps. "
+                                       "comm: all-reduce latency and bandwidth from 8 B to 64 MB "
                                        "on the current backend, fitted to the alpha-beta model. "
                                        "plans: each sync plan's measured step time against the "
                                        "cost model's prediction. Run under torchrun.")
-    bench.add_argument("what", choices=["comm", "plans"])
+    bench.add_argument("what", choices=["throughput", "comm", "plans"])
+    bench.add_argument("--shapes", nargs="+", default=["cpu-preset", "12-layer"],
+                       choices=["cpu-preset", "12-layer"], help="throughput: model shapes")
     bench.add_argument("--repeats", type=int, default=20, help="comm: timings per size")
     bench.add_argument("--config", default="shakespeare_char_cpu", help="plans: model shape")
     bench.add_argument("--plans", nargs="+", default=["tp", "tp,spd", "spd", "parallel"])
-    bench.add_argument("--steps", type=int, default=20, help="plans: timed steps per plan")
+    bench.add_argument("--steps", type=int, default=20, help="throughput, plans: timed steps")
     bench.add_argument("--out", help="comm: the fitted profile (JSON); plans: the results")
     bench.set_defaults(func=_cmd_bench)
 
