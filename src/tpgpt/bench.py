@@ -285,3 +285,122 @@ def run_throughput_cli(args) -> int:
             json.dump({"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
                        "threads": torch.get_num_threads(), "shapes": results}, f, indent=1)
     return 0
+
+
+def dtensor_gpt(dense, mesh):
+    """The dense GPT under PyTorch's own tensor parallelism (DTensor), the same function:
+    c_attn/c_fc ColwiseParallel, both c_proj RowwiseParallel, embedding and head replicated.
+    c_attn's rows are reordered rank-major ([q_0 k_0 v_0 | q_1 k_1 v_1 | ...]) so that the
+    contiguous chunk ColwiseParallel gives rank r holds q, k and v of rank r's heads."""
+    import copy
+
+    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
+                                                   parallelize_module)
+    tp = mesh.size()
+    model = copy.deepcopy(dense)
+    C = dense.config.n_embd
+    per = C // tp
+    perm = torch.cat([torch.arange(g * C + r * per, g * C + (r + 1) * per)
+                      for r in range(tp) for g in range(3)])
+    with torch.no_grad():
+        for blk in model.transformer.h:
+            blk.attn.c_attn.weight.copy_(blk.attn.c_attn.weight[perm])
+            if blk.attn.c_attn.bias is not None:
+                blk.attn.c_attn.bias.copy_(blk.attn.c_attn.bias[perm])
+    plan = {"attn.c_attn": ColwiseParallel(), "attn.c_proj": RowwiseParallel(),
+            "mlp.c_fc": ColwiseParallel(), "mlp.c_proj": RowwiseParallel()}
+    for blk in model.transformer.h:
+        parallelize_module(blk, mesh, plan)
+    return model
+
+
+def bench_dist(config, batch_size: int, plans: list[str], steps: int = 20,
+               warmup: int = 3) -> dict:
+    """Under torchrun (tp = world): tokens/s of DTensor TP and of tpgpt's distributed TP for
+    each plan, the same dense weights and batch, interleaved; losses checked equal first."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from .distributed import DistributedComm, init_distributed
+    from .model import GPT
+    from .parallel_model import ParallelGPT
+
+    rank, world, device = init_distributed()
+    mesh = init_device_mesh(device.type, (world,))
+    torch.manual_seed(0)
+    dense = GPT(config).to(device)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, config.vocab_size, (batch_size, config.block_size),
+                        generator=g).to(device)
+    models = {"DTensor TP (Colwise/Rowwise)": (dtensor_gpt(dense, mesh), False)}
+    for plan in plans:
+        models[f"tpgpt TP, sync={plan}"] = (ParallelGPT.from_dense(
+            dense, tp=world, sync=plan, comm=DistributedComm(world)), True)
+    with torch.no_grad():
+        ref = models["DTensor TP (Colwise/Rowwise)"][0](idx, idx)[1].item()
+        ours = models[f"tpgpt TP, sync={plans[0]}"][0](idx, idx, return_logits=False)[1].item()
+    fns = {}
+    for name, (m, parallel) in models.items():
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4, foreach=False)
+
+        def step(m=m, parallel=parallel, opt=opt):
+            loss = m(idx, idx, return_logits=False)[1] if parallel else m(idx, idx)[1]
+            loss.backward()
+            if parallel:
+                m.sync_replicated_grads()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        fns[name] = step
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(warmup + steps):
+        for k, fn in fns.items():
+            dist.barrier()
+            t0 = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    med = torch.tensor([statistics.median(v) for v in times.values()], dtype=torch.float64)
+    dist.all_reduce(med, op=dist.ReduceOp.MAX)
+    tokens = batch_size * config.block_size
+    base = med[0].item()
+    rows = [{"model": k, "median_s": m, "min_s": min(times[k]), "max_s": max(times[k]),
+             "tokens_per_s": tokens / m, "vs_dtensor": base / m}
+            for k, m in zip(times, med.tolist())]
+    return {"rank": rank, "world": world, "backend": dist.get_backend(),
+            "loss_dtensor": ref, "loss_tpgpt": ours, "tokens_per_step": tokens,
+            "config": {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd",
+                                                       "block_size", "vocab_size")},
+            "steps": steps, "rows": rows}
+
+
+def format_dist(r: dict) -> str:
+    c = r["config"]
+    lines = [f"distributed TP, tp={r['world']} ({r['backend']}): {c['n_layer']} layers, n_embd "
+             f"{c['n_embd']}, {r['tokens_per_step']} tokens/step; {r['steps']} steps each, "
+             f"interleaved; same weights: loss {r['loss_dtensor']:.6f} (DTensor) vs "
+             f"{r['loss_tpgpt']:.6f} (tpgpt, all syncs)", "",
+             "| model | median ms | min-max ms | tokens/s | vs DTensor |", "|---|---|---|---|---|"]
+    for x in r["rows"]:
+        lines.append(f"| {x['model']} | {1e3 * x['median_s']:.1f} | {1e3 * x['min_s']:.1f}-"
+                     f"{1e3 * x['max_s']:.1f} | {x['tokens_per_s']:.0f} | "
+                     f"{x['vs_dtensor']:.3f}x |")
+    return "\n".join(lines)
+
+
+def run_dist_cli(args) -> int:
+    import torch.distributed as dist
+
+    from .errors import ConfigError
+
+    if "RANK" not in os.environ:
+        raise ConfigError("bench dist compares distributed TP: use torchrun --nproc_per_node=TP")
+    shape, batch = THROUGHPUT_SHAPES[args.shapes[0]]
+    result = bench_dist(shape, batch, args.plans, steps=args.steps)
+    if result["rank"] == 0:
+        print(format_dist(result))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=1)
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0

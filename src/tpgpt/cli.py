@@ -222,7 +222,7 @@ def _cmd_bench(args) -> int:
     from . import bench
 
     return {"throughput": bench.run_throughput_cli, "comm": bench.run_comm_cli,
-            "plans": bench.run_plans_cli}[args.what](args)
+            "plans": bench.run_plans_cli, "dist": bench.run_dist_cli}[args.what](args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,11 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measurements: throughput; under torchrun: comm, plans",
                            description="throughput: dense vs simulated tp=2, tp=4 training steps. "
+                                       "dist: tpgpt's distributed TP (per plan) against "
+                                       "PyTorch's DTensor TP on the same model. "
                                        "comm: all-reduce latency and bandwidth from 8 B to 64 MB "
                                        "on the current backend, fitted to the alpha-beta model. "
                                        "plans: each sync plan's measured step time against the "
                                        "cost model's prediction. Run under torchrun.")
-    bench.add_argument("what", choices=["throughput", "comm", "plans"])
+    bench.add_argument("what", choices=["throughput", "comm", "plans", "dist"])
     bench.add_argument("--shapes", nargs="+", default=["cpu-preset", "12-layer"],
                        choices=["cpu-preset", "12-layer"], help="throughput: model shapes")
     bench.add_argument("--repeats", type=int, default=20, help="comm: timings per size")

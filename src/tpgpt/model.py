@@ -68,20 +68,22 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
-        self.n_embd = config.n_embd
+        self.head_size = config.n_embd // config.n_head
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # [q | k | v]
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        B, T, _ = x.shape
+        # heads counted from the width: under DTensor's colwise c_attn a rank holds n_head / tp
+        # of them (tpgpt bench dist compares against PyTorch's own tensor parallelism)
+        q, k, v = self.c_attn(x).chunk(3, dim=-1)
+        q, k, v = (t.reshape(B, T, -1, self.head_size).transpose(1, 2)
                    for t in (q, k, v))  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
