@@ -112,3 +112,30 @@ def test_counts_are_exact_not_at_least():
     assert ("grad", "all_reduce", "replicated_grads") not in a
     # spd: 4 regions of 2 sublayers, each: 2 LayerNorms (w + b) + the attention output bias
     assert b[("grad", "all_reduce", "replicated_grads")] == (1, 4 * (2 * 16 + 8) * 4)
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+@pytest.mark.parametrize("vp", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_memory_accounting_matches_the_model(tp, vp, bias, capsys):
+    """Per-rank parameter and AdamW bytes of `tpgpt plan` equal what the model allocates."""
+    from tpgpt.optim import make_optimizer
+    gpt = make_gpt(bias=bias)
+    model = ParallelGPT.from_dense(gpt, tp=tp, sync="spd", vocab_parallel=vp)
+    sharded = model.sharded_param_ids()
+    R = model.comm.local_ranks  # simulated: this process holds all tp ranks
+    per_rank = sum(p.numel() // R if id(p) in sharded else p.numel() for p in model.parameters())
+    opt = make_optimizer(model, 0.1, 1e-3, (0.9, 0.99))
+    idx = torch.zeros(1, 4, dtype=torch.long)
+    model(idx, idx)[1].backward()
+    model.sync_replicated_grads()
+    opt.step()
+    adam = sum(t.numel() // R if id(p) in sharded else t.numel()
+               for p, st in opt.state.items() for k, t in st.items() if k != "step")
+    c = gpt.config
+    r = plan_json(capsys, f"--n_layer={c.n_layer}", f"--n_head={c.n_head}", f"--n_embd={c.n_embd}",
+                  f"--vocab_size={c.vocab_size}", f"--block_size={c.block_size}", f"--bias={bias}",
+                  "--tp", str(tp), f"--vocab_parallel={vp}")
+    mem = r["memory_per_rank"]
+    assert mem["param_bytes"] == 4 * per_rank
+    assert mem["adamw_bytes"] == 4 * adam

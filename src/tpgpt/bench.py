@@ -339,9 +339,10 @@ def bench_dist(config, batch_size: int, plans: list[str], steps: int = 20,
     with torch.no_grad():
         ref = models["DTensor TP (Colwise/Rowwise)"][0](idx, idx)[1].item()
         ours = models[f"tpgpt TP, sync={plans[0]}"][0](idx, idx, return_logits=False)[1].item()
-    fns = {}
+    fns, fns_opts = {}, {}
     for name, (m, parallel) in models.items():
         opt = torch.optim.AdamW(m.parameters(), lr=1e-4, foreach=False)
+        fns_opts[name] = opt
 
         def step(m=m, parallel=parallel, opt=opt):
             loss = m(idx, idx, return_logits=False)[1] if parallel else m(idx, idx)[1]
@@ -361,6 +362,21 @@ def bench_dist(config, batch_size: int, plans: list[str], steps: int = 20,
                 times[k].append(time.perf_counter() - t0)
     med = torch.tensor([statistics.median(v) for v in times.values()], dtype=torch.float64)
     dist.all_reduce(med, op=dist.ReduceOp.MAX)
+    import resource
+
+    from .plan_report import memory_per_rank
+    our_model = models[f"tpgpt TP, sync={plans[0]}"][0]
+    opt_state = fns_opts[f"tpgpt TP, sync={plans[0]}"].state
+    local = [sum(p.numel() * p.element_size() for p in our_model.parameters()),
+             sum(t.numel() * t.element_size() for st in opt_state.values()
+                 for k, t in st.items() if k != "step"),
+             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]
+    per_rank = [torch.zeros(3, dtype=torch.float64) for _ in range(world)]
+    dist.all_gather(per_rank, torch.tensor(local, dtype=torch.float64))
+    planned = memory_per_rank(config, world, False)
+    memory = [{"rank": k, "param_bytes": int(v[0]), "adamw_bytes": int(v[1]),
+               "peak_rss_bytes": int(v[2]), "planned_param_bytes": planned["param_bytes"],
+               "planned_adamw_bytes": planned["adamw_bytes"]} for k, v in enumerate(per_rank)]
     tokens = batch_size * config.block_size
     base = med[0].item()
     rows = [{"model": k, "median_s": m, "min_s": min(times[k]), "max_s": max(times[k]),
@@ -370,7 +386,7 @@ def bench_dist(config, batch_size: int, plans: list[str], steps: int = 20,
             "loss_dtensor": ref, "loss_tpgpt": ours, "tokens_per_step": tokens,
             "config": {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd",
                                                        "block_size", "vocab_size")},
-            "steps": steps, "rows": rows}
+            "steps": steps, "rows": rows, "memory": memory}
 
 
 def format_dist(r: dict) -> str:
@@ -384,6 +400,13 @@ def format_dist(r: dict) -> str:
         lines.append(f"| {x['model']} | {1e3 * x['median_s']:.1f} | {1e3 * x['min_s']:.1f}-"
                      f"{1e3 * x['max_s']:.1f} | {x['tokens_per_s']:.0f} | "
                      f"{x['vs_dtensor']:.3f}x |")
+    if r.get("memory"):
+        lines += ["", "| rank | tpgpt params | planned | AdamW state | planned | peak RSS (process, "
+                      "all models of this run) |", "|---|---|---|---|---|---|"]
+        for m in r["memory"]:
+            lines.append(f"| {m['rank']} | {m['param_bytes']:,} B | {m['planned_param_bytes']:,} B"
+                         f" | {m['adamw_bytes']:,} B | {m['planned_adamw_bytes']:,} B | "
+                         f"{m['peak_rss_bytes'] / 2 ** 20:.0f} MiB |")
     return "\n".join(lines)
 
 

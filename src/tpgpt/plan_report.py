@@ -4,6 +4,24 @@ from __future__ import annotations
 from .plan import SyncPlan, count_collectives, replicated_per_rank_numel
 
 
+def memory_per_rank(config, tp: int, vocab_parallel: bool) -> dict:
+    """Parameter elements one TP rank holds, split into sharded (1/tp of the dense tensors) and
+    replicated; bytes for fp32 parameters, gradients and AdamW's two moments."""
+    C, L, V, T = config.n_embd, config.n_layer, config.vocab_size, config.block_size
+    b = 1 if config.bias else 0
+    sharded = L * (12 * C * C + 7 * C * b)  # c_attn, c_fc (+ biases), both c_proj weights
+    replicated = L * (2 * C * (1 + b) + 2 * C * b) + T * C + C * (1 + b)  # LNs, c_proj biases,
+    # wpe, ln_f
+    if vocab_parallel:
+        sharded += V * C
+    else:
+        replicated += V * C
+    per_rank = sharded // tp + replicated
+    return {"sharded_elements": sharded // tp, "replicated_elements": replicated,
+            "param_bytes": 4 * per_rank, "grad_bytes": 4 * per_rank,
+            "adamw_bytes": 8 * per_rank, "total_bytes": 16 * per_rank}
+
+
 def plan_report(config, plan: SyncPlan, *, tp: int, batch_size: int, seq_len: int,
                 vocab_parallel: bool, dtype_bytes: int = 4, grad_clip: bool = False) -> dict:
     """Everything `tpgpt plan --json` prints: layers, regions, and collectives per step."""
@@ -32,6 +50,7 @@ def plan_report(config, plan: SyncPlan, *, tp: int, batch_size: int, seq_len: in
         "replicated_grad_elements": replicated_per_rank_numel(plan, config.n_embd, config.bias),
         "collectives": [{"phase": c.phase, "op": c.op, "tag": c.tag, "count": c.count,
                          "bytes_each": c.nbytes} for c in step],
+        "memory_per_rank": memory_per_rank(config, tp, vocab_parallel),
         "totals": totals,
     }
 
@@ -68,6 +87,12 @@ def format_plan(r: dict) -> str:
     lines += ["", f"forward all-reduces of the residual stream per pass: {n}"
               + (f" (all-on: {base}, {100 * (base - n) / base:.0f}% fewer)" if base else
                  " (tp=1: nothing to communicate)"), ""]
+    mem = r["memory_per_rank"]
+    lines += [f"memory per TP rank (fp32): {mem['sharded_elements']:,} sharded + "
+              f"{mem['replicated_elements']:,} replicated parameters; params "
+              f"{_mb(mem['param_bytes'])}, grads {_mb(mem['grad_bytes'])}, AdamW "
+              f"{_mb(mem['adamw_bytes'])}, total {_mb(mem['total_bytes'])} (activations not "
+              f"included)", ""]
     if not r["collectives"]:
         return "\n".join(lines + ["per training step: no collectives"])
     lines.append("per training step (fwd/bwd lines: per micro-batch; grad lines: per optimizer step):")
