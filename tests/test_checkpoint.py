@@ -50,15 +50,22 @@ def test_incomplete_or_mismatched_checkpoints_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="does not fit this model"):
         load_sharded(str(tmp_path / "c"), ShardedState(other))
     shutil.rmtree(tmp_path / "c" / "model")
-    with pytest.raises(ConfigError, match="model is missing: the checkpoint is incomplete"):
+    with pytest.raises(ConfigError, match="safetensors is missing: the checkpoint is incomplete"):
         load_model(str(tmp_path / "c"))
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "state.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="state.json is not valid JSON"):
+    (tmp_path / "bad" / "state.json").write_text("{}")
+    with pytest.raises(ConfigError, match="has no manifest.json: the checkpoint is incomplete"):
         load_state(str(tmp_path / "bad"))
-    (tmp_path / "bad" / "state.json").write_text('{"format": 99}')
-    with pytest.raises(ConfigError, match="is not a tpgpt checkpoint"):
-        load_state(str(tmp_path / "bad"))
+    import json
+
+    from tpgpt.checkpoint import _file_digests
+    for text, fragment in (("{not json", "state.json is not valid JSON"),
+                           ('{"format": 99}', "is not a tpgpt checkpoint")):
+        (tmp_path / "bad" / "state.json").write_text(text)  # a manifest that matches it
+        (tmp_path / "bad" / "manifest.json").write_text(
+            json.dumps({"files": _file_digests(str(tmp_path / "bad"))}))
+        with pytest.raises(ConfigError, match=fragment):
+            load_state(str(tmp_path / "bad"))
 
 
 def test_nothing_is_unpickled(tmp_path):
@@ -67,3 +74,34 @@ def test_nothing_is_unpickled(tmp_path):
     save(gpt, tmp_path / "c", 1)
     files = [f for _, _, fs in os.walk(tmp_path / "c") for f in fs]
     assert files and all(f.endswith((".safetensors", ".json")) for f in files), files
+    assert "manifest.json" in files
+
+
+def test_checksums_catch_corruption_and_name_the_intact_one(tmp_path):
+    gpt = make_gpt()
+    save(gpt, tmp_path / "last", 2)
+    save(gpt, tmp_path / "best", 1)
+    shard = next(f for f in os.listdir(tmp_path / "last" / "model") if f.endswith(".safetensors"))
+    p = tmp_path / "last" / "model" / shard
+    data = bytearray(p.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in a weight
+    p.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=f"model/{shard} fails its checksum: the checkpoint is "
+                                          f"corrupt; .*best is intact"):
+        load_state(str(tmp_path / "last"))
+    assert load_state(str(tmp_path / "best"))["iter"] == 1
+    os.remove(tmp_path / "best" / "meta.json")
+    with pytest.raises(ConfigError, match="meta.json is missing: the checkpoint is incomplete"):
+        load_state(str(tmp_path / "best"))
+
+
+def test_manifest_paths_cannot_escape(tmp_path):
+    import json
+    gpt = make_gpt()
+    save(gpt, tmp_path / "c", 1)
+    (tmp_path / "secret").write_text("x")
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    m["files"]["../secret"] = {"bytes": 1, "sha256": "0"}
+    (tmp_path / "c" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ConfigError, match="names '../secret', outside the checkpoint"):
+        load_state(str(tmp_path / "c"))

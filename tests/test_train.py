@@ -190,3 +190,24 @@ def test_resume_at_another_layout_continues_the_same_run(text_data, tmp_path, sa
     full = train_losses(tmp_path / "full")
     for run in ("part", "part1"):
         assert_losses_close(train_losses(tmp_path / run), full, 1e-4, f"resumed {run}")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(text_data, tmp_path, capsys):
+    from tpgpt.cli import main
+    data, _ = text_data
+    args = [f"--{k}={v}" for k, v in tiny_train_overrides(
+        data, tmp_path / "run", max_iters=40, eval_interval=5, warmup_iters=0, grad_clip=0,
+        learning_rate=1e38, min_lr=0.0).items()]
+    # a first run at a sane learning rate writes checkpoints up to iteration 10 ...
+    sane = [a if not a.startswith(("--learning_rate", "--max_iters")) else
+            ("--learning_rate=1e-3" if a.startswith("--learning_rate") else "--max_iters=10")
+            for a in args]
+    assert main(["train", "shakespeare_char_cpu", *sane]) == 0
+    capsys.readouterr()
+    # ... then it resumes at an absurd one: the weights overflow and the loss turns inf/NaN
+    assert main(["train", "shakespeare_char_cpu", *args, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at iteration" in err[0] and "stopped" in err[0], err
+    assert "last good checkpoint is" in err[0] and "(iteration 10)" in err[0]
+    from tpgpt.checkpoint import load_state
+    assert load_state(str(tmp_path / "run" / "last"))["iter"] == 10  # nothing poisoned saved

@@ -7,6 +7,8 @@
     meta.json           the tokenizer (a copy of the dataset's), so sampling needs no data
     rank{k}.pt          process k's torch RNG state (loaded with weights_only=True), so a resume
                         at the same layout continues bit for bit, dropout included
+    manifest.json       size and sha256 of every other file, written last and checked on every
+                        load: a corrupt or tampered checkpoint is refused, not half-read
 
 A crash while saving leaves the previous checkpoint in place: files go to `NAME.tmp/`, then
 `NAME/` is renamed to `NAME.old/`, `NAME.tmp/` to `NAME/`, and `NAME.old/` is removed; a reader
@@ -14,6 +16,7 @@ that finds only `NAME.old/` (a crash between the two renames) uses it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,7 +27,7 @@ import torch
 
 from .errors import ConfigError
 
-FORMAT = 2
+FORMAT = 3
 
 
 def _fsync_dir(path: str) -> None:
@@ -66,6 +69,7 @@ def save_checkpoint(path: str, *, rank: int, barrier: Callable[[], None], sharde
     if rank == 0:
         write_json(os.path.join(tmp, "meta.json"), meta)
         write_json(os.path.join(tmp, "state.json"), {"format": FORMAT, **state})
+        write_json(os.path.join(tmp, "manifest.json"), {"files": _file_digests(tmp)})
         _fsync_dir(tmp)
         if os.path.exists(path):
             shutil.rmtree(old, ignore_errors=True)
@@ -98,6 +102,61 @@ def load_sharded(path: str, sharded, distributed: bool = False) -> None:
     sharded.load_state_dict(state)
 
 
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_digests(root: str) -> dict[str, dict]:
+    out = {}
+    for d, _, files in os.walk(root):
+        for name in files:
+            full = os.path.join(d, name)
+            rel = os.path.relpath(full, root)
+            if rel != "manifest.json":
+                out[rel] = {"bytes": os.path.getsize(full), "sha256": _sha256(full)}
+    return out
+
+
+def verify_checkpoint(path: str, hint: bool = True) -> None:
+    """Every file of the manifest is there, inside `path`, with its size and sha256 (`hint`:
+    name the run's other checkpoint in the error when that one is intact)."""
+    try:
+        with open(os.path.join(path, "manifest.json")) as f:
+            files = json.load(f)["files"]
+    except FileNotFoundError:
+        raise ConfigError(f"{path} has no manifest.json: the checkpoint is incomplete") from None
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        raise ConfigError(f"{path}/manifest.json is not a valid manifest") from None
+    root = os.path.realpath(path)
+    for rel, want in files.items():
+        full = os.path.realpath(os.path.join(root, rel))
+        if os.path.isabs(rel) or os.path.commonpath([root, full]) != root:
+            raise ConfigError(f"{path}/manifest.json names {rel!r}, outside the checkpoint")
+        if not os.path.isfile(full):
+            raise ConfigError(f"{path}/{rel} is missing: the checkpoint is incomplete"
+                              + (_other_hint(path) if hint else ""))
+        if os.path.getsize(full) != want.get("bytes") or _sha256(full) != want.get("sha256"):
+            raise ConfigError(f"{path}/{rel} fails its checksum: the checkpoint is corrupt"
+                              + (_other_hint(path) if hint else ""))
+
+
+def _other_hint(path: str) -> str:
+    """Name the run's other checkpoint (best <-> last) when it verifies."""
+    parent, name = os.path.split(os.path.normpath(path))
+    other = {"last": "best", "best": "last", "last.old": "best"}.get(name)
+    if other and os.path.isfile(os.path.join(parent, other, "manifest.json")):
+        try:
+            verify_checkpoint(os.path.join(parent, other), hint=False)
+            return f"; {os.path.join(parent, other)} is intact"
+        except ConfigError:
+            return ""
+    return ""
+
+
 def find_checkpoint(path: str) -> str | None:
     """The directory to read for checkpoint `path`, or None if there is none."""
     for candidate in (path, path + ".old"):
@@ -110,6 +169,7 @@ def load_state(path: str) -> dict:
     found = find_checkpoint(path)
     if found is None:
         raise ConfigError(f"no checkpoint in {path}: state.json is missing")
+    verify_checkpoint(found)
     try:
         with open(os.path.join(found, "state.json")) as f:
             state = json.load(f)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import time
 from contextlib import nullcontext
@@ -35,6 +36,10 @@ from .sharded_state import ShardedState
 # tp_procs, processes, vocab_parallel) may change where the model stays the same function
 RESUME_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "dropout",
                "sync", "batch_size", "gradient_accumulation_steps", "seed", "data_dir", "dtype")
+
+
+class Diverged(ConfigError):
+    """The loss became NaN or infinite: the run stops, keeping its last good checkpoint."""
 
 
 @dataclass
@@ -375,6 +380,7 @@ class Trainer:
             if (self.iter % cfg.eval_interval == 0 or self.iter == cfg.max_iters) \
                     and self.iter != self.resumed_at:
                 losses = self.evaluate()
+                self._check_finite(losses["train"], losses["val"], what="evaluation")
                 self.last_eval = losses
                 log.write({"kind": "eval", "iter": self.iter, "train_loss": losses["train"],
                            "val_loss": losses["val"]})
@@ -389,6 +395,7 @@ class Trainer:
                 break
             t0 = time.perf_counter()
             step = self.train_step()
+            self._check_finite(step["loss"], what="training loss", it=self.iter)
             dt = time.perf_counter() - t0
             train_time += dt
             self.iter += 1
@@ -420,6 +427,18 @@ class Trainer:
                   f"{summary['wall_s']:.1f} s; {summary['forward_syncs']} forward syncs per pass, "
                   f"{summary['collectives_per_step']} TP collectives per step")
         return summary
+
+    def _check_finite(self, *values: float, what: str, it: int | None = None) -> None:
+        """Stop before anything poisoned is saved; every rank sees the same (reduced) loss."""
+        if all(math.isfinite(v) for v in values):
+            return
+        last = os.path.join(self.cfg.out_dir, "last")
+        good = load_state(last)["iter"] if find_checkpoint(last) else None
+        raise Diverged(f"{what} is {values[0] if not math.isfinite(values[0]) else values[-1]} "
+                       f"at iteration {self.iter if it is None else it}: stopped; "
+                       + (f"the last good checkpoint is {last} (iteration {good}), resume from it "
+                          f"with a lower learning_rate" if good is not None else
+                          "no checkpoint was written"))
 
     def close(self) -> None:
         """Wait for every process (the process group itself stays up for the next run)."""
