@@ -107,3 +107,30 @@ def test_two_nodes_on_loopback_equal_one_node(text_data, tmp_path):
     one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
     assert one.keys() == two.keys()
     assert max(abs(one[k] - two[k]) for k in one) < 1e-6
+
+
+def _divergent_run(tmp_path, data_dir, env_extra) -> subprocess.CompletedProcess:
+    env = dict(ENV, **env_extra)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", os.path.join(HERE, "rank_divergent.py"),
+                           *_args(data_dir, tmp_path / "run", **KW)[2:]],
+                          capture_output=True, text=True, env=env, timeout=120,
+                          cwd=tmp_path / "a")
+
+
+def test_a_rank_with_another_config_or_data_is_caught_at_start(text_data, tmp_path):
+    import shutil
+    data, _ = text_data
+    for node in ("a", "b"):  # two "nodes", each with its own copy at the same relative path
+        shutil.copytree(data, tmp_path / node / "d")
+    with open(tmp_path / "b" / "d" / "val.bin", "r+b") as f:  # one token differs on node b
+        f.seek(100)
+        token = f.read(1)[0]
+        f.seek(100)
+        f.write(bytes([(token + 1) % 20]))
+    proc = _divergent_run(tmp_path, "d", {"TPGPT_TEST_RANK1_ARGS": "--seed=7"})
+    assert proc.returncode != 0
+    assert "rank 1 has another config than rank 0: seed=7 (rank 0: 1337)" in proc.stderr
+    proc = _divergent_run(tmp_path, "d", {"TPGPT_TEST_RANK1_CWD": str(tmp_path / "b")})
+    assert proc.returncode != 0
+    assert "rank 1 sees other data than rank 0 in d" in proc.stderr, proc.stderr[-2000:]

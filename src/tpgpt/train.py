@@ -135,6 +135,8 @@ class Trainer:
                               f"not divisible by dp={self.layout.dp}")
         self.accum = cfg.gradient_accumulation_steps // self.layout.dp
         self.device = self.layout.device
+        if self.layout.distributed:
+            self._check_ranks_agree()
         self._build_model()
         self.ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                         "float16": torch.float16}[cfg.dtype]
@@ -154,6 +156,37 @@ class Trainer:
             self._resume()
 
     # --- set-up ----------------------------------------------------------------------------
+    def _data_fingerprint(self) -> str:
+        """sha256 of meta.json and of each token file's size, first and last MiB."""
+        import hashlib
+        h = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode())
+        for f in self.files.values():
+            size = os.path.getsize(f.path)
+            h.update(str(size).encode())
+            with open(f.path, "rb") as fh:
+                h.update(fh.read(1 << 20))
+                fh.seek(max(size - (1 << 20), 0))
+                h.update(fh.read())
+        return h.hexdigest()
+
+    def _check_ranks_agree(self) -> None:
+        """Every rank must train on rank 0's config and data; caught here, not as silently
+        different shards later."""
+        import torch.distributed as dist
+        mine = {"config": self.cfg.to_dict(), "data": self._data_fingerprint()}
+        everyone: list = [None] * self.layout.world
+        dist.all_gather_object(everyone, mine)
+        ref = everyone[0]
+        for rank, other in enumerate(everyone):
+            keys = [k for k in ref["config"] if other["config"].get(k) != ref["config"][k]]
+            if keys:
+                raise ConfigError(f"rank {rank} has another config than rank 0: " + ", ".join(
+                    f"{k}={other['config'][k]!r} (rank 0: {ref['config'][k]!r})" for k in keys))
+            if other["data"] != ref["data"]:
+                raise ConfigError(f"rank {rank} sees other data than rank 0 in "
+                                  f"{self.cfg.data_dir} (train.bin/val.bin/meta.json differ)")
+
+
     def _build_model(self) -> None:
         cfg, layout = self.cfg, self.layout
         torch.manual_seed(cfg.seed)  # the same dense weights on every process, at any tp
