@@ -152,7 +152,8 @@ def _cmd_train(args, extra: list[str]) -> int:
 
     cfg = load_config(args.config, parse_overrides(extra))
     resume = args.resume
-    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    from .distributed import restart_count
+    restarts = restart_count()
     if restarts and not resume:
         from .checkpoint import find_checkpoint
         # torchrun --max-restarts restarted the workers after a failure: continue, don't restart

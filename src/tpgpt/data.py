@@ -109,9 +109,9 @@ def tokenizer_from_meta(meta: dict) -> Tokenizer:
 
 # --- preparing ---------------------------------------------------------------------------------
 def _check_out_dir(out: str, force: bool) -> None:
+    """Refuse to replace a prepared dataset; the directory is created only when writing."""
     if os.path.exists(os.path.join(out, "train.bin")) and not force:
         raise ConfigError(f"{out} already holds a prepared dataset: pass --force to replace it")
-    os.makedirs(out, exist_ok=True)
 
 
 def _write_split(out: str, name: str, ids) -> int:
@@ -132,6 +132,7 @@ def _write_meta(out: str, meta: dict) -> None:
 def write_dataset(out: str, tok: Tokenizer, train_ids, val_ids, source: str) -> dict:
     if tok.vocab_size > 65536:
         raise ConfigError(f"vocab_size={tok.vocab_size} does not fit uint16 token files")
+    os.makedirs(out, exist_ok=True)
     n_train = _write_split(out, "train", train_ids)
     n_val = _write_split(out, "val", val_ids)
     meta = {**tok.meta(), "train_tokens": n_train, "val_tokens": n_val, "source": source}

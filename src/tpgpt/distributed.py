@@ -104,13 +104,25 @@ class _StashGrad(torch.autograd.Function):
         return torch.zeros_like(grad), None
 
 
+def restart_count() -> int:
+    """How often torchrun restarted the workers (TORCHELASTIC_RESTART_COUNT), 0 if unset."""
+    text = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or "0"
+    if not text.isdigit():
+        raise ConfigError(f"TORCHELASTIC_RESTART_COUNT={text!r} is not a non-negative integer")
+    return int(text)
+
+
 def init_distributed(backend: str | None = None, timeout_s: float = 300.0) -> tuple[int, int, torch.device]:
     """Initialise the default process group from torchrun's environment.
 
     Returns (rank, world_size, device): NCCL and this rank's GPU when CUDA is there, else gloo/CPU.
     """
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise RuntimeError("RANK/WORLD_SIZE are not set: launch with torchrun")
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        if var not in os.environ:
+            raise ConfigError(f"{var} is not set: launch distributed runs with torchrun")
+    for var in ("RANK", "WORLD_SIZE", "MASTER_PORT", "LOCAL_RANK"):
+        if not os.environ.get(var, "0").isdigit():
+            raise ConfigError(f"{var}={os.environ[var]!r} is not a non-negative integer")
     use_cuda = torch.cuda.is_available() and backend != "gloo"
     backend = backend or ("nccl" if use_cuda else "gloo")
     if use_cuda:
@@ -120,7 +132,7 @@ def init_distributed(backend: str | None = None, timeout_s: float = 300.0) -> tu
         device = torch.device("cpu")
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=timeout_s)
-        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        restart = restart_count()
         if restart and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
             # After torchrun restarts the workers, keys left in the agent's store by the failed
             # attempt (a dead peer's address) must not be read: a prefix per restart.

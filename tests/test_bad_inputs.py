@@ -1,0 +1,294 @@
+"""One table of bad inputs, everywhere a user can give them: each is one line on stderr that
+names the problem, exit code 2, no traceback, and nothing written."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import tiny_train_overrides
+from tpgpt.cli import main
+
+CASES = []  # (id, setup(root) -> argv, env changes, fragment of the one-line message)
+
+
+def case(name, fragment, env=None):
+    def register(setup):
+        CASES.append((name, setup, env or {}, fragment))
+        return setup
+    return register
+
+
+def train_args(root, **kw):
+    return ["train", "shakespeare_char_cpu",
+            *[f"--{k}={v}" for k, v in tiny_train_overrides(root / "data", root / "out",
+                                                            **kw).items()]]
+
+
+def broken_data(root, edit):
+    """A copy of the good dataset with `edit(dir)` applied; training args pointing at it."""
+    d = root / "bad"
+    shutil.copytree(root / "data", d)
+    edit(d)
+    return ["train", "shakespeare_char_cpu",
+            *[f"--{k}={v}" for k, v in tiny_train_overrides(d, root / "out").items()]]
+
+
+# --- flags and config values -------------------------------------------------------------------
+for key, value, fragment in [
+    ("batch_size", "0", "batch_size=0 is invalid: it must be >= 1"),
+    ("batch_size", "-4", "batch_size=-4 is invalid"),
+    ("learning_rate", "nan", "learning_rate=nan is invalid: it must be a finite number"),
+    ("learning_rate", "-0.1", "learning_rate=-0.1 is invalid: it must be >= 0"),
+    ("learning_rate", "inf", "learning_rate=inf is invalid: it must be a finite number"),
+    ("max_iters", "ten", "max_iters='ten' in --max_iters is not an integer"),
+    ("dropout", "1.0", "dropout=1.0 is invalid: it must be in [0, 1)"),
+    ("beta1", "-0.5", "beta1=-0.5 is invalid: it must be in [0, 1)"),
+    ("tp", "5", "tp=5 does not divide n_head=2"),
+    ("n_embd", "33", "n_embd=33 is not divisible by n_head=2"),
+    ("sync", "spd,warp", "unknown layer kind 'warp'"),
+    ("sync", "bits:0101x1", "contain 'x': only 0 and 1"),
+    ("sync", "bits:0110", "the last layer must sync after its MLP"),
+    ("pp_schedule", "zigzag", "pp_schedule='zigzag' is invalid: choose one of gpipe, 1f1b, "
+                              "interleaved"),
+    ("device", "tpu", "device='tpu' is invalid"),
+    ("grad_clip", "-1", "grad_clip=-1.0 is invalid: it must be >= 0"),
+    ("eval_iters", "0", "eval_iters=0 is invalid: it must be >= 1"),
+    ("tp_procs", "3", "tp_procs=3 does not divide tp=2"),
+    ("comm_timeout_s", "0", "comm_timeout_s=0.0 is invalid: it must be > 0"),
+    ("learnign_rate", "1", "unknown config key 'learnign_rate' (did you mean 'learning_rate'?)"),
+]:
+    extra = {"tp": "2"} if key == "tp_procs" else {}
+    case(f"--{key}={value}", fragment)(
+        lambda root, k=key, v=value, e=extra: train_args(root, **{**e, k: v}))
+
+
+@case("pp without torchrun", "pp=2 needs processes: launch with torchrun")
+def _(root):
+    return train_args(root, pp=2)
+
+
+@case("vocab_size below the data's", "vocab_size=3 is smaller than the data's vocabulary")
+def _(root):
+    return train_args(root, vocab_size=3)
+
+
+@case("block_size larger than the data", "too few for block_size=100000")
+def _(root):
+    return train_args(root, block_size=100000)
+
+
+# --- TOML files --------------------------------------------------------------------------------
+@case("TOML syntax error", "TOML syntax error")
+def _(root):
+    (root / "x.toml").write_text("n_layer = 2\nbatch_size = [1,\n")
+    return ["train", str(root / "x.toml")]
+
+
+@case("TOML wrong type", "n_layer='two'")
+def _(root):
+    (root / "x.toml").write_text('n_layer = "two"\n')
+    return ["train", str(root / "x.toml")]
+
+
+@case("TOML unknown key", "unknown config key 'n_layers'")
+def _(root):
+    (root / "x.toml").write_text("[model]\nn_layers = 2\n")
+    return ["train", str(root / "x.toml")]
+
+
+@case("config that does not exist", "config 'no/such.toml' not found")
+def _(root):
+    return ["train", "no/such.toml"]
+
+
+# --- data directories --------------------------------------------------------------------------
+@case("data_dir that does not exist", "does not exist: run 'tpgpt prepare' first")
+def _(root):
+    return train_args(root) + [f"--data_dir={root / 'nothing'}"]
+
+
+@case("empty train.bin", "holds 0 tokens, too few for block_size=16")
+def _(root):
+    return broken_data(root, lambda d: (d / "train.bin").write_bytes(b""))
+
+
+@case("truncated train.bin", "is truncated: ")
+def _(root):
+    return broken_data(root, lambda d: (d / "train.bin").write_bytes(
+        (d / "train.bin").read_bytes()[:-1]))
+
+
+@case("missing val.bin", "val.bin is missing")
+def _(root):
+    return broken_data(root, lambda d: os.remove(d / "val.bin"))
+
+
+@case("missing meta.json", "meta.json is missing: run 'tpgpt prepare'")
+def _(root):
+    return broken_data(root, lambda d: os.remove(d / "meta.json"))
+
+
+@case("meta.json not JSON", "meta.json is not valid JSON")
+def _(root):
+    return broken_data(root, lambda d: (d / "meta.json").write_text("{vocab"))
+
+
+@case("vocab file that does not match the data", "outside the vocabulary of meta.json")
+def _(root):
+    def shrink(d):  # a vocabulary of 5 characters for data that uses more
+        meta = json.loads((d / "meta.json").read_text())
+        meta.update(vocab_size=5, chars=meta["chars"][:5])
+        (d / "meta.json").write_text(json.dumps(meta))
+    return broken_data(root, shrink)
+
+
+@case("meta.json with an unknown tokenizer", "names an unknown tokenizer 'sentencepiece'")
+def _(root):
+    def edit(d):
+        meta = json.loads((d / "meta.json").read_text())
+        meta["tokenizer"] = "sentencepiece"
+        (d / "meta.json").write_text(json.dumps(meta))
+    return broken_data(root, edit)
+
+
+@case("meta.json chars and vocab_size disagree", "chars but vocab_size=")
+def _(root):
+    def edit(d):
+        meta = json.loads((d / "meta.json").read_text())
+        meta["vocab_size"] += 1
+        (d / "meta.json").write_text(json.dumps(meta))
+    return broken_data(root, edit)
+
+
+@case("token id past uint16 vocabulary", "outside the vocabulary of meta.json")
+def _(root):
+    return broken_data(root, lambda d: np.full(100, 60000, dtype=np.uint16).tofile(
+        d / "val.bin"))
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+@case("resume without a checkpoint", "--resume: no checkpoint in")
+def _(root):
+    return train_args(root) + ["--resume"]
+
+
+@case("checkpoint of another model shape", "the config differs from the checkpoint's in n_embd")
+def _(root):
+    assert main(train_args(root, max_iters=10)) == 0
+    return train_args(root, max_iters=10, n_embd=64) + ["--resume"]
+
+
+@case("empty checkpoint directory", "no checkpoint in")
+def _(root):
+    (root / "empty").mkdir()
+    return ["sample", "--ckpt", str(root / "empty")]
+
+
+@case("partial checkpoint (no manifest)", "has no manifest.json: the checkpoint is incomplete")
+def _(root):
+    assert main(train_args(root, max_iters=10)) == 0
+    os.remove(root / "out" / "last" / "manifest.json")
+    return ["sample", "--ckpt", str(root / "out" / "last")]
+
+
+@case("checkpoint file corrupted", "fails its checksum: the checkpoint is corrupt")
+def _(root):
+    assert main(train_args(root, max_iters=10)) == 0
+    (root / "out" / "last" / "meta.json").write_text("{}")
+    return ["sample", "--ckpt", str(root / "out" / "last")]
+
+
+@case("fresh run into an out_dir with a checkpoint", "holds a checkpoint: pass --resume")
+def _(root):
+    assert main(train_args(root, max_iters=10)) == 0
+    return train_args(root, max_iters=10)
+
+
+# --- prompts and sampling ----------------------------------------------------------------------
+@case("prompt outside the vocabulary", "outside the vocabulary: 'Z'")
+def _(root):
+    assert main(train_args(root, max_iters=10)) == 0
+    return ["sample", "--ckpt", str(root / "out"), "--prompt", "Zebra"]
+
+
+@case("negative temperature", "temperature=-1.0 must be >= 0")
+def _(root):
+    assert main(train_args(root, max_iters=10)) == 0
+    return ["sample", "--ckpt", str(root / "out"), "--temperature", "-1"]
+
+
+# --- environment variables tpgpt reads ---------------------------------------------------------
+@case("TPGPT_SHAKESPEARE names a missing file", "input file /no/such/input.txt does not exist",
+      env={"TPGPT_SHAKESPEARE": "/no/such/input.txt"})
+def _(root):
+    return ["prepare", "shakespeare_char", "--out", str(root / "sc")]
+
+
+@case("RANK without the rest of torchrun's environment", "is not set: launch distributed runs "
+                                                        "with torchrun", env={"RANK": "0"})
+def _(root):
+    return train_args(root)
+
+
+@case("TORCHELASTIC_RESTART_COUNT not a number", "TORCHELASTIC_RESTART_COUNT='x' is not",
+      env={"TORCHELASTIC_RESTART_COUNT": "x"})
+def _(root):
+    return train_args(root)
+
+
+# --- plan, prepare, export ---------------------------------------------------------------------
+@case("plan: unknown interconnect", "neither a built-in profile")
+def _(root):
+    return ["plan", "--interconnect", "carrier-pigeon"]
+
+
+@case("prepare text: missing input", "input file")
+def _(root):
+    return ["prepare", "text", "--input", str(root / "none.txt"), "--out", str(root / "t")]
+
+
+@case("prepare text: bad val fraction", "val_fraction=1.5 is invalid")
+def _(root):
+    return ["prepare", "text", "--input", str(root / "in.txt"), "--out", str(root / "t"),
+            "--val-fraction", "1.5"]
+
+
+@case("prepare over an existing dataset", "already holds a prepared dataset: pass --force")
+def _(root):
+    return ["prepare", "text", "--input", str(root / "in.txt"), "--out", str(root / "data")]
+
+
+@case("import-hf of a directory without a model", "config.json cannot be read")
+def _(root):
+    (root / "hf").mkdir()
+    return ["import-hf", str(root / "hf"), "--out", str(root / "ck")]
+
+
+def _snapshot(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("name,setup,env,fragment", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(name, setup, env, fragment, text_data, tmp_path, monkeypatch, capsys):
+    data, src = text_data
+    shutil.copytree(data, tmp_path / "data")
+    shutil.copy(src, tmp_path / "in.txt")
+    argv = setup(tmp_path)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    capsys.readouterr()
+    before = _snapshot(tmp_path)
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("tpgpt: error: ") and fragment in lines[0], lines[0]
+    assert _snapshot(tmp_path) == before, "a failed command wrote files"
+
+
+def test_the_table_has_forty_distinct_bad_inputs():
+    assert len({c[0] for c in CASES}) >= 40
