@@ -19,6 +19,21 @@ from .model import GPTConfig
 COMM_SIZES = [8 * 4 ** k for k in range(12)] + [64 * 2 ** 20]  # 8 B .. 32 MiB, and 64 MiB
 
 
+def time_interleaved(fns: dict, steps: int, warmup: int, barrier=None) -> dict[str, list[float]]:
+    """Run every function once per round, `warmup` untimed rounds then `steps` timed ones, so
+    a noisy machine's slow spells hit all of them alike; `barrier` lines processes up first."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(warmup + steps):
+        for k, fn in fns.items():
+            if barrier is not None:
+                barrier()
+            t0 = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    return times
+
+
 def _stats(times: list[float]) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
@@ -133,14 +148,7 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 20, warm
     for plan in plans:
         fns[plan] = stepper(ParallelGPT.from_dense(dense, tp=world, sync=plan,
                                                    comm=DistributedComm(world)), True)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(warmup + steps):
-        for k, fn in fns.items():
-            dist.barrier()
-            t0 = time.perf_counter()
-            fn()
-            if i >= warmup:
-                times[k].append(time.perf_counter() - t0)
+    times = time_interleaved(fns, steps, warmup, dist.barrier)
     med = {k: statistics.median(v) for k, v in times.items()}
     t = torch.tensor([med[k] for k in fns], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)  # a step is as slow as its slowest rank
@@ -251,13 +259,8 @@ def bench_throughput_shape(name: str, steps: int, warmup: int = 3) -> dict:
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), generator=g)
     targets = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), generator=g)
-    times = {k: [] for k in fns}
-    for i in range(warmup + steps):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn(idx, targets)
-            if i >= warmup:
-                times[k].append(time.perf_counter() - t0)
+    times = time_interleaved({k: (lambda fn=fn: fn(idx, targets)) for k, fn in fns.items()},
+                             steps, warmup)
     tokens = batch * cfg.block_size
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"shape": name, "tokens_per_step": tokens, "steps": steps, "rows": [
@@ -352,14 +355,7 @@ def bench_dist(config, batch_size: int, plans: list[str], steps: int = 20,
             opt.step()
             opt.zero_grad(set_to_none=True)
         fns[name] = step
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(warmup + steps):
-        for k, fn in fns.items():
-            dist.barrier()
-            t0 = time.perf_counter()
-            fn()
-            if i >= warmup:
-                times[k].append(time.perf_counter() - t0)
+    times = time_interleaved(fns, steps, warmup, dist.barrier)
     med = torch.tensor([statistics.median(v) for v in times.values()], dtype=torch.float64)
     dist.all_reduce(med, op=dist.ReduceOp.MAX)
     import resource
