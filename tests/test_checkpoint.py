@@ -40,6 +40,8 @@ def test_crash_points_of_a_save(tmp_path):
     save(b, ckpt, 2)
     assert load_state(str(ckpt))["iter"] == 2
     assert not (tmp_path / "last.tmp").exists() and not (tmp_path / "last.old").exists()
+    save(b, ckpt, 3)  # the checkpoint before is kept as last.prev, the fallback
+    assert load_state(str(tmp_path / "last.prev"))["iter"] == 2
     assert torch.equal(load_model(str(ckpt))[0].transformer.wte.weight, b.transformer.wte.weight)
 
 
@@ -87,7 +89,7 @@ def test_checksums_catch_corruption_and_name_the_intact_one(tmp_path):
     data[-1] ^= 0xFF  # one flipped bit in a weight
     p.write_bytes(bytes(data))
     with pytest.raises(ConfigError, match=f"model/{shard} fails its checksum: the checkpoint is "
-                                          f"corrupt; .*best is intact"):
+                                          f"corrupt; intact: .*best"):
         load_state(str(tmp_path / "last"))
     assert load_state(str(tmp_path / "best"))["iter"] == 1
     os.remove(tmp_path / "best" / "meta.json")
@@ -105,3 +107,14 @@ def test_manifest_paths_cannot_escape(tmp_path):
     (tmp_path / "c" / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ConfigError, match="names '../secret', outside the checkpoint"):
         load_state(str(tmp_path / "c"))
+
+
+def test_a_corrupt_checkpoint_names_the_previous_good_one(tmp_path):
+    gpt = make_gpt()
+    save(gpt, tmp_path / "last", 1)
+    save(gpt, tmp_path / "last", 2)  # iteration 1 is now last.prev
+    (tmp_path / "last" / "state.json").write_text('{"format": 3, "iter": 99}')
+    with pytest.raises(ConfigError, match=r"state.json fails its checksum: the checkpoint is "
+                                          r"corrupt; intact: .*last.prev \(move one to"):
+        load_state(str(tmp_path / "last"))
+    assert load_state(str(tmp_path / "last.prev"))["iter"] == 1

@@ -11,8 +11,9 @@
                         load: a corrupt or tampered checkpoint is refused, not half-read
 
 A crash while saving leaves the previous checkpoint in place: files go to `NAME.tmp/`, then
-`NAME/` is renamed to `NAME.old/`, `NAME.tmp/` to `NAME/`, and `NAME.old/` is removed; a reader
-that finds only `NAME.old/` (a crash between the two renames) uses it.
+`NAME/` is renamed to `NAME.old/`, `NAME.tmp/` to `NAME/`, and `NAME.old/` becomes `NAME.prev/`
+(the checkpoint before, kept as a fallback); a reader that finds only `NAME.old/` (a crash
+between the two renames) uses it.
 """
 from __future__ import annotations
 
@@ -75,7 +76,9 @@ def save_checkpoint(path: str, *, rank: int, barrier: Callable[[], None], sharde
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
         os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        if os.path.exists(old):
+            shutil.rmtree(path + ".prev", ignore_errors=True)
+            os.replace(old, path + ".prev")
         _fsync_dir(os.path.dirname(os.path.abspath(path)))
     barrier()
 
@@ -145,16 +148,20 @@ def verify_checkpoint(path: str, hint: bool = True) -> None:
 
 
 def _other_hint(path: str) -> str:
-    """Name the run's other checkpoint (best <-> last) when it verifies."""
+    """Name the intact alternatives: the checkpoint before this one, and best <-> last."""
     parent, name = os.path.split(os.path.normpath(path))
-    other = {"last": "best", "best": "last", "last.old": "best"}.get(name)
-    if other and os.path.isfile(os.path.join(parent, other, "manifest.json")):
-        try:
-            verify_checkpoint(os.path.join(parent, other), hint=False)
-            return f"; {os.path.join(parent, other)} is intact"
-        except ConfigError:
-            return ""
-    return ""
+    base = name.split(".")[0]
+    candidates = [os.path.join(parent, base + ".prev")] if not name.endswith(".prev") else []
+    candidates += [os.path.join(parent, {"last": "best", "best": "last"}.get(base, base))]
+    intact = []
+    for c in candidates:
+        if c != os.path.normpath(path) and os.path.isfile(os.path.join(c, "manifest.json")):
+            try:
+                verify_checkpoint(c, hint=False)
+                intact.append(c)
+            except ConfigError:
+                pass
+    return f"; intact: {', '.join(intact)} (move one to {path} to use it)" if intact else ""
 
 
 def find_checkpoint(path: str) -> str | None:

@@ -381,6 +381,13 @@ def _plan_defaults_from_config(parser: argparse.ArgumentParser, argv: list[str])
                       dtype_bytes=2 if cfg.dtype in ("bfloat16", "float16") else 4)
 
 
+def _is_comm_failure(e: BaseException) -> bool:
+    import torch.distributed as dist
+    text = str(e).lower()
+    return isinstance(e, getattr(dist, "DistError", ())) or any(
+        w in text for w in ("gloo", "nccl", "connection", "timed out", "broken pipe"))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
@@ -393,6 +400,16 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             raise CliError(f"unrecognized arguments: {' '.join(extra)}")
         return args.func(args)
+    except RuntimeError as e:
+        # torch.distributed raises RuntimeError subclasses (DistBackendError, gloo's errors)
+        # when a peer is gone: one line naming this rank instead of a traceback per rank
+        if "RANK" not in os.environ or not _is_comm_failure(e):
+            raise
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        print(f"tpgpt: error: [rank {os.environ['RANK']}] a collective failed, a peer process is "
+              f"gone or unreachable (torchrun's report names it): {first[:200]}",
+              file=sys.stderr, flush=True)
+        return 1
     except (CliError, ConfigError) as e:
         rank = os.environ.get("RANK", "0")
         if rank != "0":

@@ -71,7 +71,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     dtype: str = "float32"
-    comm_timeout_s: float = 300.0
+    comm_timeout_s: float = 120.0  # per collective; NCCL's own default is 10 minutes
 
     def model_config(self, vocab_size: int | None = None) -> GPTConfig:
         return GPTConfig(block_size=self.block_size, vocab_size=vocab_size or self.vocab_size,
