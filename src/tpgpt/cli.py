@@ -258,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--grad-clip", "--grad_clip", dest="grad_clip", type=_bool, nargs="?",
                       const=True, default=False, help="count the grad-norm all-reduce of clipping")
     plan.set_defaults(func=_cmd_plan)
+    p.plan_parser = plan  # `plan --config` sets this subparser's defaults
 
     ver = sub.add_parser("verify", help="check parallel == dense and counts == plan",
                          description="On a small model: simulated TP with every sync on equals "
@@ -366,7 +367,7 @@ def _plan_defaults_from_config(parser: argparse.ArgumentParser, argv: list[str])
     if not known.config:
         return
     cfg = load_config(known.config)
-    plan = parser._subparsers._group_actions[0].choices["plan"]
+    plan = parser.plan_parser
     model = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig)}
     vocab = cfg.vocab_size
     if not vocab and os.path.isfile(os.path.join(cfg.data_dir, "meta.json")):

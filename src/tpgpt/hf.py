@@ -102,7 +102,7 @@ def load_hf(path: str) -> tuple[GPT, dict]:
                        n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
                        dropout=0.0, bias=bias)
     model = GPT(config)
-    sd = {k: v for k, v in load_file(file).items()}
+    sd = load_file(file)
     try:
         model.load_state_dict(from_hf_state(sd, bias))
     except RuntimeError as e:
