@@ -50,3 +50,20 @@ def test_plan_predicts_savings(capsys):
     out = capsys.readouterr().out
     assert "predicted step (one micro-batch) on nvlink-h100" in out and "vs tp" in out
     assert main(["plan", "--interconnect", "nvlink-h100", "--achieved-tflops", "0"]) == 2
+
+
+def test_in_step_overhead_is_added_once_per_collective(tmp_path):
+    ic = Interconnect("x", alpha_s=1e-5, bandwidth_Bps=1e9, sync_overhead_s=1e-3)
+    idle = ic.collective_time("all_reduce", 10 ** 6, 2, in_step=False)
+    assert idle == pytest.approx(2e-5 + 1e-3)
+    assert ic.collective_time("all_reduce", 10 ** 6, 2) == pytest.approx(idle + 1e-3)
+    f = tmp_path / "r.json"  # a whole bench result: the profile is read from its "profile"
+    f.write_text(json.dumps({"rows": [], "profile": {"name": "m", "alpha_s": 1e-4,
+                                                     "bandwidth_Bps": 2e9,
+                                                     "sync_overhead_s": 5e-4}}))
+    assert load_interconnect(str(f)).sync_overhead_s == 5e-4
+    for bad in (-1, float("nan"), float("inf")):
+        f.write_text(json.dumps({"name": "m", "alpha_s": 1e-4, "bandwidth_Bps": 2e9,
+                                 "sync_overhead_s": bad}))
+        with pytest.raises(ConfigError, match="must be finite"):
+            load_interconnect(str(f))

@@ -220,10 +220,11 @@ def _cmd_import_hf(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from . import bench
+    import importlib
 
-    return {"throughput": bench.run_throughput_cli, "comm": bench.run_comm_cli,
-            "plans": bench.run_plans_cli, "dist": bench.run_dist_cli}[args.what](args)
+    module = {"throughput": "throughput", "comm": "comm", "plans": "plans", "dist": "dtensor"}
+    return getattr(importlib.import_module(f".bench.{module[args.what]}", __package__),
+                   f"run_{args.what}_cli")(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,22 +319,40 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", required=True, help="the checkpoint directory to write")
     imp.set_defaults(func=_cmd_import_hf)
 
-    bench = sub.add_parser("bench", help="measurements: throughput; under torchrun: comm, plans",
+    bench = sub.add_parser("bench", help="measurements: throughput; under torchrun: comm, "
+                                         "plans, dist",
                            description="throughput: dense vs simulated tp=2, tp=4 training steps. "
                                        "dist: tpgpt's distributed TP (per plan) against "
                                        "PyTorch's DTensor TP on the same model. "
                                        "comm: all-reduce latency and bandwidth from 8 B to 64 MB "
                                        "on the current backend, fitted to the alpha-beta model. "
                                        "plans: each sync plan's measured step time against the "
-                                       "cost model's prediction. Run under torchrun.")
+                                       "cost model, calibrated on one plan and checked on the "
+                                       "others. comm, plans and dist run under torchrun.")
     bench.add_argument("what", choices=["throughput", "comm", "plans", "dist"])
     bench.add_argument("--shapes", nargs="+", default=["cpu-preset", "12-layer"],
-                       choices=["cpu-preset", "12-layer"], help="throughput: model shapes")
-    bench.add_argument("--repeats", type=int, default=20, help="comm: timings per size")
-    bench.add_argument("--config", default="shakespeare_char_cpu", help="plans: model shape")
-    bench.add_argument("--plans", nargs="+", default=["tp", "tp,spd", "spd", "parallel"])
-    bench.add_argument("--steps", type=int, default=20, help="throughput, plans: timed steps")
-    bench.add_argument("--out", help="comm: the fitted profile (JSON); plans: the results")
+                       choices=["cpu-preset", "12-layer"],
+                       help="throughput: model shapes; dist: the first one")
+    bench.add_argument("--repeats", type=_positive_int, default=20,
+                       help="comm, plans: all-reduce timings per message size (default 20)")
+    bench.add_argument("--config", default="shakespeare_char_cpu",
+                       help="plans: model shape and batch from this config")
+    bench.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive_int,
+                       help="plans: sequences per step (default: the config's)")
+    bench.add_argument("--plans", nargs="+", default=["tp", "tp,spd", "spd", "parallel"],
+                       help="plans, dist: sync plans to time")
+    bench.add_argument("--calibrate-on", "--calibrate_on", dest="calibrate_on", metavar="PLAN",
+                       help="plans: the one plan that calibrates the in-step overhead "
+                            "(default: the one with the most collectives)")
+    bench.add_argument("--profile", metavar="FILE",
+                       help="plans: validate this profile (from an earlier bench plans/comm run) "
+                            "as it is, calibrating nothing")
+    bench.add_argument("--steps", type=_positive_int,
+                       help="timed steps per model (default: throughput 30, plans 60, dist 20)")
+    bench.add_argument("--out", metavar="NAME",
+                       help="write NAME.json (all numbers; comm, plans: a profile for "
+                            "'tpgpt plan --interconnect') and NAME.md (the tables)")
+    bench.add_argument("--overwrite", action="store_true", help="replace earlier --out results")
     bench.set_defaults(func=_cmd_bench)
 
     samp = sub.add_parser("sample", help="generate text from a checkpoint")
@@ -348,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--device", default="cpu")
     samp.set_defaults(func=_cmd_sample)
     return p
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
 
 
 def _int_list(text: str) -> list[int]:

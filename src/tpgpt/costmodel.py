@@ -10,10 +10,19 @@ with alpha the per-step latency and B the per-direction link bandwidth. A step's
 is its compute time (FLOPs / achieved FLOP/s, split over tp) plus the time of every collective
 of the plan, with no overlap assumed between the two (Megatron's activation all-reduces sit on
 the critical path; the model is pessimistic where a backend overlaps).
+
+Inside a training step a collective costs more than on an idle link: it waits for the slowest
+rank to arrive (compute jitter) and, on a CPU backend, for its threads to be scheduled beside
+the compute. `sync_overhead_s` adds that cost once per collective; it is 0 for the built-in
+profiles (unknown there) and calibrated by `tpgpt bench plans`, which measures it in real steps.
+Profiles are fitted to *mean* times: a step is a sum of collectives, and the expected sum is the
+sum of the means, which is what throughput over a run sees (a median understates a link whose
+latency has a long tail).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 
@@ -26,12 +35,15 @@ class Interconnect:
     alpha_s: float  # latency per ring step, seconds
     bandwidth_Bps: float  # per-direction bandwidth per link, bytes/s
     source: str = ""
+    sync_overhead_s: float = 0.0  # per collective inside a training step, see the module doc
 
-    def collective_time(self, op: str, nbytes: int, n: int) -> float:
+    def collective_time(self, op: str, nbytes: int, n: int, in_step: bool = True) -> float:
+        """Expected time of one collective over n ranks; `in_step=False`: on an idle link."""
         if n < 2:
             return 0.0
         steps = 2 * (n - 1) if op.startswith("all_reduce") else n - 1
-        return steps * self.alpha_s + steps / n * nbytes / self.bandwidth_Bps
+        link = steps * self.alpha_s + steps / n * nbytes / self.bandwidth_Bps
+        return link + (self.sync_overhead_s if in_step else 0.0)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -57,7 +69,8 @@ BUILTIN = {
 
 
 def load_interconnect(name_or_file: str) -> Interconnect:
-    """A built-in profile by name, or a JSON profile written by `tpgpt bench comm`."""
+    """A built-in profile by name, or a JSON profile (or a result holding one under "profile")
+    written by `tpgpt bench comm` or `tpgpt bench plans`."""
     if name_or_file in BUILTIN:
         return BUILTIN[name_or_file]
     if not os.path.exists(name_or_file):
@@ -66,13 +79,19 @@ def load_interconnect(name_or_file: str) -> Interconnect:
     try:
         with open(name_or_file) as f:
             d = json.load(f)
+        if isinstance(d, dict) and isinstance(d.get("profile"), dict):
+            d = d["profile"]  # a whole `tpgpt bench comm|plans` result
         ic = Interconnect(str(d["name"]), float(d["alpha_s"]), float(d["bandwidth_Bps"]),
-                          str(d.get("source", name_or_file)))
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                          str(d.get("source", name_or_file)),
+                          float(d.get("sync_overhead_s", 0.0)))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+            AttributeError) as e:
         raise ConfigError(f"{name_or_file} is not an interconnect profile (name, alpha_s, "
                           f"bandwidth_Bps): {e}") from None
-    if ic.alpha_s < 0 or ic.bandwidth_Bps <= 0:
-        raise ConfigError(f"{name_or_file}: alpha_s must be >= 0 and bandwidth_Bps > 0")
+    if not (ic.alpha_s >= 0 and ic.bandwidth_Bps > 0 and ic.sync_overhead_s >= 0) or \
+            any(math.isinf(v) for v in (ic.alpha_s, ic.sync_overhead_s)):
+        raise ConfigError(f"{name_or_file}: alpha_s and sync_overhead_s must be finite and >= 0, "
+                          f"bandwidth_Bps > 0")
     return ic
 
 

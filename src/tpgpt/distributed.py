@@ -74,8 +74,7 @@ class DistributedComm(TPComm):
         parts = [self._stash.pop(p, None) for p in params]
         flat = torch.cat([torch.zeros(p.numel(), dtype=p.dtype, device=p.device) if g is None
                           else g.reshape(-1) for p, g in zip(params, parts)])
-        flat = flat.contiguous()
-        dist.all_reduce(flat, group=self.grad_group)
+        self._grad_all_reduce(flat.contiguous())
         if self.grad_scale != 1.0:
             flat.mul_(self.grad_scale)
         for p, g in zip(params, flat.split([p.numel() for p in params])):
@@ -84,6 +83,10 @@ class DistributedComm(TPComm):
                 p.grad = g.clone()
             else:
                 p.grad.add_(g)
+
+
+    def _grad_all_reduce(self, flat: torch.Tensor) -> None:
+        dist.all_reduce(flat, group=self.grad_group)
 
 
 class _StashGrad(torch.autograd.Function):

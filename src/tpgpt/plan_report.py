@@ -110,7 +110,10 @@ def format_predictions(reports: list[dict], ic, achieved_tflops: float) -> str:
     base = next((r for r in reports if all(r["bits"])), None) or max(
         reports, key=lambda r: r["forward_syncs"])
     lines = [f"predicted step (one micro-batch) on {ic.name} ({ic.bandwidth_Bps / 1e9:g} GB/s, "
-             f"{ic.alpha_s * 1e6:g} us per ring step), compute at {achieved_tflops:g} TFLOP/s "
+             f"{ic.alpha_s * 1e6:g} us per ring step"
+             + (f", {ic.sync_overhead_s * 1e6:g} us in-step overhead per collective"
+                if ic.sync_overhead_s else "")
+             + f"), compute at {achieved_tflops:g} TFLOP/s "
              f"per device, no overlap:",
              f"  {'sync':<28} {'fwd syncs':>9} {'compute ms':>11} {'comm ms':>9} "
              f"{'step ms':>9} {'comm share':>10} {'vs ' + base['sync']:>12}"]

@@ -1,0 +1,147 @@
+"""`tpgpt bench dist`: tpgpt's distributed TP against PyTorch's own tensor parallelism
+(DTensor ColwiseParallel/RowwiseParallel on the same dense GPT), under torchrun."""
+from __future__ import annotations
+
+import os
+import statistics
+
+import torch
+
+from .throughput import THROUGHPUT_SHAPES
+from .timing import check_out, time_interleaved, write_results
+
+
+def dtensor_gpt(dense, mesh):
+    """The dense GPT under PyTorch's own tensor parallelism (DTensor), the same function:
+    c_attn/c_fc ColwiseParallel, both c_proj RowwiseParallel, embedding and head replicated.
+    c_attn's rows are reordered rank-major ([q_0 k_0 v_0 | q_1 k_1 v_1 | ...]) so that the
+    contiguous chunk ColwiseParallel gives rank r holds q, k and v of rank r's heads."""
+    import copy
+
+    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
+                                                   parallelize_module)
+    tp = mesh.size()
+    model = copy.deepcopy(dense)
+    C = dense.config.n_embd
+    per = C // tp
+    perm = torch.cat([torch.arange(g * C + r * per, g * C + (r + 1) * per)
+                      for r in range(tp) for g in range(3)])
+    with torch.no_grad():
+        for blk in model.transformer.h:
+            blk.attn.c_attn.weight.copy_(blk.attn.c_attn.weight[perm])
+            if blk.attn.c_attn.bias is not None:
+                blk.attn.c_attn.bias.copy_(blk.attn.c_attn.bias[perm])
+    plan = {"attn.c_attn": ColwiseParallel(), "attn.c_proj": RowwiseParallel(),
+            "mlp.c_fc": ColwiseParallel(), "mlp.c_proj": RowwiseParallel()}
+    for blk in model.transformer.h:
+        parallelize_module(blk, mesh, plan)
+    return model
+
+
+def bench_dist(config, batch_size: int, plans: list[str], steps: int = 20,
+               warmup: int = 3) -> dict:
+    """Under torchrun (tp = world): tokens/s of DTensor TP and of tpgpt's distributed TP for
+    each plan, the same dense weights and batch, interleaved; losses checked equal first."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from ..distributed import DistributedComm, init_distributed
+    from ..model import GPT
+    from ..parallel_model import ParallelGPT
+
+    rank, world, device = init_distributed()
+    mesh = init_device_mesh(device.type, (world,))
+    torch.manual_seed(0)
+    dense = GPT(config).to(device)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, config.vocab_size, (batch_size, config.block_size),
+                        generator=g).to(device)
+    models = {"DTensor TP (Colwise/Rowwise)": (dtensor_gpt(dense, mesh), False)}
+    for plan in plans:
+        models[f"tpgpt TP, sync={plan}"] = (ParallelGPT.from_dense(
+            dense, tp=world, sync=plan, comm=DistributedComm(world)), True)
+    with torch.no_grad():
+        ref = models["DTensor TP (Colwise/Rowwise)"][0](idx, idx)[1].item()
+        ours = models[f"tpgpt TP, sync={plans[0]}"][0](idx, idx, return_logits=False)[1].item()
+    fns, fns_opts = {}, {}
+    for name, (m, parallel) in models.items():
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4, foreach=False)
+        fns_opts[name] = opt
+
+        def step(m=m, parallel=parallel, opt=opt):
+            loss = m(idx, idx, return_logits=False)[1] if parallel else m(idx, idx)[1]
+            loss.backward()
+            if parallel:
+                m.sync_replicated_grads()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        fns[name] = step
+    times = time_interleaved(fns, steps, warmup, dist.barrier)
+    med = torch.tensor([statistics.median(v) for v in times.values()], dtype=torch.float64)
+    dist.all_reduce(med, op=dist.ReduceOp.MAX)
+    import resource
+
+    from ..plan_report import memory_per_rank
+    our_model = models[f"tpgpt TP, sync={plans[0]}"][0]
+    opt_state = fns_opts[f"tpgpt TP, sync={plans[0]}"].state
+    local = [sum(p.numel() * p.element_size() for p in our_model.parameters()),
+             sum(t.numel() * t.element_size() for st in opt_state.values()
+                 for k, t in st.items() if k != "step"),
+             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]
+    per_rank = [torch.zeros(3, dtype=torch.float64) for _ in range(world)]
+    dist.all_gather(per_rank, torch.tensor(local, dtype=torch.float64))
+    planned = memory_per_rank(config, world, False)
+    memory = [{"rank": k, "param_bytes": int(v[0]), "adamw_bytes": int(v[1]),
+               "peak_rss_bytes": int(v[2]), "planned_param_bytes": planned["param_bytes"],
+               "planned_adamw_bytes": planned["adamw_bytes"]} for k, v in enumerate(per_rank)]
+    tokens = batch_size * config.block_size
+    base = med[0].item()
+    rows = [{"model": k, "median_s": m, "min_s": min(times[k]), "max_s": max(times[k]),
+             "tokens_per_s": tokens / m, "vs_dtensor": base / m}
+            for k, m in zip(times, med.tolist())]
+    return {"rank": rank, "world": world, "backend": dist.get_backend(),
+            "loss_dtensor": ref, "loss_tpgpt": ours, "tokens_per_step": tokens,
+            "config": {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd",
+                                                       "block_size", "vocab_size")},
+            "steps": steps, "rows": rows, "memory": memory}
+
+
+def format_dist(r: dict) -> str:
+    c = r["config"]
+    lines = [f"distributed TP, tp={r['world']} ({r['backend']}): {c['n_layer']} layers, n_embd "
+             f"{c['n_embd']}, {r['tokens_per_step']} tokens/step; {r['steps']} steps each, "
+             f"interleaved; same weights: loss {r['loss_dtensor']:.6f} (DTensor) vs "
+             f"{r['loss_tpgpt']:.6f} (tpgpt, all syncs)", "",
+             "| model | median ms | min-max ms | tokens/s | vs DTensor |", "|---|---|---|---|---|"]
+    for x in r["rows"]:
+        lines.append(f"| {x['model']} | {1e3 * x['median_s']:.1f} | {1e3 * x['min_s']:.1f}-"
+                     f"{1e3 * x['max_s']:.1f} | {x['tokens_per_s']:.0f} | "
+                     f"{x['vs_dtensor']:.3f}x |")
+    if r.get("memory"):
+        lines += ["", "| rank | tpgpt params | planned | AdamW state | planned | peak RSS (process, "
+                      "all models of this run) |", "|---|---|---|---|---|---|"]
+        for m in r["memory"]:
+            lines.append(f"| {m['rank']} | {m['param_bytes']:,} B | {m['planned_param_bytes']:,} B"
+                         f" | {m['adamw_bytes']:,} B | {m['planned_adamw_bytes']:,} B | "
+                         f"{m['peak_rss_bytes'] / 2 ** 20:.0f} MiB |")
+    return "\n".join(lines)
+
+
+def run_dist_cli(args) -> int:
+    import torch.distributed as dist
+
+    from ..errors import ConfigError
+
+    check_out(args.out, args.overwrite)
+    if "RANK" not in os.environ:
+        raise ConfigError("bench dist compares distributed TP: use torchrun --nproc_per_node=TP")
+    shape, batch = THROUGHPUT_SHAPES[args.shapes[0]]
+    result = bench_dist(shape, batch, args.plans, steps=args.steps or 20)
+    if result["rank"] == 0:
+        text = format_dist(result)
+        print(text)
+        if args.out:
+            write_results(args.out, result, text)
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0

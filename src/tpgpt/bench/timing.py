@@ -1,0 +1,86 @@
+"""Timing shared by the benchmarks: interleaved rounds, summary statistics, result files."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+
+def time_interleaved(fns: dict, steps: int, warmup: int, barrier=None) -> dict[str, list[float]]:
+    """Run every function once per round, `warmup` untimed rounds then `steps` timed ones, so
+    a noisy machine's slow spells hit all of them alike; `barrier` lines processes up first."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(warmup + steps):
+        for k, fn in fns.items():
+            if barrier is not None:
+                barrier()
+            t0 = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def stats(times: list[float]) -> dict:
+    """Median (robust), mean (what a sum of steps or collectives costs: throughput), min, max."""
+    return {"median_s": statistics.median(times), "mean_s": statistics.fmean(times),
+            "min_s": min(times), "max_s": max(times), "n": len(times)}
+
+
+def slowest_rank(values: list[float]) -> list[float]:
+    """Elementwise maximum over the processes of the default group: a step or a collective is
+    as slow as its slowest rank."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def _base(out: str) -> str:
+    return out[:-5] if out.endswith(".json") else out[:-3] if out.endswith(".md") else out
+
+
+def check_out(out: str | None, overwrite: bool) -> None:
+    """Before measuring: `--out NAME` must not replace earlier results unless asked to, and its
+    directory must exist (a long benchmark must not fail at the end for want of either)."""
+    if not out:
+        return
+    from ..errors import ConfigError
+    base = _base(out)
+    parent = os.path.dirname(base) or "."
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--out {out}: the directory {parent} does not exist")
+    if not overwrite:
+        for path in (base + ".json", base + ".md"):
+            if os.path.exists(path):
+                raise ConfigError(f"{path} exists: choose another --out or pass --overwrite")
+
+
+def write_results(out: str, result: dict, markdown: str) -> list[str]:
+    """NAME.json and NAME.md for `--out NAME` (a trailing .json or .md is dropped), written
+    whole through a temporary file so an interrupted run leaves no half-written result."""
+    base = _base(out)
+    meta = {"date": time.strftime("%Y-%m-%d"), **_machine()}
+    paths = []
+    for path, text in ((base + ".json", json.dumps({**meta, **result}, indent=1)),
+                       (base + ".md", markdown + "\n")):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def _machine() -> dict:
+    import platform
+
+    import torch
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info

@@ -1,0 +1,84 @@
+"""`tpgpt bench`: the benchmarks run, time exactly the plan's collectives, and write profiles
+that `tpgpt plan` reads (timings themselves are never asserted: this machine is shared)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dist_common import torchrun
+from tpgpt.cli import main
+from tpgpt.costmodel import load_interconnect
+
+PLANS = ["tp", "spd", "parallel", "bits:01000101"]
+
+
+def test_bench_plans_times_every_planned_collective_and_calibrates_on_one(tmp_path, capsys):
+    out = tmp_path / "plans"
+    torchrun(2, "-m", ["tpgpt", "bench", "plans", "--plans", *PLANS, "--steps", "2",
+                       "--repeats", "2", "--out", str(out)], timeout=240)
+    r = json.loads((tmp_path / "plans.json").read_text())
+    assert "| `tp` (calibration) |" in (tmp_path / "plans.md").read_text()
+    rows = {x["plan"]: x for x in r["rows"]}
+    assert list(rows) == PLANS and r["calibrated_on"] == "tp"
+    # the timers inside the step saw exactly the collectives the plan accounts for
+    assert {p: x["collectives_timed"] for p, x in rows.items()} == \
+           {p: x["collectives_planned"] for p, x in rows.items()} == \
+           {"tp": 16, "spd": 9, "parallel": 3, "bits:01000101": 7}
+    # the calibration plan is fitted exactly (unless its overhead clipped at 0); others held out
+    assert r["profile"]["sync_overhead_s"] >= 0
+    if r["profile"]["sync_overhead_s"] > 0:
+        assert rows["tp"]["error"] == pytest.approx(0, abs=1e-9)
+    assert [x["role"] for x in r["rows"]] == ["calibration"] + ["validation"] * 3
+    assert all(x["compute_s"] == pytest.approx(r["compute_only_s"]) for x in r["rows"])
+    assert all(x["skew_mean_s"] is not None for x in r["rows"])  # both ranks on this host
+
+    ic = load_interconnect(str(tmp_path / "plans.json"))
+    assert ic.sync_overhead_s == r["profile"]["sync_overhead_s"]
+    assert main(["plan", "--sync", "tp", "spd", "--interconnect",
+                 str(tmp_path / "plans.json")]) == 0
+    assert "in-step overhead per collective" in capsys.readouterr().out or ic.sync_overhead_s == 0
+
+    # the saved profile, validated in a new run as it is: no plan calibrates anything
+    torchrun(2, "-m", ["tpgpt", "bench", "plans", "--plans", "tp", "parallel", "--steps", "2",
+                       "--profile", str(tmp_path / "plans.json"), "--out", str(tmp_path / "v")],
+             timeout=240)
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert v["calibrated_on"] is None and v["comm_rows"] is None
+    assert [x["role"] for x in v["rows"]] == ["validation"] * 2
+    assert v["profile"]["sync_overhead_s"] == r["profile"]["sync_overhead_s"]
+
+    # results are never replaced silently; bad options fail before anything is measured
+    assert main(["bench", "plans", "--out", str(out)]) == 2
+    assert "plans.json exists" in capsys.readouterr().err
+    assert main(["bench", "plans", "--out", str(tmp_path / "no" / "such")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bench_comm_writes_a_profile_plan_can_use(tmp_path, capsys):
+    torchrun(2, "-m", ["tpgpt", "bench", "comm", "--repeats", "2", "--out",
+                       str(tmp_path / "gloo2.json")], timeout=240)
+    r = json.loads((tmp_path / "gloo2.json").read_text())
+    assert [x["bytes"] for x in r["rows"]][0] == 8 and r["rows"][-1]["bytes"] == 64 * 2 ** 20
+    assert all(x["min_s"] <= x["median_s"] <= x["max_s"] and
+               x["min_s"] <= x["mean_s"] <= x["max_s"] for x in r["rows"])
+    assert r["profile"]["bandwidth_Bps"] > 0 and r["date"] and r["torch"]
+    assert main(["plan", "--interconnect", str(tmp_path / "gloo2.json")]) == 0
+    assert "measured-gloo-2" in capsys.readouterr().out
+
+
+def test_bench_dist_dtensor_model_is_the_same_function(tmp_path):
+    torchrun(2, "-m", ["tpgpt", "bench", "dist", "--shapes", "cpu-preset", "--plans", "tp",
+                       "--steps", "1", "--out", str(tmp_path / "d")], timeout=240)
+    r = json.loads((tmp_path / "d.json").read_text())
+    assert r["loss_tpgpt"] == pytest.approx(r["loss_dtensor"], rel=1e-5)
+    assert [m["param_bytes"] for m in r["memory"]] == [m["planned_param_bytes"]
+                                                       for m in r["memory"]]
+
+
+def test_bench_throughput_writes_json_and_markdown(tmp_path):
+    assert main(["bench", "throughput", "--shapes", "cpu-preset", "--steps", "1",
+                 "--out", str(tmp_path / "t")]) == 0
+    r = json.loads((tmp_path / "t.json").read_text())
+    assert [x["model"] for x in r["shapes"][0]["rows"]] == ["dense", "sim tp=2", "sim tp=4"]
+    assert "| sim tp=4 |" in (tmp_path / "t.md").read_text()
