@@ -82,3 +82,40 @@ def test_bench_throughput_writes_json_and_markdown(tmp_path):
     r = json.loads((tmp_path / "t.json").read_text())
     assert [x["model"] for x in r["shapes"][0]["rows"]] == ["dense", "sim tp=2", "sim tp=4"]
     assert "| sim tp=4 |" in (tmp_path / "t.md").read_text()
+
+
+def test_compiled_simulated_model_counts_exactly_and_matches_eager():
+    """Under torch.compile every collective is still recorded once per call (no recompile per
+    step either: the counter's growing list is not traced), and the loss is eager's."""
+    import torch
+
+    from conftest import tiny_config
+    from tpgpt import GPT, ParallelGPT
+    from tpgpt.plan import SyncPlan, count_collectives, summarize
+
+    torch.manual_seed(0)
+    cfg = tiny_config(n_layer=2)
+    dense = GPT(cfg)
+    eager = ParallelGPT.from_dense(dense, tp=2, sync="tp,spd")
+    compiled = ParallelGPT.from_dense(dense, tp=2, sync="tp,spd")
+    compiled.compile(dynamic=False)
+    idx = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
+    import torch._dynamo.config as dynamo_config
+
+    for i in range(3):  # no optimizer step: the loss stays the first one
+        with dynamo_config.patch(error_on_recompile=i > 0):
+            loss = compiled(idx, idx)[1]
+        loss.backward()
+        compiled.sync_replicated_grads()
+    expected = summarize(count_collectives(SyncPlan.parse("tp,spd", 2), tp=2, n_embd=cfg.n_embd,
+                                           bias=cfg.bias, batch_size=2, seq_len=cfg.block_size))
+    assert compiled.comm.counter.summary() == {k: (3 * n, 3 * b) for k, (n, b) in expected.items()}
+    assert loss.item() == pytest.approx(eager(idx, idx)[1].item(), rel=1e-5)
+
+
+def test_bench_throughput_bfloat16_reports_mfu(tmp_path):
+    assert main(["bench", "throughput", "--shapes", "cpu-preset", "--steps", "1", "--dtype",
+                 "bfloat16", "--device", "cpu", "--out", str(tmp_path / "b")]) == 0
+    r = json.loads((tmp_path / "b.json").read_text())["shapes"][0]
+    assert r["dtype"] == "bfloat16" and r["peak_tflops"] > 0
+    assert all(0 < x["mfu"] for x in r["rows"])

@@ -331,8 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "others. comm, plans and dist run under torchrun.")
     bench.add_argument("what", choices=["throughput", "comm", "plans", "dist"])
     bench.add_argument("--shapes", nargs="+", default=["cpu-preset", "12-layer"],
-                       choices=["cpu-preset", "12-layer"],
+                       choices=["cpu-preset", "12-layer", "gpt2-small"],
                        help="throughput: model shapes; dist: the first one")
+    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                       help="throughput: where to run (auto: a GPU if there is one)")
+    bench.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                       help="throughput: float32, or bfloat16 autocast")
+    bench.add_argument("--compile", action="store_true", help="throughput: torch.compile")
     bench.add_argument("--repeats", type=_positive_int, default=20,
                        help="comm, plans: all-reduce timings per message size (default 20)")
     bench.add_argument("--config", default="shakespeare_char_cpu",

@@ -39,6 +39,9 @@ class CommCounter:
     def __init__(self) -> None:
         self.events: list[CommEvent] = []
 
+    # Not traced by torch.compile: the growing list must not become a guard (a recompile per
+    # step); the call stays a graph break, so counts stay exact under compile.
+    @torch.compiler.disable
     def record(self, event: CommEvent) -> None:
         self.events.append(event)
 

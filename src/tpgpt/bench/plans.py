@@ -22,6 +22,7 @@ import statistics
 import time
 
 import torch
+import torch.distributed as dist
 
 from ..costmodel import Interconnect, predict_step, train_flops_per_token
 from ..distributed import DistributedComm
@@ -36,10 +37,16 @@ class TimedComm(DistributedComm):
         super().__init__(tp)
         self.compute_only = compute_only
         self.spans: list[tuple[float, float]] = []
+        # on GPUs a collective is asynchronous: wait for the work before it and for itself
+        self.cuda = torch.cuda.is_available() and dist.get_backend() == "nccl"
 
     def _timed(self, fn):
+        if self.cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()  # CLOCK_MONOTONIC on Linux: comparable across local processes
         out = fn()
+        if self.cuda:
+            torch.cuda.synchronize()
         self.spans.append((t0, time.perf_counter()))
         return out
 
@@ -68,6 +75,8 @@ def _step_fn(model, idx):
         model.sync_replicated_grads()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if idx.is_cuda:
+            torch.cuda.synchronize()
     return step
 
 
@@ -98,8 +107,6 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
     """Under torchrun (tp = world size). `profile`: an interconnect profile to validate as it
     is (no calibration in this run, every plan held out); otherwise the idle-link profile is
     measured here and its in-step overhead calibrated on `calibrate_on`."""
-    import torch.distributed as dist
-
     from ..distributed import init_distributed
     from ..model import GPT
     from ..parallel_model import ParallelGPT
@@ -107,7 +114,7 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
     from ..plan_report import plan_report
     from .comm import bench_comm
 
-    rank, world, _ = init_distributed()
+    rank, world, device = init_distributed()
     comm_rows = None
     if profile is None:
         comm = bench_comm(repeats=comm_repeats)
@@ -117,9 +124,10 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
     else:
         idle = Interconnect(profile.name, profile.alpha_s, profile.bandwidth_Bps, profile.source)
     torch.manual_seed(0)
-    dense = GPT(config)
+    dense = GPT(config).to(device)
     g = torch.Generator().manual_seed(0)
-    idx = torch.randint(0, config.vocab_size, (batch_size, config.block_size), generator=g)
+    idx = torch.randint(0, config.vocab_size, (batch_size, config.block_size),
+                        generator=g).to(device)
     compute_key = f"compute only ({plans[0]}, no collectives)"
     comms, fns = {}, {}
     for key, plan, only in [(p, p, False) for p in plans] + [(compute_key, plans[0], True)]:
@@ -236,8 +244,6 @@ def format_plans(r: dict) -> str:
 
 
 def run_plans_cli(args) -> int:
-    import torch.distributed as dist
-
     from ..config import load_config
     from ..costmodel import load_interconnect
     from ..errors import ConfigError
