@@ -6,7 +6,6 @@ import json
 import os
 
 import pytest
-import torch
 
 from conftest import assert_close, tiny_train_overrides
 from dist_common import HERE, torchrun

@@ -15,7 +15,6 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 
@@ -25,6 +24,7 @@ from .comm import TPComm
 from .config import TrainConfig
 from .data import TokenFile, check_tokens_in_vocab, load_meta
 from .errors import ConfigError
+from .layout import barrier_fn, setup_layout
 from .metrics import MetricsLog
 from .model import GPT
 from .optim import clip_grad_norm, lr_at, make_optimizer
@@ -42,67 +42,6 @@ class Diverged(ConfigError):
     """The loss became NaN or infinite: the run stops, keeping its last good checkpoint."""
 
 
-@dataclass
-class Layout:
-    world: int = 1
-    rank: int = 0
-    tp_procs: int = 1  # processes in a TP group
-    dp: int = 1
-    dp_rank: int = 0
-    pp: int = 1
-    pp_rank: int = 0
-    distributed: bool = False
-    device: torch.device = torch.device("cpu")
-    groups: str = ""
-
-    def describe(self, cfg: TrainConfig) -> str:
-        mode = ("dense" if cfg.tp == 1 else "simulated TP" if self.tp_procs == 1
-                else "distributed TP" if self.tp_procs == cfg.tp else "hybrid TP")
-        pp = f"pp={self.pp} ({cfg.pp_schedule}), " if self.pp > 1 else ""
-        return (f"{mode}: tp={cfg.tp} ({cfg.tp // self.tp_procs} rank(s) per process), {pp}"
-                f"dp={self.dp}, {self.world} process(es), {self.device}"
-                + (f"; {self.groups}" if self.groups else ""))
-
-
-def _setup_distributed(cfg: TrainConfig) -> tuple[Layout, object]:
-    """Returns (layout, mesh); the (dp, tp) device mesh is None when not distributed."""
-    device_kind = cfg.device if cfg.device != "auto" else \
-        ("cuda" if torch.cuda.is_available() else "cpu")
-    if device_kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but CUDA is not available: use device=cpu or auto")
-    if "RANK" not in os.environ:
-        if cfg.pp > 1:
-            raise ConfigError(f"pp={cfg.pp} needs processes: launch with torchrun "
-                              f"--nproc_per_node=<pp x dp x tp_procs>")
-        return Layout(device=torch.device(device_kind), tp_procs=1), None
-    from torch.distributed.device_mesh import init_device_mesh
-
-    from .distributed import init_distributed
-    rank, world, device = init_distributed(backend="gloo" if device_kind == "cpu" else None,
-                                           timeout_s=cfg.comm_timeout_s)
-    pp = cfg.pp
-    tp_procs = cfg.tp_procs or min(cfg.tp, max(world // pp, 1))
-    if cfg.tp % tp_procs or world % (pp * tp_procs):
-        raise ConfigError(f"cannot lay out pp={pp} x tp={cfg.tp} (tp_procs={tp_procs}) on {world} "
-                          f"processes: pp x tp_procs must divide the world size and tp_procs "
-                          f"must divide tp")
-    dp = world // (pp * tp_procs)
-    # TP innermost (consecutive ranks, the fastest links), then DP, then PP
-    mesh = init_device_mesh(device.type, (pp, dp, tp_procs), mesh_dim_names=("pp", "dp", "tp"))
-    groups = ", ".join(f"{d} group {mesh[d].mesh.flatten().tolist()}" for d in ("tp", "dp", "pp"))
-    layout = Layout(world=world, rank=rank, tp_procs=tp_procs, dp=dp,
-                    dp_rank=mesh.get_local_rank("dp"), pp=pp, pp_rank=mesh.get_local_rank("pp"),
-                    distributed=True, device=device, groups=f"rank {rank}: {groups}")
-    return layout, mesh
-
-
-def _barrier(layout: Layout):
-    if layout.distributed:
-        import torch.distributed as dist
-        return dist.barrier
-    return lambda: None
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, quiet: bool = False,
                  overwrite: bool = False):
@@ -110,7 +49,7 @@ class Trainer:
         if not resume and not overwrite and find_checkpoint(os.path.join(cfg.out_dir, "last")):
             raise ConfigError(f"{cfg.out_dir} holds a checkpoint: pass --resume to continue it, "
                               f"--overwrite to start over, or choose another out_dir")
-        self.layout, self.mesh = _setup_distributed(cfg)
+        self.layout, self.mesh = setup_layout(cfg)
         self.tp_group = self.mesh.get_group("tp") if self.mesh is not None else None
         self.dp_group = self.mesh.get_group("dp") if self.mesh is not None else None
         # DTensor shards of checkpoints live on the TP processes' mesh
@@ -374,7 +313,7 @@ class Trainer:
         sharded = ShardedState(self.inner, self.optimizer if with_optimizer else None,
                                self.tp_mesh)
         save_checkpoint(os.path.join(self.cfg.out_dir, name), rank=self.layout.rank,
-                        barrier=_barrier(self.layout), sharded=sharded, state=state,
+                        barrier=barrier_fn(self.layout), sharded=sharded, state=state,
                         meta=self.meta, distributed=self.layout.distributed,
                         rank_state={"torch_rng": torch.get_rng_state()} if with_optimizer
                         else None)
