@@ -1,7 +1,8 @@
-"""What a dense training step of a preset is made of, and the spread of a run's logged step times.
+"""What a dense training step of a preset is made of, whether `tpgpt train`'s step adds anything
+to the bare step (the two interleaved), and the spread of a finished run's step times.
 
     python benchmarks/step_breakdown.py [--config shakespeare_char_cpu] [--steps 200]
-        [--data_dir data/shakespeare_char] [--metrics out/shakespeare_char_cpu/metrics.jsonl]
+        [--data_dir data/shakespeare_char] [--summary out/shakespeare_char_cpu/summary.json]
 """
 import argparse
 import json
@@ -19,8 +20,13 @@ def breakdown(config: str, data_dir: str, steps: int, warmup: int = 30) -> dict:
                                "progress": "false", "tensorboard": "false"})
     t = Trainer(cfg, quiet=True, overwrite=True)
     f, m, opt = t.files["train"], t.model, t.optimizer
-    parts = {k: [] for k in ("batch", "forward", "backward", "clip", "adamw", "whole")}
+    parts = {k: [] for k in ("batch", "forward", "backward", "clip", "adamw", "whole",
+                             "Trainer.train_step")}
     for i in range(warmup + steps):
+        t_ = time.perf_counter()
+        t.train_step()  # the loop's own step (lr schedule, counters, accumulation), interleaved
+        if i >= warmup:
+            parts["Trainer.train_step"].append(1e3 * (time.perf_counter() - t_))
         t0 = time.perf_counter()
         x, y = f.batch(f.random_offsets((1, cfg.batch_size), t.batch_gen)[0])
         t1 = time.perf_counter()
@@ -41,11 +47,10 @@ def breakdown(config: str, data_dir: str, steps: int, warmup: int = 30) -> dict:
     return {k: statistics.median(v) for k, v in parts.items()}
 
 
-def metrics_spread(path: str) -> dict:
-    ms = [r["ms_per_iter"] for r in map(json.loads, open(path)) if r["kind"] == "train"]
-    q = statistics.quantiles(ms, n=20)
-    return {"samples": len(ms), "median": statistics.median(ms), "p5": q[0], "p95": q[-1],
-            "min": min(ms), "max": max(ms)}
+def run_spread(summary: str) -> dict:
+    """A finished run's iteration times over every iteration (`tpgpt train` records them)."""
+    with open(summary) as fh:
+        return json.load(fh)["step_ms"]
 
 
 if __name__ == "__main__":
@@ -53,9 +58,9 @@ if __name__ == "__main__":
     ap.add_argument("--config", default="shakespeare_char_cpu")
     ap.add_argument("--data_dir", default="data/shakespeare_char")
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--metrics", help="a run's metrics.jsonl: the spread of its ms_per_iter")
+    ap.add_argument("--summary", help="a run's summary.json: the spread of its iteration times")
     a = ap.parse_args()
     print("median ms per part of a dense step:",
           {k: round(v, 2) for k, v in breakdown(a.config, a.data_dir, a.steps).items()})
-    if a.metrics:
-        print("logged ms_per_iter:", {k: round(v, 1) for k, v in metrics_spread(a.metrics).items()})
+    if a.summary:
+        print("the run's ms per iteration:", {k: round(v, 1) for k, v in run_spread(a.summary).items()})

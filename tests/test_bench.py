@@ -79,8 +79,10 @@ def test_bench_dist_dtensor_model_is_the_same_function(tmp_path):
 def test_bench_throughput_writes_json_and_markdown(tmp_path):
     assert main(["bench", "throughput", "--shapes", "cpu-preset", "--steps", "1",
                  "--out", str(tmp_path / "t")]) == 0
-    r = json.loads((tmp_path / "t.json").read_text())
-    assert [x["model"] for x in r["shapes"][0]["rows"]] == ["dense", "sim tp=2", "sim tp=4"]
+    r = json.loads((tmp_path / "t.json").read_text())["shapes"][0]
+    assert [x["model"] for x in r["rows"]] == ["dense", "sim tp=2", "sim tp=4",
+                                                "HF transformers GPT-2 (dense)"]
+    assert r["hf_max_logit_diff"] < 1e-4  # the reference implementation is the same function
     assert "| sim tp=4 |" in (tmp_path / "t.md").read_text()
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+import statistics
+from array import array
 import math
 import os
 import time
@@ -36,6 +38,16 @@ from .sharded_state import ShardedState
 # tp_procs, processes, vocab_parallel) may change where the model stays the same function
 RESUME_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "dropout",
                "sync", "batch_size", "gradient_accumulation_steps", "seed", "data_dir", "dtype")
+
+
+def _spread_ms(seconds) -> dict | None:
+    """Median, mean, 5th and 95th percentile and extremes of iteration times, in ms."""
+    if not seconds:
+        return None
+    ms = [1e3 * s for s in seconds]
+    q = statistics.quantiles(ms, n=20) if len(ms) > 1 else [ms[0]] * 19
+    return {"n": len(ms), "median": statistics.median(ms), "mean": statistics.fmean(ms),
+            "p5": q[0], "p95": q[-1], "min": min(ms), "max": max(ms)}
 
 
 class Diverged(ConfigError):
@@ -348,6 +360,7 @@ class Trainer:
         t_start = time.perf_counter()
         t_last, iters_since = time.perf_counter(), 0
         train_time = 0.0
+        step_s = array("d")  # every iteration's time, for the run's median and spread
         while True:
             if (self.iter % cfg.eval_interval == 0 or self.iter == cfg.max_iters) \
                     and self.iter != self.resumed_at:
@@ -370,6 +383,7 @@ class Trainer:
             self._check_finite(step["loss"], what="training loss", it=self.iter)
             dt = time.perf_counter() - t0
             train_time += dt
+            step_s.append(dt)
             self.iter += 1
             iters_since += 1
             bar.update(1)
@@ -388,7 +402,7 @@ class Trainer:
                    "train_s": train_time, "tp": cfg.tp, "sync": cfg.sync,
                    "forward_syncs": self.inner.plan.num_syncs if cfg.tp > 1 else 0,
                    "collectives_per_step": self.planned_collectives(),
-                   "resumed_at": self.resumed_at}
+                   "step_ms": _spread_ms(step_s), "resumed_at": self.resumed_at}
         log.close()
         if self.master:
             with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
@@ -396,7 +410,10 @@ class Trainer:
         if not self.quiet:
             print(f"done: final val loss {summary['final_val_loss']:.4f} (best "
                   f"{summary['best_val_loss']:.4f}) after {summary['iters']} iters in "
-                  f"{summary['wall_s']:.1f} s; {summary['forward_syncs']} forward syncs per pass, "
+                  f"{summary['wall_s']:.1f} s"
+                  + (f" (median {summary['step_ms']['median']:.1f} ms per iteration)"
+                     if summary["step_ms"] else "")
+                  + f"; {summary['forward_syncs']} forward syncs per pass, "
                   f"{summary['collectives_per_step']} TP collectives per step")
         return summary
 

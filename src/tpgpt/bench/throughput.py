@@ -51,15 +51,37 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int | None =
     return 2 * n ** 3 / best / 1e12
 
 
+def hf_gpt2(dense):
+    """The same weights in Hugging Face transformers' GPT2LMHeadModel (SDPA attention): an
+    independent implementation of the dense model, to time beside tpgpt's; None without
+    transformers. Its loss shifts labels itself (T - 1 positions; the same matmuls)."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        return None
+    from ..hf import hf_config, to_hf_state
+    cfg = {k: v for k, v in hf_config(dense.config).items() if k != "tpgpt_bias"}
+    model = GPT2LMHeadModel(GPT2Config(**cfg, attn_implementation="sdpa"))
+    missing, unexpected = model.load_state_dict(to_hf_state(dense.state_dict(), dense.config),
+                                                strict=False)
+    assert not unexpected and all(k == "lm_head.weight" for k in missing), (missing, unexpected)
+    return model.train()
+
+
 def _train_step_fn(model, device: torch.device, dtype: torch.dtype):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     autocast = nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype)
     parallel = hasattr(model, "sync_replicated_grads")
+    hf = hasattr(model, "transformer") and hasattr(model.transformer, "wpe") \
+        and not hasattr(model, "get_num_params")
 
     def step(idx, targets):
         with autocast:
-            _, loss = model(idx, targets, return_logits=False) if parallel \
-                else model(idx, targets)
+            if hf:
+                loss = model(input_ids=idx, labels=idx).loss
+            else:
+                _, loss = model(idx, targets, return_logits=False) if parallel \
+                    else model(idx, targets)
         loss.backward()
         if parallel:
             model.sync_replicated_grads()
@@ -72,7 +94,7 @@ def _train_step_fn(model, device: torch.device, dtype: torch.dtype):
 def bench_throughput_shape(name: str, steps: int, warmup: int = 3,
                            device: torch.device = torch.device("cpu"),
                            dtype: torch.dtype = torch.float32, compile: bool = False,
-                           peak_tflops: float | None = None) -> dict:
+                           peak_tflops: float | None = None, with_hf: bool = True) -> dict:
     """Dense vs simulated tp=2 and tp=4 training steps of one shape, interleaved, in this process."""
     from ..costmodel import train_flops_per_token
     from ..model import GPT
@@ -83,6 +105,9 @@ def bench_throughput_shape(name: str, steps: int, warmup: int = 3,
     models = {"dense": dense,
               "sim tp=2": ParallelGPT.from_dense(dense, tp=2),
               "sim tp=4": ParallelGPT.from_dense(dense, tp=4)}
+    reference = hf_gpt2(dense) if with_hf else None
+    if reference is not None:
+        models["HF transformers GPT-2 (dense)"] = reference
     if compile:
         # every block (its sync bits differ) of every model is its own compiled frame
         import torch._dynamo.config as dynamo_config
@@ -97,6 +122,10 @@ def bench_throughput_shape(name: str, steps: int, warmup: int = 3,
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), generator=g).to(device)
     targets = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), generator=g).to(device)
+    hf_diff = None
+    if reference is not None:  # the same function, checked before it is timed
+        with torch.no_grad():
+            hf_diff = (reference(input_ids=idx).logits - dense(idx, targets)[0]).abs().max().item()
     times = time_interleaved({k: (lambda fn=fn: fn(idx, targets)) for k, fn in fns.items()},
                              steps, warmup)
     tokens = batch * cfg.block_size
@@ -104,7 +133,8 @@ def bench_throughput_shape(name: str, steps: int, warmup: int = 3,
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"shape": name, "tokens_per_step": tokens, "steps": steps, "device": str(device),
             "dtype": str(dtype).removeprefix("torch."), "compile": compile,
-            "flops_per_step": flops, "peak_tflops": peak_tflops, "rows": [
+            "flops_per_step": flops, "peak_tflops": peak_tflops,
+            "hf_max_logit_diff": hf_diff, "rows": [
                 {"model": k, "median_ms": 1e3 * med[k], "mean_ms": 1e3 * statistics.fmean(times[k]),
                  "min_ms": 1e3 * min(times[k]), "max_ms": 1e3 * max(times[k]),
                  "tokens_per_s": tokens / med[k], "throughput_vs_dense": med["dense"] / med[k],
@@ -119,6 +149,9 @@ def format_throughput(r: dict) -> str:
              f"{r['device']}, {r['dtype']}{', compiled' if r['compile'] else ''}{peak})",
              "| model | median ms | min-max ms | tokens/s | throughput vs dense | TFLOP/s | MFU |",
              "|---|---|---|---|---|---|---|"]
+    if r.get("hf_max_logit_diff") is not None:
+        lines.insert(1, f"(HF transformers' GPT-2 holds the dense weights: max |logit diff| "
+                        f"{r['hf_max_logit_diff']:.1e})")
     for row in r["rows"]:
         mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-"
         lines.append(f"| {row['model']} | {row['median_ms']:.1f} | {row['min_ms']:.1f}-"
