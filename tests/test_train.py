@@ -55,6 +55,27 @@ def test_loss_goes_down_and_summary(text_data, tmp_path):
         assert any(f.endswith(".safetensors") for f in os.listdir(tmp_path / "run" / name / "model"))
 
 
+@pytest.mark.parametrize("tp", [1, 2])
+def test_summary_reports_step_times_and_memory_against_the_plan(text_data, tmp_path, tp):
+    data, _ = text_data
+    cfg = load_config(None, tiny_train_overrides(data, tmp_path / "run", tp=tp, sync="spd",
+                                                 max_iters=12))
+    trainer = Trainer(cfg, quiet=True)
+    s = trainer.run()
+    # the planned parameter + gradient + AdamW bytes of this process are what it holds
+    live = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+    moments = sum(t.numel() * t.element_size() for st in trainer.optimizer.state.values()
+                  for k, t in st.items() if k != "step")
+    trainer.close()
+    assert moments == 2 * live
+    assert s["memory"]["planned_state_mib_per_process"] * 2 ** 20 == 4 * live
+    rank = s["memory"]["per_rank"][0]
+    assert rank["peak_rss_mib"] >= rank["rss_before_model_mib"] > 0
+    assert s["step_ms"]["n"] == 12 and s["step_ms"]["min"] <= s["step_ms"]["median"] \
+        <= s["step_ms"]["max"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["memory"] == s["memory"]
+
+
 def test_resume_is_bit_exact(text_data, tmp_path):
     data, _ = text_data
     full = tmp_path / "full"

@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .data import TokenFile, check_tokens_in_vocab, load_meta
 from .errors import ConfigError
 from .layout import barrier_fn, setup_layout
-from .metrics import MetricsLog
+from .metrics import MetricsLog, peak_resident_mib, resident_mib
 from .model import GPT
 from .optim import clip_grad_norm, lr_at, make_optimizer
 from .parallel_model import ParallelGPT
@@ -58,6 +58,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, quiet: bool = False,
                  overwrite: bool = False):
         self.cfg = cfg
+        self.rss_before_mib = resident_mib()  # torch and the data reader, before any model
         if not resume and not overwrite and find_checkpoint(os.path.join(cfg.out_dir, "last")):
             raise ConfigError(f"{cfg.out_dir} holds a checkpoint: pass --resume to continue it, "
                               f"--overwrite to start over, or choose another out_dir")
@@ -402,7 +403,8 @@ class Trainer:
                    "train_s": train_time, "tp": cfg.tp, "sync": cfg.sync,
                    "forward_syncs": self.inner.plan.num_syncs if cfg.tp > 1 else 0,
                    "collectives_per_step": self.planned_collectives(),
-                   "step_ms": _spread_ms(step_s), "resumed_at": self.resumed_at}
+                   "step_ms": _spread_ms(step_s), "memory": self.memory_report(),
+                   "resumed_at": self.resumed_at}
         log.close()
         if self.master:
             with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
@@ -416,6 +418,28 @@ class Trainer:
                   + f"; {summary['forward_syncs']} forward syncs per pass, "
                   f"{summary['collectives_per_step']} TP collectives per step")
         return summary
+
+    def memory_report(self) -> dict:
+        """Per rank: peak resident memory, resident memory before the model was built, the peak
+        of CUDA allocations, and the plan's accounting of parameters + grads + AdamW state."""
+        from .plan_report import memory_per_rank
+        mine = {"rank": self.layout.rank, "peak_rss_mib": peak_resident_mib(),
+                "rss_before_model_mib": self.rss_before_mib,
+                "cuda_peak_allocated_mib": torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+                if self.device.type == "cuda" else None}
+        ranks = [mine]
+        if self.layout.distributed:
+            import torch.distributed as dist
+            ranks = [None] * self.layout.world
+            dist.all_gather_object(ranks, mine)
+        planned = None
+        if self.layout.pp == 1:  # this process holds tp / tp_procs ranks, replicated parts once
+            m = memory_per_rank(self.inner.config, self.cfg.tp, self.cfg.vocab_parallel)
+            local_ranks = self.cfg.tp // self.layout.tp_procs
+            # fp32 parameter, gradient and AdamW's two moments: 16 bytes per element
+            planned = 16 * (local_ranks * m["sharded_elements"] + m["replicated_elements"])
+        return {"per_rank": ranks, "planned_state_mib_per_process":
+                planned / 2 ** 20 if planned is not None else None}
 
     def _check_finite(self, *values: float, what: str, it: int | None = None) -> None:
         """Stop before anything poisoned is saved; every rank sees the same (reduced) loss."""
