@@ -66,6 +66,11 @@ for key, value, fragment in [
         lambda root, k=key, v=value, e=extra: train_args(root, **{**e, k: v}))
 
 
+@case("compile with a pipeline", "compile=true with pp>1 is not supported")
+def _(root):
+    return train_args(root, pp=2, compile="true")
+
+
 @case("pp without torchrun", "pp=2 needs processes: launch with torchrun")
 def _(root):
     return train_args(root, pp=2)

@@ -76,6 +76,22 @@ def test_summary_reports_step_times_and_memory_against_the_plan(text_data, tmp_p
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["memory"] == s["memory"]
 
 
+def test_compiled_training_equals_eager(text_data, tmp_path):
+    """compile=true (torch.compile in place) trains to eager's losses and counts the same
+    collectives; checkpoints keep their names (sampling loads one)."""
+    data, _ = text_data
+    kw = dict(tp=2, sync="tp,spd", max_iters=6, lr_decay_iters=6, eval_interval=6)
+    train(data, tmp_path / "eager", **kw)
+    train(data, tmp_path / "compiled", compile=True, **kw)
+    assert_losses_close(train_losses(tmp_path / "compiled"), train_losses(tmp_path / "eager"),
+                        1e-5, "compiled vs eager")
+    counts = [[r["collectives"] for r in map(json.loads, open(tmp_path / d / "metrics.jsonl"))
+               if r["kind"] == "train"] for d in ("eager", "compiled")]
+    assert counts[0] == counts[1] and counts[0][0] > 0
+    model, _, _ = load_model(str(tmp_path / "compiled"))
+    assert model.get_num_params() > 0
+
+
 def test_resume_is_bit_exact(text_data, tmp_path):
     data, _ = text_data
     full = tmp_path / "full"

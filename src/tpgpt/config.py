@@ -71,6 +71,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     dtype: str = "float32"
+    compile: bool = False  # torch.compile the model (in place; not with pp > 1)
     comm_timeout_s: float = 120.0  # per collective; NCCL's own default is 10 minutes
 
     def model_config(self, vocab_size: int | None = None) -> GPTConfig:
@@ -199,6 +200,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"comm_timeout_s={cfg.comm_timeout_s} is invalid: it must be > 0")
     if cfg.tp_procs and cfg.tp % cfg.tp_procs:
         raise ConfigError(f"tp_procs={cfg.tp_procs} does not divide tp={cfg.tp}")
+    if cfg.compile and cfg.pp > 1:
+        raise ConfigError("compile=true with pp>1 is not supported: the pipeline schedule "
+                          "runs the stages itself; use compile=false")
     model = cfg.model_config(vocab_size=cfg.vocab_size or 1)  # shape checks
     validate_tp(cfg.tp, model.n_head, cfg.vocab_size or cfg.tp, cfg.vocab_parallel)
     SyncPlan.parse(cfg.sync, cfg.n_layer)

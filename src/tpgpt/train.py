@@ -164,6 +164,11 @@ class Trainer:
                                                 vocab_parallel=cfg.vocab_parallel)
             self.comm = comm
         self.inner.to(self.device)
+        if cfg.compile and layout.pp == 1:
+            # In place, so parameter names and checkpoints are unchanged; static shapes (the
+            # shapes of a run never change). Each collective stays a graph break: the comm
+            # counter records it in Python, which keeps the counts exact.
+            self.inner.compile(dynamic=False)
         self.model = self.inner
         if layout.pp > 1:
             from .pipeline import Pipeline
