@@ -66,10 +66,12 @@ def _cmd_plan(args) -> int:
                            grad_clip=args.grad_clip)
                for s in plans]
     if args.interconnect:
-        from .costmodel import load_interconnect, predict_step
-        if not args.achieved_tflops > 0:
+        from .costmodel import load_interconnect, measured_tflops, predict_step
+        if args.achieved_tflops is not None and not args.achieved_tflops > 0:
             raise ConfigError(f"achieved_tflops={args.achieved_tflops} must be > 0")
         ic = load_interconnect(args.interconnect)
+        if args.achieved_tflops is None:  # a `bench plans` result knows its compute rate
+            args.achieved_tflops = measured_tflops(args.interconnect) or 300.0
         for r in reports:
             r["prediction"] = predict_step(r, cfg, ic, args.achieved_tflops)
     if args.json:
@@ -253,9 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="predict step time on an interconnect: nvlink-h100, pcie4, ib-ndr, "
                            "100gbe, 25gbe, or a profile from 'tpgpt bench comm'")
     plan.add_argument("--achieved-tflops", "--achieved_tflops", dest="achieved_tflops",
-                      type=float, default=300.0,
-                      help="compute rate of one device for the prediction (default 300 TFLOP/s, "
-                           "about 30%% of an H100's dense bf16 peak)")
+                      type=float, default=None,
+                      help="compute rate of one device for the prediction (default: the rate "
+                           "measured by 'bench plans' when --interconnect is its result, else "
+                           "300 TFLOP/s, about 30%% of an H100's dense bf16 peak)")
     plan.add_argument("--grad-clip", "--grad_clip", dest="grad_clip", type=_bool, nargs="?",
                       const=True, default=False, help="count the grad-norm all-reduce of clipping")
     plan.set_defaults(func=_cmd_plan)

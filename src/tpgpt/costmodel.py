@@ -95,6 +95,20 @@ def load_interconnect(name_or_file: str) -> Interconnect:
     return ic
 
 
+def measured_tflops(name_or_file: str) -> float | None:
+    """The compute rate a `tpgpt bench plans` result measured (its "achieved_tflops"), if the
+    interconnect given is such a file; None for built-in profiles and plain profiles."""
+    if name_or_file in BUILTIN:
+        return None
+    try:
+        with open(name_or_file) as f:
+            d = json.load(f)
+        v = float(d["achieved_tflops"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    return v if v > 0 and math.isfinite(v) else None
+
+
 def fit_alpha_beta(sizes: list[int], times: list[float], n: int) -> Interconnect:
     """Fit measured all-reduce times to T = a + b N, minimising the *relative* error (weights
     1/T^2, so 8-byte latencies count as much as 64 MB transfers), then turn (a, b) into the
