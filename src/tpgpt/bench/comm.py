@@ -8,7 +8,7 @@ import time
 import torch
 
 from ..costmodel import fit_alpha_beta
-from .timing import check_out, slowest_rank, stats, write_results
+from .timing import check_out, report_and_finish, slowest_rank, stats
 
 COMM_SIZES = [8 * 4 ** k for k in range(12)] + [64 * 2 ** 20]  # 8 B .. 32 MiB, and 64 MiB
 
@@ -73,20 +73,12 @@ def format_comm(result: dict) -> str:
 
 
 def run_comm_cli(args) -> int:
-    import torch.distributed as dist
-
     check_out(args.out, args.overwrite)
     if "RANK" not in os.environ:
         from ..errors import ConfigError
         raise ConfigError("bench comm measures collectives between processes: run it under "
                           "torchrun --nproc_per_node=2 (or more)")
     result = bench_comm(repeats=args.repeats)
-    if result["rank"] == 0:
-        text = format_comm(result)
-        print(text)
-        if args.out:
-            path = write_results(args.out, result, text)[0]
-            print(f"\nwrote {path} (use: tpgpt plan --interconnect {path})")
-    dist.barrier()
-    dist.destroy_process_group()
+    report_and_finish(result, format_comm(result), args.out,
+                      " (use: tpgpt plan --interconnect {path})")
     return 0

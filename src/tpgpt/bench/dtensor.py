@@ -8,7 +8,7 @@ import statistics
 import torch
 
 from .throughput import THROUGHPUT_SHAPES
-from .timing import check_out, time_interleaved, write_results
+from .timing import check_out, report_and_finish, time_interleaved
 
 
 def dtensor_gpt(dense, mesh):
@@ -128,8 +128,6 @@ def format_dist(r: dict) -> str:
 
 
 def run_dist_cli(args) -> int:
-    import torch.distributed as dist
-
     from ..errors import ConfigError
 
     check_out(args.out, args.overwrite)
@@ -137,11 +135,5 @@ def run_dist_cli(args) -> int:
         raise ConfigError("bench dist compares distributed TP: use torchrun --nproc_per_node=TP")
     shape, batch = THROUGHPUT_SHAPES[args.shapes[0]]
     result = bench_dist(shape, batch, args.plans, steps=args.steps or 20)
-    if result["rank"] == 0:
-        text = format_dist(result)
-        print(text)
-        if args.out:
-            write_results(args.out, result, text)
-    dist.barrier()
-    dist.destroy_process_group()
+    report_and_finish(result, format_dist(result), args.out)
     return 0

@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from ..costmodel import Interconnect, predict_step, train_flops_per_token
 from ..distributed import DistributedComm
-from .timing import check_out, slowest_rank, stats, time_interleaved, write_results
+from .timing import check_out, report_and_finish, slowest_rank, stats, time_interleaved
 
 
 class TimedComm(DistributedComm):
@@ -265,12 +265,6 @@ def run_plans_cli(args) -> int:
     result = bench_plans(config, args.plans, args.batch_size or cfg.batch_size,
                          steps=args.steps or 60, comm_repeats=args.repeats, profile=profile,
                          calibrate_on=args.calibrate_on)
-    if result["rank"] == 0:
-        text = format_plans(result)
-        print(text)
-        if args.out:
-            path = write_results(args.out, result, text)[0]
-            print(f"\nwrote {path} (its calibrated profile: tpgpt plan --interconnect {path})")
-    dist.barrier()
-    dist.destroy_process_group()
+    report_and_finish(result, format_plans(result), args.out,
+                      " (its calibrated profile: tpgpt plan --interconnect {path})")
     return 0

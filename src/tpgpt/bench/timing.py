@@ -84,3 +84,17 @@ def _machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def report_and_finish(result: dict, text: str, out: str | None, hint: str = "") -> None:
+    """Under torchrun: rank 0 prints the tables and writes --out; then every rank leaves the
+    process group together."""
+    import torch.distributed as dist
+
+    if result["rank"] == 0:
+        print(text)
+        if out:
+            path = write_results(out, result, text)[0]
+            print(f"\nwrote {path}" + (hint.format(path=path) if hint else ""))
+    dist.barrier()
+    dist.destroy_process_group()
