@@ -10,7 +10,7 @@ mkdir -p "$R"
 for i in $(seq 1 "$N"); do
     env OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 -m tpgpt bench plans \
         --plans tp tp,spd spd parallel bits:10101011 bits:01000101 bits:00010001 --steps 60 \
-        --out "$R/run$i" --overwrite > /dev/null 2>&1
+        --out "$R/run$i" --overwrite > "$R/run$i.log" 2>&1 || { cat "$R/run$i.log"; exit 1; }
 done
 python - "$R" "$N" <<'PY'
 import json, sys

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every figure of BENCHMARKS.md's cost-model sections: the gloo profile, the plans calibrated on
 # `tp` and checked on the others, and the saved profile checked again in new runs (same shape,
-# then twice the batch). About 4 minutes on a 2-core machine.
+# then twice the batch). About 3 minutes on a 2-core machine.
 #   bash benchmarks/cost_model.sh [results-dir]     (default benchmarks/results; replaces them)
 set -euo pipefail
 cd "$(dirname "$0")/.."

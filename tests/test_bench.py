@@ -109,7 +109,9 @@ def test_compiled_simulated_model_counts_exactly_and_matches_eager():
     compiled.compile(dynamic=False)
     idx = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
     import torch._dynamo.config as dynamo_config
+    import torch._dynamo.utils as dynamo_utils
 
+    graphs = dynamo_utils.counters["stats"]["unique_graphs"]
     for i in range(3):  # no optimizer step: the loss stays the first one
         with dynamo_config.patch(error_on_recompile=i > 0):
             loss = compiled(idx, idx)[1]
@@ -117,6 +119,7 @@ def test_compiled_simulated_model_counts_exactly_and_matches_eager():
         compiled.sync_replicated_grads()
     expected = summarize(count_collectives(SyncPlan.parse("tp,spd", 2), tp=2, n_embd=cfg.n_embd,
                                            bias=cfg.bias, batch_size=2, seq_len=cfg.block_size))
+    assert dynamo_utils.counters["stats"]["unique_graphs"] > graphs  # it did compile
     assert compiled.comm.counter.summary() == {k: (3 * n, 3 * b) for k, (n, b) in expected.items()}
     assert loss.item() == pytest.approx(eager(idx, idx)[1].item(), rel=1e-5)
 
@@ -127,3 +130,18 @@ def test_bench_throughput_bfloat16_reports_mfu(tmp_path):
     r = json.loads((tmp_path / "b.json").read_text())["shapes"][0]
     assert r["dtype"] == "bfloat16" and r["peak_tflops"] > 0
     assert all(0 < x["mfu"] for x in r["rows"])
+
+
+def test_results_that_appear_while_measuring_are_kept(tmp_path):
+    from tpgpt.bench.timing import check_out, write_results
+    from tpgpt.errors import ConfigError
+
+    out = str(tmp_path / "r")
+    check_out(out, overwrite=False)  # nothing there yet
+    (tmp_path / "r.json").write_text("another run's result")
+    with pytest.raises(ConfigError, match="appeared while measuring"):
+        write_results(out, {"x": 1}, "| table |")
+    assert (tmp_path / "r.json").read_text() == "another run's result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary left
+    write_results(out, {"x": 1}, "| table |", overwrite=True)
+    assert json.loads((tmp_path / "r.json").read_text())["x"] == 1

@@ -66,12 +66,22 @@ def _cmd_plan(args) -> int:
                            grad_clip=args.grad_clip)
                for s in plans]
     if args.interconnect:
-        from .costmodel import load_interconnect, measured_tflops, predict_step
+        from .costmodel import load_interconnect, measured_compute, predict_step
         if args.achieved_tflops is not None and not args.achieved_tflops > 0:
             raise ConfigError(f"achieved_tflops={args.achieved_tflops} must be > 0")
         ic = load_interconnect(args.interconnect)
+        rate_note = None
         if args.achieved_tflops is None:  # a `bench plans` result knows its compute rate
-            args.achieved_tflops = measured_tflops(args.interconnect) or 300.0
+            measured = measured_compute(args.interconnect)
+            args.achieved_tflops = measured[0] if measured else 300.0
+            if measured:
+                shape = measured[1]
+                same = all(shape.get(k) == getattr(cfg, k) for k in shape)
+                rate_note = (f"compute rate {measured[0]:.3g} TFLOP/s: measured by bench plans on "
+                             + ("this model's shape" if same else
+                                f"another shape ({shape.get('n_layer')} layers, n_embd "
+                                f"{shape.get('n_embd')}), so a rough guess here")
+                             + "; --achieved-tflops overrides it")
         for r in reports:
             r["prediction"] = predict_step(r, cfg, ic, args.achieved_tflops)
     if args.json:
@@ -81,6 +91,8 @@ def _cmd_plan(args) -> int:
     if args.interconnect:
         from .plan_report import format_predictions
         print("\n" + format_predictions(reports, ic, args.achieved_tflops))
+        if rate_note:
+            print("  " + rate_note)
     return 0
 
 

@@ -95,18 +95,18 @@ def load_interconnect(name_or_file: str) -> Interconnect:
     return ic
 
 
-def measured_tflops(name_or_file: str) -> float | None:
-    """The compute rate a `tpgpt bench plans` result measured (its "achieved_tflops"), if the
+def measured_compute(name_or_file: str) -> tuple[float, dict] | None:
+    """(TFLOP/s, model shape) that a `tpgpt bench plans` result measured its compute at, if the
     interconnect given is such a file; None for built-in profiles and plain profiles."""
     if name_or_file in BUILTIN:
         return None
     try:
         with open(name_or_file) as f:
             d = json.load(f)
-        v = float(d["achieved_tflops"])
+        v, shape = float(d["achieved_tflops"]), dict(d["config"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
-    return v if v > 0 and math.isfinite(v) else None
+    return (v, shape) if v > 0 and math.isfinite(v) else None
 
 
 def fit_alpha_beta(sizes: list[int], times: list[float], n: int) -> Interconnect:

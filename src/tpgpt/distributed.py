@@ -74,7 +74,8 @@ class DistributedComm(TPComm):
         parts = [self._stash.pop(p, None) for p in params]
         flat = torch.cat([torch.zeros(p.numel(), dtype=p.dtype, device=p.device) if g is None
                           else g.reshape(-1) for p, g in zip(params, parts)])
-        self._grad_all_reduce(flat.contiguous())
+        flat = flat.contiguous()
+        self._grad_all_reduce(flat)
         if self.grad_scale != 1.0:
             flat.mul_(self.grad_scale)
         for p, g in zip(params, flat.split([p.numel() for p in params])):

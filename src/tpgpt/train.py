@@ -45,7 +45,7 @@ def _spread_ms(seconds) -> dict | None:
     if not seconds:
         return None
     ms = [1e3 * s for s in seconds]
-    q = statistics.quantiles(ms, n=20) if len(ms) > 1 else [ms[0]] * 19
+    q = statistics.quantiles(ms, n=20, method="inclusive") if len(ms) > 1 else [ms[0]] * 19
     return {"n": len(ms), "median": statistics.median(ms), "mean": statistics.fmean(ms),
             "p5": q[0], "p95": q[-1], "min": min(ms), "max": max(ms)}
 

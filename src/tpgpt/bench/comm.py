@@ -79,6 +79,6 @@ def run_comm_cli(args) -> int:
         raise ConfigError("bench comm measures collectives between processes: run it under "
                           "torchrun --nproc_per_node=2 (or more)")
     result = bench_comm(repeats=args.repeats)
-    report_and_finish(result, format_comm(result), args.out,
+    report_and_finish(result, format_comm(result), args.out, args.overwrite,
                       " (use: tpgpt plan --interconnect {path})")
     return 0

@@ -8,7 +8,7 @@ import statistics
 import torch
 
 from .throughput import THROUGHPUT_SHAPES
-from .timing import check_out, report_and_finish, time_interleaved
+from .timing import check_out, report_and_finish, slowest_rank, time_interleaved
 
 
 def dtensor_gpt(dense, mesh):
@@ -41,7 +41,8 @@ def dtensor_gpt(dense, mesh):
 def bench_dist(config, batch_size: int, plans: list[str], steps: int = 20,
                warmup: int = 3) -> dict:
     """Under torchrun (tp = world): tokens/s of DTensor TP and of tpgpt's distributed TP for
-    each plan, the same dense weights and batch, interleaved; losses checked equal first."""
+    each plan, the same dense weights and batch, interleaved; the two losses are reported
+    (equal when the first plan is `tp`: the test checks it)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -75,10 +76,11 @@ def bench_dist(config, batch_size: int, plans: list[str], steps: int = 20,
                 m.sync_replicated_grads()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if idx.is_cuda:
+                torch.cuda.synchronize()
         fns[name] = step
     times = time_interleaved(fns, steps, warmup, dist.barrier)
-    med = torch.tensor([statistics.median(v) for v in times.values()], dtype=torch.float64)
-    dist.all_reduce(med, op=dist.ReduceOp.MAX)
+    med = torch.tensor(slowest_rank([statistics.median(v) for v in times.values()]))
     import resource
 
     from ..plan_report import memory_per_rank
@@ -88,8 +90,8 @@ def bench_dist(config, batch_size: int, plans: list[str], steps: int = 20,
              sum(t.numel() * t.element_size() for st in opt_state.values()
                  for k, t in st.items() if k != "step"),
              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]
-    per_rank = [torch.zeros(3, dtype=torch.float64) for _ in range(world)]
-    dist.all_gather(per_rank, torch.tensor(local, dtype=torch.float64))
+    per_rank = [None] * world
+    dist.all_gather_object(per_rank, local)
     planned = memory_per_rank(config, world, False)
     memory = [{"rank": k, "param_bytes": int(v[0]), "adamw_bytes": int(v[1]),
                "peak_rss_bytes": int(v[2]), "planned_param_bytes": planned["param_bytes"],
@@ -135,5 +137,5 @@ def run_dist_cli(args) -> int:
         raise ConfigError("bench dist compares distributed TP: use torchrun --nproc_per_node=TP")
     shape, batch = THROUGHPUT_SHAPES[args.shapes[0]]
     result = bench_dist(shape, batch, args.plans, steps=args.steps or 20)
-    report_and_finish(result, format_dist(result), args.out)
+    report_and_finish(result, format_dist(result), args.out, args.overwrite)
     return 0

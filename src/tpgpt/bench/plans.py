@@ -31,24 +31,38 @@ from .timing import check_out, report_and_finish, slowest_rank, stats, time_inte
 
 class TimedComm(DistributedComm):
     """DistributedComm that records (start, end) of every cross-process collective; with
-    `compute_only` it skips them (same shapes and copies, nothing sent): the step's compute."""
+    `compute_only` it skips them (same shapes and copies, nothing sent): the step's compute.
+
+    On the CPU the span is wall-clock time around the blocking call. On GPUs (NCCL) it is a
+    pair of CUDA events on the current stream, read after the step, so the timers add no
+    synchronisation to the step they measure (the span then includes waiting for the other
+    rank inside the kernel, but skew cannot be told apart: clocks of GPU events are per device)."""
 
     def __init__(self, tp: int, compute_only: bool = False):
         super().__init__(tp)
         self.compute_only = compute_only
-        self.spans: list[tuple[float, float]] = []
-        # on GPUs a collective is asynchronous: wait for the work before it and for itself
-        self.cuda = torch.cuda.is_available() and dist.get_backend() == "nccl"
+        self.spans: list = []  # (start, end): perf_counter seconds, or CUDA event pairs
+        self.cuda = dist.get_backend() == "nccl"
 
     def _timed(self, fn):
         if self.cuda:
-            torch.cuda.synchronize()
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+            out = fn()
+            end.record()
+            self.spans.append((start, end))
+            return out
         t0 = time.perf_counter()  # CLOCK_MONOTONIC on Linux: comparable across local processes
         out = fn()
-        if self.cuda:
-            torch.cuda.synchronize()
         self.spans.append((t0, time.perf_counter()))
         return out
+
+    def span_seconds(self) -> list[tuple[float, float]]:
+        """The spans as (start, end) seconds; for CUDA events start is 0 (durations only)."""
+        if not self.cuda:
+            return list(self.spans)
+        torch.cuda.synchronize()
+        return [(0.0, s.elapsed_time(e) / 1e3) for s, e in self.spans]
 
     def _cross_all_reduce(self, x, op="sum"):
         if self.compute_only:
@@ -139,10 +153,11 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
     keys = list(fns)
     mean = dict(zip(keys, slowest_rank([statistics.fmean(times[k]) for k in keys])))
     median = dict(zip(keys, slowest_rank([statistics.median(times[k]) for k in keys])))
-    same_host = int(os.environ.get("LOCAL_WORLD_SIZE", -1)) == world
+    # skew compares start times across ranks: wall clocks of one host only
+    same_host = int(os.environ.get("LOCAL_WORLD_SIZE", -1)) == world and device.type == "cpu"
     per_step = {k: len(c.spans) // (warmup + steps) for k, c in comms.items()}
     gathered = [None] * world
-    dist.all_gather_object(gathered, {k: c.spans for k, c in comms.items()})
+    dist.all_gather_object(gathered, {k: c.span_seconds() for k, c in comms.items()})
     spans = {k: _span_stats([g_[k] for g_ in gathered], per_step[k], warmup, same_host)
              for k in keys}
 
@@ -214,7 +229,7 @@ def format_plans(r: dict) -> str:
              f"{ic['sync_overhead_s'] * 1e6:.0f} us "
              + (f"(calibrated on `{r['calibrated_on']}` only)" if r["calibrated_on"]
                 else "(from the given profile; no plan used for calibration)"), "",
-             "| plan | fwd syncs | collectives (timed) | measured mean ms (median; min-max) | "
+             "| plan | fwd syncs | collectives (timed) | measured mean ms (median; rank 0 min-max) | "
              "in-step collective ms (skew) | idle-link prediction ms (error) | calibrated "
              "prediction ms (error) |", "|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
@@ -257,7 +272,9 @@ def run_plans_cli(args) -> int:
                        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0,
                        bias=cfg.bias)
     profile = load_interconnect(args.profile) if args.profile else None
-    from ..plan import SyncPlan
+    from ..plan import SyncPlan, validate_tp
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    validate_tp(world, config.n_head, config.vocab_size, False)  # tp = the process count
     for p in args.plans:
         SyncPlan.parse(p, config.n_layer)  # a bad plan fails here, before any measurement
     if args.calibrate_on and args.calibrate_on not in args.plans:
@@ -265,6 +282,6 @@ def run_plans_cli(args) -> int:
     result = bench_plans(config, args.plans, args.batch_size or cfg.batch_size,
                          steps=args.steps or 60, comm_repeats=args.repeats, profile=profile,
                          calibrate_on=args.calibrate_on)
-    report_and_finish(result, format_plans(result), args.out,
+    report_and_finish(result, format_plans(result), args.out, args.overwrite,
                       " (its calibrated profile: tpgpt plan --interconnect {path})")
     return 0

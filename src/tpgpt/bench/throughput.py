@@ -175,5 +175,5 @@ def run_throughput_cli(args) -> int:
     text = "\n\n".join(format_throughput(r) for r in results)
     print(text)
     if args.out:
-        write_results(args.out, {"shapes": results}, text)
+        write_results(args.out, {"shapes": results}, text, args.overwrite)
     return 0

@@ -28,13 +28,24 @@ def stats(times: list[float]) -> dict:
             "min_s": min(times), "max_s": max(times), "n": len(times)}
 
 
+def collective_device():
+    """Where tensors for the default group's collectives must live: the rank's GPU under NCCL
+    (which takes no CPU tensors), the CPU under gloo."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def slowest_rank(values: list[float]) -> list[float]:
     """Elementwise maximum over the processes of the default group: a step or a collective is
     as slow as its slowest rank."""
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
 
@@ -53,24 +64,42 @@ def check_out(out: str | None, overwrite: bool) -> None:
     parent = os.path.dirname(base) or "."
     if not os.path.isdir(parent):
         raise ConfigError(f"--out {out}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"--out {out}: the directory {parent} is not writable")
     if not overwrite:
         for path in (base + ".json", base + ".md"):
             if os.path.exists(path):
                 raise ConfigError(f"{path} exists: choose another --out or pass --overwrite")
 
 
-def write_results(out: str, result: dict, markdown: str) -> list[str]:
+def write_results(out: str, result: dict, markdown: str, overwrite: bool = False) -> list[str]:
     """NAME.json and NAME.md for `--out NAME` (a trailing .json or .md is dropped), written
-    whole through a temporary file so an interrupted run leaves no half-written result."""
+    whole through a temporary file so an interrupted run leaves no half-written result. Without
+    `overwrite`, a file that appeared since `check_out` (another run) is kept, never replaced:
+    the new one is linked into place only where no file stands."""
+    from ..errors import ConfigError
     base = _base(out)
     meta = {"date": time.strftime("%Y-%m-%d"), **_machine()}
     paths = []
     for path, text in ((base + ".json", json.dumps({**meta, **result}, indent=1)),
                        (base + ".md", markdown + "\n")):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                f.write(text)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)  # fails if the path exists
+                os.remove(tmp)
+        except FileExistsError:
+            os.remove(tmp)
+            raise ConfigError(f"{path} appeared while measuring: kept it; rerun with another "
+                              f"--out or --overwrite") from None
+        except OSError as e:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise ConfigError(f"cannot write {path}: {e.strerror}") from None
         paths.append(path)
     return paths
 
@@ -86,15 +115,16 @@ def _machine() -> dict:
     return info
 
 
-def report_and_finish(result: dict, text: str, out: str | None, hint: str = "") -> None:
-    """Under torchrun: rank 0 prints the tables and writes --out; then every rank leaves the
-    process group together."""
+def report_and_finish(result: dict, text: str, out: str | None, overwrite: bool,
+                      hint: str = "") -> None:
+    """Under torchrun: every rank leaves the process group, then rank 0 prints the tables and
+    writes --out (a failed write is then rank 0's one-line error; no rank waits on it)."""
     import torch.distributed as dist
 
+    dist.barrier()
+    dist.destroy_process_group()
     if result["rank"] == 0:
         print(text)
         if out:
-            path = write_results(out, result, text)[0]
+            path = write_results(out, result, text, overwrite)[0]
             print(f"\nwrote {path}" + (hint.format(path=path) if hint else ""))
-    dist.barrier()
-    dist.destroy_process_group()
