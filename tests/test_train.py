@@ -155,7 +155,10 @@ def test_sample_from_a_tp_checkpoint_is_reproducible(text_data, tmp_path):
     # torchrun tp=2 x dp=2 (4 processes) against simulated tp=2 with accumulation 2
     (4, dict(tp=2, sync="tp,spd", gradient_accumulation_steps=2),
      dict(tp=2, sync="tp,spd", gradient_accumulation_steps=2)),
-], ids=["tp2", "dp2", "tp2xdp2"])
+    # torchrun tp=2 under torch.compile (collectives and the replicated-grad stash inside
+    # compiled regions) against simulated tp=2, eager
+    (2, dict(tp=2, sync="tp,spd"), dict(tp=2, sync="tp,spd", compile=True)),
+], ids=["tp2", "dp2", "tp2xdp2", "tp2-compiled"])
 def test_torchrun_reproduces_single_process(text_data, tmp_path, procs, single, dist):
     data, _ = text_data
     common = dict(max_iters=50, lr_decay_iters=50, eval_interval=25)
