@@ -34,8 +34,11 @@ verify: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# Every CPU figure of BENCHMARKS.md (about 20 minutes), into out/bench.
 bench: setup
-	$(BIN)/python benchmarks/sim_overhead.py
+	@test -f data/shakespeare_char/train.bin || $(BIN)/tpgpt prepare shakespeare_char \
+		--out data/shakespeare_char $(if $(TPGPT_SHAKESPEARE),--input $(TPGPT_SHAKESPEARE))
+	PATH="$(abspath $(BIN)):$$PATH" bash benchmarks/all.sh out/bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache
