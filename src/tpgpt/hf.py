@@ -31,6 +31,9 @@ def hf_config(config: GPTConfig) -> dict:
             "attn_pdrop": config.dropout, "layer_norm_epsilon": 1e-5,
             "initializer_range": 0.02, "scale_attn_weights": True, "use_cache": True,
             "tie_word_embeddings": True, "torch_dtype": "float32",
+            # GPT-2's <|endoftext|> (50256) exists only in a GPT-2-sized vocabulary
+            "bos_token_id": 50256 if config.vocab_size > 50256 else None,
+            "eos_token_id": 50256 if config.vocab_size > 50256 else None,
             "tpgpt_bias": config.bias}
 
 
