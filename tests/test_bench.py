@@ -38,7 +38,8 @@ def test_bench_plans_times_every_planned_collective_and_calibrates_on_one(tmp_pa
     # `tpgpt plan` with the result as its interconnect (and the compute rate it measured)
     # predicts what the benchmark predicted, plan by plan
     assert main(["plan", "--config", "shakespeare_char_cpu", "--tp", "2", "--grad-clip", "false",
-                 "--sync", *PLANS, "--json", "--interconnect", str(tmp_path / "plans.json")]) == 0
+                 "--vocab-size", str(r["config"]["vocab_size"]), "--sync", *PLANS, "--json",
+                 "--interconnect", str(tmp_path / "plans.json")]) == 0
     predicted = {x["sync"]: x["prediction"]["step_s"] for x in json.loads(capsys.readouterr().out)}
     assert predicted == pytest.approx({p: x["predicted_s"] for p, x in rows.items()}, rel=1e-9)
     assert main(["plan", "--sync", "tp", "spd", "--interconnect",

@@ -377,13 +377,10 @@ def _plan_defaults_from_config(parser: argparse.ArgumentParser, argv: list[str])
     cfg = load_config(known.config)
     plan = parser.plan_parser
     model = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig)}
-    vocab = cfg.vocab_size
-    if not vocab and os.path.isfile(os.path.join(cfg.data_dir, "meta.json")):
-        from .data import load_meta
-        vocab = load_meta(cfg.data_dir)["vocab_size"]
-        if cfg.vocab_parallel:  # as training pads it
-            vocab = -(-vocab // cfg.tp) * cfg.tp
-    model["vocab_size"] = vocab or 50304  # only vocab-parallel checks depend on it
+    from .data import resolve_vocab_size
+    # GPT-2's padded vocabulary when neither the config nor its data says; it sets the head's
+    # FLOPs (and so --interconnect's compute time): pass --vocab_size to be exact
+    model["vocab_size"] = resolve_vocab_size(cfg, 50304)
     plan.set_defaults(**model, tp=cfg.tp, sync=[cfg.sync], vocab_parallel=cfg.vocab_parallel,
                       batch_size=cfg.batch_size, seq_len=cfg.block_size,
                       grad_clip=cfg.grad_clip > 0,

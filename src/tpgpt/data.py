@@ -302,3 +302,14 @@ def check_tokens_in_vocab(path: str, vocab_size: int, limit: int = 50_000_000) -
     if top >= vocab_size:
         raise ConfigError(f"{path} holds token id {top}, outside the vocabulary of "
                           f"meta.json (vocab_size={vocab_size}): the files do not match")
+
+
+def resolve_vocab_size(cfg, default: int) -> int:
+    """The vocabulary a config trains with: its own vocab_size, else its data's (padded to a
+    multiple of tp when vocab-parallel, as training does), else `default`."""
+    vocab = cfg.vocab_size
+    if not vocab and os.path.isfile(os.path.join(cfg.data_dir, "meta.json")):
+        vocab = load_meta(cfg.data_dir)["vocab_size"]
+        if cfg.vocab_parallel:
+            vocab = -(-vocab // cfg.tp) * cfg.tp
+    return vocab or default

@@ -267,8 +267,10 @@ def run_plans_cli(args) -> int:
     check_out(args.out, args.overwrite)
     if "RANK" not in os.environ:
         raise ConfigError("bench plans runs distributed TP: use torchrun --nproc_per_node=TP")
+    from ..data import resolve_vocab_size
     cfg = load_config(args.config)
-    config = GPTConfig(block_size=cfg.block_size, vocab_size=cfg.vocab_size or 65,
+    # the config's vocabulary, else its data's, else Tiny Shakespeare's 65 characters
+    config = GPTConfig(block_size=cfg.block_size, vocab_size=resolve_vocab_size(cfg, 65),
                        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0,
                        bias=cfg.bias)
     profile = load_interconnect(args.profile) if args.profile else None
