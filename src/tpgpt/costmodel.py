@@ -48,6 +48,12 @@ class Interconnect:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, d: dict, source: str = "") -> "Interconnect":
+        """The inverse of to_json (a profile written by `tpgpt bench comm|plans`)."""
+        return cls(str(d["name"]), float(d["alpha_s"]), float(d["bandwidth_Bps"]),
+                   str(d.get("source", source)), float(d.get("sync_overhead_s", 0.0)))
+
 
 # Nominal link rates from the hardware specifications; latencies are typical NCCL small-message
 # figures (order of magnitude). Measure your own with `tpgpt bench comm` for real predictions.
@@ -81,9 +87,7 @@ def load_interconnect(name_or_file: str) -> Interconnect:
             d = json.load(f)
         if isinstance(d, dict) and isinstance(d.get("profile"), dict):
             d = d["profile"]  # a whole `tpgpt bench comm|plans` result
-        ic = Interconnect(str(d["name"]), float(d["alpha_s"]), float(d["bandwidth_Bps"]),
-                          str(d.get("source", name_or_file)),
-                          float(d.get("sync_overhead_s", 0.0)))
+        ic = Interconnect.from_json(d, source=name_or_file)
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError,
             AttributeError) as e:
         raise ConfigError(f"{name_or_file} is not an interconnect profile (name, alpha_s, "

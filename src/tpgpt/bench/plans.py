@@ -17,6 +17,7 @@ predicts the expected sum, and a run's throughput is tokens / mean step time.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import time
@@ -128,15 +129,17 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
     from ..plan_report import plan_report
     from .comm import bench_comm
 
+    if calibrate_on is not None and calibrate_on not in plans:
+        from ..errors import ConfigError
+        raise ConfigError(f"--calibrate-on {calibrate_on!r} is not one of --plans")
     rank, world, device = init_distributed()
     comm_rows = None
     if profile is None:
         comm = bench_comm(repeats=comm_repeats)
         comm_rows = comm["rows"]
-        p = comm["profile"]
-        idle = Interconnect(p["name"], p["alpha_s"], p["bandwidth_Bps"], p["source"])
+        idle = Interconnect.from_json(comm["profile"])
     else:
-        idle = Interconnect(profile.name, profile.alpha_s, profile.bandwidth_Bps, profile.source)
+        idle = dataclasses.replace(profile, sync_overhead_s=0.0)
     torch.manual_seed(0)
     dense = GPT(config).to(device)
     g = torch.Generator().manual_seed(0)
@@ -174,22 +177,19 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
         overhead, calibrate_on = profile.sync_overhead_s, None
     else:
         calibrate_on = calibrate_on or max(plans, key=lambda p: n_coll[p])
-        if calibrate_on not in plans:
-            from ..errors import ConfigError
-            raise ConfigError(f"--calibrate-on {calibrate_on!r} is not one of the plans")
         extra = mean[calibrate_on] - idle_pred[calibrate_on]["step_s"]
         overhead = max(extra / n_coll[calibrate_on], 0.0) if n_coll[calibrate_on] else 0.0
-    calibrated = Interconnect(f"{idle.name}-in-step", idle.alpha_s, idle.bandwidth_Bps,
-                              f"{idle.source}; in-step overhead calibrated by tpgpt bench plans "
-                              f"on {calibrate_on!r}, {time.strftime('%Y-%m-%d')}"
-                              if calibrate_on else idle.source, overhead)
+    calibrated = dataclasses.replace(
+        idle, name=f"{idle.name}-in-step", sync_overhead_s=overhead,
+        source=f"{idle.source}; in-step overhead calibrated by tpgpt bench plans on "
+               f"{calibrate_on!r}, {time.strftime('%Y-%m-%d')}" if calibrate_on else idle.source)
     rows = []
     for p in plans:
         cal = predict_step(reports[p], config, calibrated, achieved)
         rows.append({
             "plan": p, "role": "calibration" if p == calibrate_on else "validation",
             "forward_syncs": reports[p]["forward_syncs"], "collectives_planned": n_coll[p],
-            "collectives_timed": per_step[p], **{k: v for k, v in stats(times[p]).items()},
+            "collectives_timed": per_step[p], **stats(times[p]),
             "mean_slowest_s": mean[p], "median_slowest_s": median[p], **spans[p],
             "predicted_idle_s": idle_pred[p]["step_s"],
             "predicted_s": cal["step_s"], "predicted_comm_s": cal["comm_s"],
@@ -279,8 +279,6 @@ def run_plans_cli(args) -> int:
     validate_tp(world, config.n_head, config.vocab_size, False)  # tp = the process count
     for p in args.plans:
         SyncPlan.parse(p, config.n_layer)  # a bad plan fails here, before any measurement
-    if args.calibrate_on and args.calibrate_on not in args.plans:
-        raise ConfigError(f"--calibrate-on {args.calibrate_on!r} is not one of --plans")
     result = bench_plans(config, args.plans, args.batch_size or cfg.batch_size,
                          steps=args.steps or 60, comm_repeats=args.repeats, profile=profile,
                          calibrate_on=args.calibrate_on)

@@ -68,12 +68,13 @@ def hf_gpt2(dense):
     return model.train()
 
 
-def _train_step_fn(model, device: torch.device, dtype: torch.dtype):
+HF_KEY = "HF transformers GPT-2 (dense)"
+
+
+def _train_step_fn(model, device: torch.device, dtype: torch.dtype, hf: bool = False):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     autocast = nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype)
     parallel = hasattr(model, "sync_replicated_grads")
-    hf = hasattr(model, "transformer") and hasattr(model.transformer, "wpe") \
-        and not hasattr(model, "get_num_params")
 
     def step(idx, targets):
         with autocast:
@@ -107,7 +108,7 @@ def bench_throughput_shape(name: str, steps: int, warmup: int = 3,
               "sim tp=4": ParallelGPT.from_dense(dense, tp=4)}
     reference = hf_gpt2(dense) if with_hf else None
     if reference is not None:
-        models["HF transformers GPT-2 (dense)"] = reference
+        models[HF_KEY] = reference
     if compile:
         # every block (its sync bits differ) of every model is its own compiled frame
         import torch._dynamo.config as dynamo_config
@@ -118,7 +119,7 @@ def bench_throughput_shape(name: str, steps: int, warmup: int = 3,
             # in place (parameter names stay as they are); static shapes: tp differs between
             # the models that share this code, and must not become a symbolic integer
             m.compile(dynamic=False)
-    fns = {k: _train_step_fn(m, device, dtype) for k, m in models.items()}
+    fns = {k: _train_step_fn(m, device, dtype, hf=k == HF_KEY) for k, m in models.items()}
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), generator=g).to(device)
     targets = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), generator=g).to(device)
