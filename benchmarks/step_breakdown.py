@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from tpgpt.config import load_config
+from tpgpt.train.config import load_config
 from tpgpt.train import Trainer
 
 
@@ -19,7 +19,7 @@ def breakdown(config: str, data_dir: str, steps: int, warmup: int = 30) -> dict:
     cfg = load_config(config, {"data_dir": data_dir, "out_dir": "/tmp/tpgpt_step_breakdown",
                                "progress": "false", "tensorboard": "false"})
     t = Trainer(cfg, quiet=True, overwrite=True)
-    f, m, opt = t.files["train"], t.model, t.optimizer
+    f, m, opt = t.setup.files["train"], t.model, t.optimizer
     parts = {k: [] for k in ("batch", "forward", "backward", "clip", "adamw", "whole",
                              "Trainer.train_step")}
     for i in range(warmup + steps):
@@ -28,7 +28,7 @@ def breakdown(config: str, data_dir: str, steps: int, warmup: int = 30) -> dict:
         if i >= warmup:
             parts["Trainer.train_step"].append(1e3 * (time.perf_counter() - t_))
         t0 = time.perf_counter()
-        x, y = f.batch(f.random_offsets((1, cfg.batch_size), t.batch_gen)[0])
+        x, y = f.batch(f.random_offsets((1, cfg.batch_size), t.progress.batch_gen)[0])
         t1 = time.perf_counter()
         loss = m(x, y)[1]
         t2 = time.perf_counter()

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from dist_common import CONFIG, make_batch  # noqa: E402
 from tpgpt import GPT, ParallelGPT  # noqa: E402
-from tpgpt.distributed import DistributedComm, init_distributed  # noqa: E402
+from tpgpt.comm.distributed import DistributedComm, init_distributed  # noqa: E402
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """A naive reference of the sync-plan semantics, written from DESIGN.md's equations alone.
 
 It loops over ranks in Python, slices the *dense* GPT's weights by heads / columns / rows on the
-fly and keeps one residual stream per rank. It shares no code with `tpgpt.parallel_model`, so
+fly and keeps one residual stream per rank. It shares no code with `tpgpt.model.parallel_gpt`, so
 agreement (forward and, through autograd on the dense parameters, gradients) checks the fast
 batched implementation against the specification, not against itself.
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tpgpt import GPT
-from tpgpt.plan import SyncPlan
+from tpgpt.comm.plan import SyncPlan
 
 
 def _ln(mod, x):

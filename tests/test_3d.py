@@ -9,8 +9,8 @@ import pytest
 
 from conftest import assert_close, tiny_train_overrides
 from dist_common import HERE, torchrun
-from tpgpt.config import load_config
-from tpgpt.sample import load_model
+from tpgpt.train.config import load_config
+from tpgpt.inference.sample import load_model
 from tpgpt.train import Trainer
 
 CONFIG = os.path.join(HERE, "..", "configs", "shakespeare_char_cpu.toml")

@@ -8,7 +8,7 @@ import pytest
 
 from dist_common import torchrun
 from tpgpt.cli import main
-from tpgpt.costmodel import load_interconnect
+from tpgpt.analysis.costmodel import load_interconnect
 
 PLANS = ["tp", "spd", "parallel", "bits:01000101"]
 
@@ -100,7 +100,7 @@ def test_compiled_simulated_model_counts_exactly_and_matches_eager():
 
     from conftest import tiny_config
     from tpgpt import GPT, ParallelGPT
-    from tpgpt.plan import SyncPlan, count_collectives, summarize
+    from tpgpt.comm.plan import SyncPlan, count_collectives, summarize
 
     torch.manual_seed(0)
     cfg = tiny_config(n_layer=2)

@@ -10,8 +10,8 @@ import torch
 from conftest import make_gpt
 from tpgpt.checkpoint import find_checkpoint, load_sharded, load_state, save_checkpoint
 from tpgpt.errors import ConfigError
-from tpgpt.sample import load_model
-from tpgpt.sharded_state import ShardedState
+from tpgpt.inference.sample import load_model
+from tpgpt.checkpoint.sharded_state import ShardedState
 
 
 def save(gpt, path, it):
@@ -60,7 +60,7 @@ def test_incomplete_or_mismatched_checkpoints_are_refused(tmp_path):
         load_state(str(tmp_path / "bad"))
     import json
 
-    from tpgpt.checkpoint import _file_digests
+    from tpgpt.checkpoint.store import _file_digests
     for text, fragment in (("{not json", "state.json is not valid JSON"),
                            ('{"format": 99}', "is not a tpgpt checkpoint")):
         (tmp_path / "bad" / "state.json").write_text(text)  # a manifest that matches it

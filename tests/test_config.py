@@ -8,9 +8,9 @@ import pytest
 from conftest import tiny_train_overrides
 from dist_common import HERE
 from tpgpt.cli import main
-from tpgpt.config import load_config, parse_overrides
+from tpgpt.train.config import load_config, parse_overrides
 from tpgpt.errors import ConfigError
-from tpgpt.plan import SyncPlan
+from tpgpt.comm.plan import SyncPlan
 
 CONFIGS = os.path.join(HERE, "..", "configs")
 

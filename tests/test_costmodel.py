@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tpgpt.cli import main
-from tpgpt.costmodel import BUILTIN, Interconnect, fit_alpha_beta, load_interconnect
+from tpgpt.analysis.costmodel import BUILTIN, Interconnect, fit_alpha_beta, load_interconnect
 from tpgpt.errors import ConfigError
 
 

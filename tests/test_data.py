@@ -35,7 +35,7 @@ def test_shakespeare_from_the_environment_variable(tmp_path, monkeypatch, capsys
 
 def test_offline_download_fails_with_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("TPGPT_SHAKESPEARE", raising=False)
-    monkeypatch.setattr("tpgpt.data.SHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")
+    monkeypatch.setattr("tpgpt.data.prepare.SHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")
     assert main(["prepare", "shakespeare_char", "--out", str(tmp_path / "sc")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

@@ -12,7 +12,7 @@ import torch
 from conftest import assert_close
 from dist_common import CONFIG, HERE, make_batch, torchrun
 from tpgpt import GPT, ParallelGPT
-from tpgpt.plan import count_collectives, summarize
+from tpgpt.comm.plan import count_collectives, summarize
 
 rng = random.Random(7)
 RANDOM_BITS = "bits:" + "".join(str(rng.randint(0, 1)) for _ in range(2 * CONFIG.n_layer - 1)) + "1"

@@ -7,7 +7,7 @@ import torch
 from conftest import assert_close, make_gpt
 from reference import reference_forward
 from tpgpt import ParallelGPT
-from tpgpt.verify import parallel_dense_grads
+from tpgpt.analysis.verify import parallel_dense_grads
 
 PLANS = ["tp", "spd", "parallel", "tp,spd", "spd,parallel", "parallel,parallel,tp,spd",
          "bits:10011101", "bits:00000001", "bits:11111111"]

@@ -7,9 +7,9 @@ import torch
 from conftest import make_gpt
 from tpgpt.checkpoint import save_checkpoint
 from tpgpt.cli import main
-from tpgpt.hf import load_hf
-from tpgpt.sample import load_model
-from tpgpt.sharded_state import ShardedState
+from tpgpt.checkpoint.hf import load_hf
+from tpgpt.inference.sample import load_model
+from tpgpt.checkpoint.sharded_state import ShardedState
 
 
 def write_ckpt(gpt, path):

@@ -21,7 +21,7 @@ KW = dict(tp=2, sync="tp,spd", n_head=4, n_embd=64, max_iters=1500, lr_decay_ite
 
 def test_ten_random_kills_then_resume(text_data, tmp_path):
     data, _ = text_data
-    from tpgpt.config import load_config
+    from tpgpt.train.config import load_config
     from tpgpt.train import Trainer
     full = tmp_path / "full"
     t = Trainer(load_config(None, tiny_train_overrides(data, full, **KW)), quiet=True)

@@ -9,7 +9,7 @@ import torch
 from conftest import make_gpt
 from tpgpt import ParallelGPT, SyncPlan
 from tpgpt.cli import main
-from tpgpt.plan import count_collectives, summarize
+from tpgpt.comm.plan import count_collectives, summarize
 
 
 def plan_json(capsys, *args) -> dict:
@@ -119,7 +119,7 @@ def test_counts_are_exact_not_at_least():
 @pytest.mark.parametrize("bias", [True, False])
 def test_memory_accounting_matches_the_model(tp, vp, bias, capsys):
     """Per-rank parameter and AdamW bytes of `tpgpt plan` equal what the model allocates."""
-    from tpgpt.optim import make_optimizer
+    from tpgpt.train.optim import make_optimizer
     gpt = make_gpt(bias=bias)
     model = ParallelGPT.from_dense(gpt, tp=tp, sync="spd", vocab_parallel=vp)
     sharded = model.sharded_param_ids()

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import eval_losses, tiny_train_overrides, train_losses
 from dist_common import HERE, torchrun
-from tpgpt.config import load_config
-from tpgpt.sample import load_model, sample
+from tpgpt.train.config import load_config
+from tpgpt.inference.sample import load_model, sample
 from tpgpt.train import Trainer
 
 
@@ -212,7 +212,7 @@ def test_resume_at_another_layout_continues_the_same_run(text_data, tmp_path, sa
     import torch
     from tpgpt import ParallelGPT
     from tpgpt.checkpoint import load_sharded
-    from tpgpt.sharded_state import ShardedState
+    from tpgpt.checkpoint.sharded_state import ShardedState
 
     data, _ = text_data
     common = dict(max_iters=40, lr_decay_iters=40, eval_interval=20, gradient_accumulation_steps=2,

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from ..costmodel import fit_alpha_beta
+from ..analysis.costmodel import fit_alpha_beta
 from .timing import check_out, report_and_finish, slowest_rank, stats
 
 COMM_SIZES = [8 * 4 ** k for k in range(12)] + [64 * 2 ** 20]  # 8 B .. 32 MiB, and 64 MiB
@@ -19,7 +19,7 @@ def bench_comm(repeats: int = 20, warmup: int = 5, sizes: list[int] | None = Non
     profile is fitted to the slowest rank's mean time per size (see costmodel's module doc)."""
     import torch.distributed as dist
 
-    from ..distributed import init_distributed
+    from ..comm.distributed import init_distributed
     rank, world, device = init_distributed()
     rows = []
     for nbytes in sizes or COMM_SIZES:

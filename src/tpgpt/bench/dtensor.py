@@ -46,9 +46,9 @@ def bench_dist(config, batch_size: int, plans: list[str], steps: int = 20,
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    from ..distributed import DistributedComm, init_distributed
+    from ..comm.distributed import DistributedComm, init_distributed
     from ..model import GPT
-    from ..parallel_model import ParallelGPT
+    from ..model.parallel_gpt import ParallelGPT
 
     rank, world, device = init_distributed()
     mesh = init_device_mesh(device.type, (world,))
@@ -83,7 +83,7 @@ def bench_dist(config, batch_size: int, plans: list[str], steps: int = 20,
     med = torch.tensor(slowest_rank([statistics.median(v) for v in times.values()]))
     import resource
 
-    from ..plan_report import memory_per_rank
+    from ..analysis.plan_report import memory_per_rank
     our_model = models[f"tpgpt TP, sync={plans[0]}"][0]
     opt_state = fns_opts[f"tpgpt TP, sync={plans[0]}"].state
     local = [sum(p.numel() * p.element_size() for p in our_model.parameters()),

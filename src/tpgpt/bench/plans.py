@@ -25,8 +25,8 @@ import time
 import torch
 import torch.distributed as dist
 
-from ..costmodel import Interconnect, predict_step, train_flops_per_token
-from ..distributed import DistributedComm
+from ..analysis.costmodel import Interconnect, predict_step, train_flops_per_token
+from ..comm.distributed import DistributedComm
 from .timing import check_out, report_and_finish, slowest_rank, stats, time_interleaved
 
 
@@ -122,11 +122,11 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
     """Under torchrun (tp = world size). `profile`: an interconnect profile to validate as it
     is (no calibration in this run, every plan held out); otherwise the idle-link profile is
     measured here and its in-step overhead calibrated on `calibrate_on`."""
-    from ..distributed import init_distributed
+    from ..comm.distributed import init_distributed
     from ..model import GPT
-    from ..parallel_model import ParallelGPT
-    from ..plan import SyncPlan
-    from ..plan_report import plan_report
+    from ..model.parallel_gpt import ParallelGPT
+    from ..comm.plan import SyncPlan
+    from ..analysis.plan_report import plan_report
     from .comm import bench_comm
 
     if calibrate_on is not None and calibrate_on not in plans:
@@ -259,8 +259,8 @@ def format_plans(r: dict) -> str:
 
 
 def run_plans_cli(args) -> int:
-    from ..config import load_config
-    from ..costmodel import load_interconnect
+    from ..train.config import load_config
+    from ..analysis.costmodel import load_interconnect
     from ..errors import ConfigError
     from ..model import GPTConfig
 
@@ -274,7 +274,7 @@ def run_plans_cli(args) -> int:
                        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0,
                        bias=cfg.bias)
     profile = load_interconnect(args.profile) if args.profile else None
-    from ..plan import SyncPlan, validate_tp
+    from ..comm.plan import SyncPlan, validate_tp
     world = int(os.environ.get("WORLD_SIZE", "1"))
     validate_tp(world, config.n_head, config.vocab_size, False)  # tp = the process count
     for p in args.plans:

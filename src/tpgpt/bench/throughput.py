@@ -59,7 +59,7 @@ def hf_gpt2(dense):
         from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError:
         return None
-    from ..hf import hf_config, to_hf_state
+    from ..checkpoint.hf import hf_config, to_hf_state
     cfg = {k: v for k, v in hf_config(dense.config).items() if k != "tpgpt_bias"}
     model = GPT2LMHeadModel(GPT2Config(**cfg, attn_implementation="sdpa"))
     missing, unexpected = model.load_state_dict(to_hf_state(dense.state_dict(), dense.config),
@@ -97,9 +97,9 @@ def bench_throughput_shape(name: str, steps: int, warmup: int = 3,
                            dtype: torch.dtype = torch.float32, compile: bool = False,
                            peak_tflops: float | None = None, with_hf: bool = True) -> dict:
     """Dense vs simulated tp=2 and tp=4 training steps of one shape, interleaved, in this process."""
-    from ..costmodel import train_flops_per_token
+    from ..analysis.costmodel import train_flops_per_token
     from ..model import GPT
-    from ..parallel_model import ParallelGPT
+    from ..model.parallel_gpt import ParallelGPT
     cfg, batch = THROUGHPUT_SHAPES[name]
     torch.manual_seed(0)
     dense = GPT(cfg)

@@ -1,0 +1,149 @@
+"""A communication cost model: what a sync plan's collectives cost on a given interconnect.
+
+Collectives follow the alpha-beta model of a ring over n ranks (Thakur, Rabenseifner & Gropp,
+"Optimization of Collective Communication Operations in MPICH", IJHPCA 2005):
+
+    all-reduce of N bytes   T = 2 (n - 1) alpha + 2 (n - 1) / n * N / B
+    all-gather to N bytes   T =   (n - 1) alpha +   (n - 1) / n * N / B
+
+with alpha the per-step latency and B the per-direction link bandwidth. A step's predicted time
+is its compute time (FLOPs / achieved FLOP/s, split over tp) plus the time of every collective
+of the plan, with no overlap assumed between the two (Megatron's activation all-reduces sit on
+the critical path; the model is pessimistic where a backend overlaps).
+
+Inside a training step a collective costs more than on an idle link: it waits for the slowest
+rank to arrive (compute jitter) and, on a CPU backend, for its threads to be scheduled beside
+the compute. `sync_overhead_s` adds that cost once per collective; it is 0 for the built-in
+profiles (unknown there) and calibrated by `tpgpt bench plans`, which measures it in real steps.
+Profiles are fitted to *mean* times: a step is a sum of collectives, and the expected sum is the
+sum of the means, which is what throughput over a run sees (a median understates a link whose
+latency has a long tail).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Interconnect:
+    name: str
+    alpha_s: float  # latency per ring step, seconds
+    bandwidth_Bps: float  # per-direction bandwidth per link, bytes/s
+    source: str = ""
+    sync_overhead_s: float = 0.0  # per collective inside a training step, see the module doc
+
+    def collective_time(self, op: str, nbytes: int, n: int, in_step: bool = True) -> float:
+        """Expected time of one collective over n ranks; `in_step=False`: on an idle link."""
+        if n < 2:
+            return 0.0
+        steps = 2 * (n - 1) if op.startswith("all_reduce") else n - 1
+        link = steps * self.alpha_s + steps / n * nbytes / self.bandwidth_Bps
+        return link + (self.sync_overhead_s if in_step else 0.0)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict, source: str = "") -> "Interconnect":
+        """The inverse of to_json (a profile written by `tpgpt bench comm|plans`)."""
+        return cls(str(d["name"]), float(d["alpha_s"]), float(d["bandwidth_Bps"]),
+                   str(d.get("source", source)), float(d.get("sync_overhead_s", 0.0)))
+
+
+# Nominal link rates from the hardware specifications; latencies are typical NCCL small-message
+# figures (order of magnitude). Measure your own with `tpgpt bench comm` for real predictions.
+BUILTIN = {
+    "nvlink-h100": Interconnect(
+        "nvlink-h100", 3e-6, 450e9,
+        "NVLink 4: 900 GB/s total (450 GB/s per direction) per H100 SXM, NVIDIA H100 datasheet"),
+    "pcie4": Interconnect(
+        "pcie4", 10e-6, 32e9,
+        "PCIe 4.0 x16: 16 GT/s x 16 lanes = 32 GB/s per direction, PCI-SIG PCIe 4.0 spec"),
+    "ib-ndr": Interconnect(
+        "ib-ndr", 5e-6, 50e9,
+        "InfiniBand NDR: 400 Gb/s = 50 GB/s per port, NVIDIA Quantum-2 / ConnectX-7 datasheets"),
+    "100gbe": Interconnect(
+        "100gbe", 25e-6, 12.5e9, "100 Gigabit Ethernet: 12.5 GB/s, IEEE 802.3ba/802.3bj"),
+    "25gbe": Interconnect(
+        "25gbe", 30e-6, 3.125e9, "25 Gigabit Ethernet: 3.125 GB/s, IEEE 802.3by"),
+}
+
+
+def load_interconnect(name_or_file: str) -> Interconnect:
+    """A built-in profile by name, or a JSON profile (or a result holding one under "profile")
+    written by `tpgpt bench comm` or `tpgpt bench plans`."""
+    if name_or_file in BUILTIN:
+        return BUILTIN[name_or_file]
+    if not os.path.exists(name_or_file):
+        raise ConfigError(f"interconnect {name_or_file!r} is neither a built-in profile "
+                          f"({', '.join(BUILTIN)}) nor a file")
+    try:
+        with open(name_or_file) as f:
+            d = json.load(f)
+        if isinstance(d, dict) and isinstance(d.get("profile"), dict):
+            d = d["profile"]  # a whole `tpgpt bench comm|plans` result
+        ic = Interconnect.from_json(d, source=name_or_file)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+            AttributeError) as e:
+        raise ConfigError(f"{name_or_file} is not an interconnect profile (name, alpha_s, "
+                          f"bandwidth_Bps): {e}") from None
+    if not (ic.alpha_s >= 0 and ic.bandwidth_Bps > 0 and ic.sync_overhead_s >= 0) or \
+            any(math.isinf(v) for v in (ic.alpha_s, ic.sync_overhead_s)):
+        raise ConfigError(f"{name_or_file}: alpha_s and sync_overhead_s must be finite and >= 0, "
+                          f"bandwidth_Bps > 0")
+    return ic
+
+
+def measured_compute(name_or_file: str) -> tuple[float, dict] | None:
+    """(TFLOP/s, model shape) that a `tpgpt bench plans` result measured its compute at, if the
+    interconnect given is such a file; None for built-in profiles and plain profiles."""
+    if name_or_file in BUILTIN:
+        return None
+    try:
+        with open(name_or_file) as f:
+            d = json.load(f)
+        v, shape = float(d["achieved_tflops"]), dict(d["config"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    return (v, shape) if v > 0 and math.isfinite(v) else None
+
+
+def fit_alpha_beta(sizes: list[int], times: list[float], n: int) -> Interconnect:
+    """Fit measured all-reduce times to T = a + b N, minimising the *relative* error (weights
+    1/T^2, so 8-byte latencies count as much as 64 MB transfers), then turn (a, b) into the
+    ring's per-step alpha and per-direction bandwidth B."""
+    w = [1.0 / t ** 2 for t in times]
+    sw = sum(w)
+    swx = sum(wi * x for wi, x in zip(w, sizes))
+    swy = sum(wi * y for wi, y in zip(w, times))
+    swxx = sum(wi * x * x for wi, x in zip(w, sizes))
+    swxy = sum(wi * x * y for wi, x, y in zip(w, sizes, times))
+    b = (sw * swxy - swx * swy) / (sw * swxx - swx ** 2)
+    a = max((swy - b * swx) / sw, 0.0)
+    steps = 2 * (n - 1)
+    return Interconnect("measured", a / steps, steps / n / b if b > 0 else float("inf"))
+
+
+def train_flops_per_token(config, seq_len: int) -> float:
+    """Forward + backward FLOPs per token: 6 N plus attention (PaLM appendix B; nanoGPT's MFU)."""
+    C, L = config.n_embd, config.n_layer
+    n_params = 12 * L * C * C + config.vocab_size * C  # matmul weights, the head included
+    return 6 * n_params + 12 * L * C * seq_len
+
+
+def predict_step(report: dict, config, ic: Interconnect, achieved_tflops: float) -> dict:
+    """Predicted time of one training step (one micro-batch) for a `plan_report` dict."""
+    tp = report["tp"]
+    tokens = report["batch_size"] * report["seq_len"]
+    compute = train_flops_per_token(config, report["seq_len"]) * tokens / tp \
+        / (achieved_tflops * 1e12)
+    comm = sum(c["count"] * ic.collective_time(c["op"], c["bytes_each"], tp)
+               for c in report["collectives"])
+    total = compute + comm
+    return {"interconnect": ic.name, "compute_s": compute, "comm_s": comm, "step_s": total,
+            "comm_share": comm / total if total else 0.0}

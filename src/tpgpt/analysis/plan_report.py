@@ -1,0 +1,128 @@
+"""`tpgpt plan`: what a sync plan communicates, as a per-layer diagram, a table or JSON."""
+from __future__ import annotations
+
+from ..comm.plan import SyncPlan, count_collectives, replicated_per_rank_numel
+
+
+def memory_per_rank(config, tp: int, vocab_parallel: bool) -> dict:
+    """Parameter elements one TP rank holds, split into sharded (1/tp of the dense tensors) and
+    replicated; bytes for fp32 parameters, gradients and AdamW's two moments."""
+    C, L, V, T = config.n_embd, config.n_layer, config.vocab_size, config.block_size
+    b = 1 if config.bias else 0
+    sharded = L * (12 * C * C + 7 * C * b)  # c_attn, c_fc (+ biases), both c_proj weights
+    replicated = L * (2 * C * (1 + b) + 2 * C * b) + T * C + C * (1 + b)  # LNs, c_proj biases,
+    # wpe, ln_f
+    if vocab_parallel:
+        sharded += V * C
+    else:
+        replicated += V * C
+    per_rank = sharded // tp + replicated
+    return {"sharded_elements": sharded // tp, "replicated_elements": replicated,
+            "param_bytes": 4 * per_rank, "grad_bytes": 4 * per_rank,
+            "adamw_bytes": 8 * per_rank, "total_bytes": 16 * per_rank}
+
+
+def plan_report(config, plan: SyncPlan, *, tp: int, batch_size: int, seq_len: int,
+                vocab_parallel: bool, dtype_bytes: int = 4, grad_clip: bool = False) -> dict:
+    """Everything `tpgpt plan --json` prints: layers, regions, and collectives per step."""
+    step = count_collectives(plan, tp=tp, n_embd=config.n_embd, bias=config.bias,
+                             batch_size=batch_size, seq_len=seq_len,
+                             vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes,
+                             grad_clip=grad_clip, param_bytes=4 if dtype_bytes < 4 else None)
+    totals: dict[str, dict[str, int]] = {}
+    for c in step:
+        t = totals.setdefault(c.phase, {"count": 0, "bytes": 0})
+        t["count"] += c.count
+        t["bytes"] += c.count * c.nbytes
+    totals["step"] = {"count": sum(t["count"] for t in totals.values()),
+                      "bytes": sum(t["bytes"] for t in totals.values())}
+    baseline = 2 * config.n_layer
+    return {
+        "model": {k: getattr(config, k) for k in
+                  ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "bias")},
+        "tp": tp, "sync": plan.spec, "bits": plan.bitstring, "vocab_parallel": vocab_parallel,
+        "batch_size": batch_size, "seq_len": seq_len, "dtype_bytes": dtype_bytes,
+        "layers": [{"layer": i, "kind": plan.layer_kind(i), "attn_sync": plan.sync_after(2 * i),
+                    "mlp_sync": plan.sync_after(2 * i + 1)} for i in range(config.n_layer)],
+        "regions": plan.regions(),
+        "forward_syncs": plan.num_syncs if tp > 1 else 0,
+        "forward_syncs_all_on": baseline if tp > 1 else 0,
+        "replicated_grad_elements": replicated_per_rank_numel(plan, config.n_embd, config.bias),
+        "collectives": [{"phase": c.phase, "op": c.op, "tag": c.tag, "count": c.count,
+                         "bytes_each": c.nbytes} for c in step],
+        "memory_per_rank": memory_per_rank(config, tp, vocab_parallel),
+        "totals": totals,
+    }
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB" if n >= 1024 \
+        else f"{n} B"
+
+
+_WHAT = {"sync": "residual stream, leaving a region (g)",
+         "region": "residual stream, entering a region (f)",
+         "embedding": "vocab-parallel embedding lookup",
+         "loss": "vocab-parallel cross-entropy",
+         "head": "vocab-parallel LM head input (f)",
+         "replicated_grads": "LayerNorm/bias grads used per rank, bucketed",
+         "grad_norm": "squared norm of sharded grads, for clipping"}
+
+
+def format_plan(r: dict) -> str:
+    m = r["model"]
+    lines = [f"model: {m['n_layer']} layers, {m['n_head']} heads, n_embd {m['n_embd']}, "
+             f"vocab {m['vocab_size']}{' (vocab-parallel)' if r['vocab_parallel'] else ''}",
+             f"tp={r['tp']}  sync={r['sync']!r}  batch {r['batch_size']} x {r['seq_len']} tokens, "
+             f"{r['dtype_bytes']}-byte activations", "",
+             "layer  kind        attn  mlp    region"]
+    region_of = {s: i for i, reg in enumerate(r["regions"]) for s in reg}
+    for layer in r["layers"]:
+        i = layer["layer"]
+        cell = lambda on: "sync" if on else "  - "  # noqa: E731
+        regs = sorted({region_of[2 * i], region_of[2 * i + 1]})
+        lines.append(f"{i:5d}  {layer['kind']:<10}  {cell(layer['attn_sync'])}  "
+                     f"{cell(layer['mlp_sync'])}   {', '.join(map(str, regs))}")
+    n, base = r["forward_syncs"], r["forward_syncs_all_on"]
+    lines += ["", f"forward all-reduces of the residual stream per pass: {n}"
+              + (f" (all-on: {base}, {100 * (base - n) / base:.0f}% fewer)" if base else
+                 " (tp=1: nothing to communicate)"), ""]
+    mem = r["memory_per_rank"]
+    lines += [f"memory per TP rank (fp32): {mem['sharded_elements']:,} sharded + "
+              f"{mem['replicated_elements']:,} replicated parameters; params "
+              f"{_mb(mem['param_bytes'])}, grads {_mb(mem['grad_bytes'])}, AdamW "
+              f"{_mb(mem['adamw_bytes'])}, total {_mb(mem['total_bytes'])} (activations not "
+              f"included)", ""]
+    if not r["collectives"]:
+        return "\n".join(lines + ["per training step: no collectives"])
+    lines.append("per training step (fwd/bwd lines: per micro-batch; grad lines: per optimizer step):")
+    lines.append(f"  {'phase':<5} {'op':<15} {'count':>5}  {'each':>11}  {'total':>11}  what")
+    for c in r["collectives"]:
+        lines.append(f"  {c['phase']:<5} {c['op']:<15} {c['count']:>5}  {_mb(c['bytes_each']):>11}"
+                     f"  {_mb(c['count'] * c['bytes_each']):>11}  {_WHAT.get(c['tag'], c['tag'])}")
+    t = r["totals"]["step"]
+    lines.append(f"  total {t['count']} collectives, {_mb(t['bytes'])} per rank buffer")
+    return "\n".join(lines)
+
+
+def format_predictions(reports: list[dict], ic, achieved_tflops: float) -> str:
+    """One line per plan: predicted step time on `ic` and what dropping syncs saves."""
+    base = next((r for r in reports if all(r["bits"])), None) or max(
+        reports, key=lambda r: r["forward_syncs"])
+    lines = [f"predicted step (one micro-batch) on {ic.name} ({ic.bandwidth_Bps / 1e9:g} GB/s, "
+             f"{ic.alpha_s * 1e6:g} us per ring step"
+             + (f", {ic.sync_overhead_s * 1e6:g} us in-step overhead per collective"
+                if ic.sync_overhead_s else "")
+             + f"), compute at {achieved_tflops:g} TFLOP/s "
+             f"per device, no overlap:",
+             f"  {'sync':<28} {'fwd syncs':>9} {'compute ms':>11} {'comm ms':>9} "
+             f"{'step ms':>9} {'comm share':>10} {'vs ' + base['sync']:>12}"]
+    for r in reports:
+        p = r["prediction"]
+        saving = 1 - p["step_s"] / base["prediction"]["step_s"]
+        lines.append(f"  {r['sync']:<28} {r['forward_syncs']:>9} {1e3 * p['compute_s']:>11.2f} "
+                     f"{1e3 * p['comm_s']:>9.2f} {1e3 * p['step_s']:>9.2f} "
+                     f"{100 * p['comm_share']:>9.1f}% {-100 * saving + 0.0:>+11.1f}%")
+    if ic.source:
+        lines.append(f"  profile: {ic.source}")
+    return "\n".join(lines)

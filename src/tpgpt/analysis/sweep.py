@@ -1,0 +1,167 @@
+"""`tpgpt sweep`: one model per sync plan, same data, seed and budget; the trade-off between
+communication and validation loss as a table (CSV, Markdown) and plots (PNG).
+
+Each plan trains in OUT/<plan>/; a plan whose summary.json exists is not trained again, and one
+that was interrupted resumes from its last checkpoint, so rerunning the command finishes a sweep.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+from ..train.config import TrainConfig, replace
+from .evaluate import checkpoint_split_loss
+from ..errors import ConfigError
+from ..comm.plan import SyncPlan
+
+
+def plan_dir_name(plan: str) -> str:
+    return plan.replace(",", "+").replace(":", "_")
+
+
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[dict]:
+    from ..train.trainer import Trainer
+
+    if cfg.tp < 2:
+        raise ConfigError(f"sweep needs tp >= 2 (tp={cfg.tp}: with one rank every plan is the "
+                          f"dense model): pass --tp=2")
+    for p in plans:
+        SyncPlan.parse(p, cfg.n_layer)  # every plan checked before any training
+    if "tp" not in plans:
+        plans = ["tp", *plans]  # the all-sync baseline
+    if len(set(plans)) != len(plans):
+        raise ConfigError(f"sweep plans repeat: {' '.join(plans)}")
+    os.makedirs(out, exist_ok=True)
+    rows = []
+    for i, plan in enumerate(plans):
+        run_dir = os.path.join(out, plan_dir_name(plan))
+        run_cfg = replace(cfg, sync=plan, out_dir=run_dir)
+        summary = _read_json(os.path.join(run_dir, "summary.json"))
+        if summary and summary.get("iters") == cfg.max_iters:
+            echo(f"[{i + 1}/{len(plans)}] {plan}: done before, val loss "
+                 f"{summary['final_val_loss']:.4f}")
+        else:
+            resume = os.path.isfile(os.path.join(run_dir, "last", "state.json"))
+            echo(f"[{i + 1}/{len(plans)}] {plan}: " + ("resuming" if resume else "training"))
+            trainer = Trainer(run_cfg, resume=resume)
+            summary = trainer.run()
+            trainer.close()
+        if "full_val_loss" not in summary:  # exact, computed once and kept in summary.json
+            summary["full_val_loss"] = checkpoint_split_loss(os.path.join(run_dir, "last"),
+                                                             run_cfg)
+            with open(os.path.join(run_dir, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=1)
+        rows.append({"plan": plan, "bits": SyncPlan.parse(plan, cfg.n_layer).bitstring,
+                     **summary, "curve": _curve(run_dir)})
+    base = next(r for r in rows if r["plan"] == "tp")
+    for r in rows:
+        r["delta_val_loss"] = r["final_val_loss"] - base["final_val_loss"]
+        r["delta_full_val_loss"] = r["full_val_loss"] - base["full_val_loss"]
+    write_results(rows, out, cfg)
+    return rows
+
+
+def _curve(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    out = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                rec = json.loads(line)
+                if rec.get("kind") == "eval":
+                    out.append(rec)
+    return out
+
+
+COLUMNS = ["plan", "bits", "forward_syncs", "collectives_per_step", "full_val_loss",
+           "delta_full_val_loss", "final_val_loss", "delta_val_loss", "final_train_loss",
+           "train_s"]
+
+
+def write_results(rows: list[dict], out: str, cfg: TrainConfig) -> None:
+    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    lines = [f"Sync-plan sweep: {cfg.n_layer} layers, {cfg.n_head} heads, n_embd {cfg.n_embd}, "
+             f"block {cfg.block_size}, tp={cfg.tp}, {cfg.max_iters} iterations, batch "
+             f"{cfg.batch_size} x {cfg.gradient_accumulation_steps}, seed {cfg.seed}.", "",
+             "| plan | bits (a m per layer) | forward syncs / pass | TP collectives / step | "
+             "val loss, full split | vs all-sync | val loss, sampled | vs all-sync | "
+             "train loss, sampled | train time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (-r["forward_syncs"], r["plan"])):
+        lines.append(f"| `{r['plan']}` | `{r['bits']}` | {r['forward_syncs']} | "
+                     f"{r['collectives_per_step']} | {r['full_val_loss']:.4f} | "
+                     f"{r['delta_full_val_loss']:+.4f} | {r['final_val_loss']:.4f} | "
+                     f"{r['delta_val_loss']:+.4f} | {r['final_train_loss']:.4f} | "
+                     f"{r['train_s']:.0f} |")
+    lines += ["", f"val loss, full split: the final model's mean loss over every token of "
+              f"val.bin (consecutive windows of {cfg.block_size}); sampled: the training run's "
+              f"last evaluation ({cfg.eval_iters} random batches of {cfg.batch_size}), as "
+              f"nanoGPT reports it. Train time excludes evaluation."]
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    _plots(rows, out)
+
+
+def _plots(rows: list[dict], out: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points: dict[tuple[int, float], list[str]] = {}  # identical models share a point
+    for r in rows:
+        points.setdefault((r["forward_syncs"], r["full_val_loss"]), []).append(r["plan"])
+    ax.scatter([x for x, _ in points], [y for _, y in points], zorder=3)
+    for (x, y), names in points.items():
+        ax.annotate(" = ".join(names), (x, y), fontsize=8, xytext=(4, 4),
+                    textcoords="offset points")
+    frontier, best = [], float("inf")  # lowest loss reachable with at most x syncs
+    for x, y in sorted(points):
+        if y < best:
+            best = y
+            frontier.append((x, y))
+    frontier.append((max(x for x, _ in points), best))
+    ax.step([f[0] for f in frontier], [f[1] for f in frontier], where="post", color="tab:red",
+            alpha=0.6, label="frontier: best val loss with at most x syncs")
+    ax.set_xlabel("forward all-reduces per pass")
+    ax.set_ylabel("final validation loss (full split)")
+    ax.set_title("Communication vs quality")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "frontier.png"), dpi=120)
+    plt.close(fig)
+
+    fig, (ax, dax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    base = {e["iter"]: e["val_loss"] for e in next(r for r in rows if r["plan"] == "tp")["curve"]}
+    for r in sorted(rows, key=lambda r: -r["forward_syncs"]):
+        pts = [(e["iter"], e["val_loss"]) for e in r["curve"]]
+        if pts:
+            label = f"{r['plan']} ({r['forward_syncs']} syncs)"
+            ax.plot(*zip(*pts), marker=".", label=label)
+            dax.plot([i for i, _ in pts], [v - base.get(i, float("nan")) for i, v in pts],
+                     marker=".", label=label)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("validation loss (sampled)")
+    ax.set_title("Validation loss curves")
+    dax.set_xlabel("iteration")
+    dax.set_ylabel("difference to the all-sync plan 'tp'")
+    dax.set_title("Difference to all-sync")
+    for a in (ax, dax):
+        a.grid(alpha=0.3)
+    dax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "loss_curves.png"), dpi=120)
+    plt.close(fig)

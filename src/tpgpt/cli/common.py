@@ -1,0 +1,70 @@
+"""What every command's parser shares: one-line errors, typed flags, the model's shape flags."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+from ..model import GPTConfig
+
+
+class CliError(Exception):
+    """A bad input from the user: printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise CliError(f"{self.prog}: {message}")
+
+
+def boolean(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true or false)")
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of integers") from None
+
+
+def flag(p: argparse.ArgumentParser, name: str, **kw) -> None:
+    """--some-name and --some_name, both spellings of one option."""
+    p.add_argument(f"--{name.replace('_', '-')}", f"--{name}", dest=name, **kw)
+
+
+def add_model_args(p: argparse.ArgumentParser, **defaults) -> None:
+    """--field=value for every GPTConfig field, checked by GPTConfig itself."""
+    for f in dataclasses.fields(GPTConfig):
+        kind = {"int": int, "float": float, "bool": boolean}[str(f.type)]
+        extra = {"nargs": "?", "const": True} if kind is boolean else {}
+        p.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name, type=kind,
+                       default=defaults.get(f.name, f.default), metavar=f.name.upper(),
+                       help=f"model: {f.name} (default {defaults.get(f.name, f.default)})", **extra)
+
+
+def model_config(args) -> GPTConfig:
+    return GPTConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GPTConfig)})
+
+
+def is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process joined one (under torchrun)."""
+    if "RANK" in os.environ:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()

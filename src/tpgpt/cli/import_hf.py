@@ -1,0 +1,20 @@
+"""`tpgpt import-hf`: a Hugging Face GPT-2 directory as a tpgpt checkpoint."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> argparse.ArgumentParser:
+    imp = sub.add_parser("import-hf", help="read an HF GPT-2 directory into a tpgpt checkpoint")
+    imp.add_argument("path", help="directory with config.json and model.safetensors")
+    imp.add_argument("--out", required=True, help="the checkpoint directory to write")
+    imp.set_defaults(func=run)
+    return imp
+
+
+def run(args) -> int:
+    from ..checkpoint.hf import import_hf
+
+    import_hf(args.path, args.out)
+    print(f"imported {args.path} as the tpgpt checkpoint {args.out}")
+    return 0

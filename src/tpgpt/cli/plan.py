@@ -1,0 +1,120 @@
+"""`tpgpt plan`: where a sync plan communicates and how much; with --interconnect, what it costs."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from ..errors import ConfigError
+from ..model import GPTConfig
+from .common import add_model_args, boolean, flag, model_config
+
+
+def register(sub) -> argparse.ArgumentParser:
+    plan = sub.add_parser("plan", help="where a sync plan communicates, and how much",
+                          description="Per-layer sync diagram and the collectives of one training "
+                                      "step (forward with loss, backward, gradient sync).")
+    add_model_args(plan)
+    plan.add_argument("--tp", type=int, default=2, help="tensor-parallel degree (default 2)")
+    plan.add_argument("--sync", nargs="+", metavar="PLAN",
+                      help="one or more plans: tp | spd | parallel | a comma list such as "
+                           "tp,spd | bits:0111... (default tp)")
+    flag(plan, "vocab_parallel", type=boolean, nargs="?", const=True, default=False,
+         help="vocab-parallel embedding/loss")
+    flag(plan, "batch_size", type=int, default=12)
+    flag(plan, "seq_len", type=int, default=None, help="tokens per sequence (default block_size)")
+    flag(plan, "dtype_bytes", type=int, default=4,
+         help="bytes per activation element: 4 fp32, 2 bf16 (default 4)")
+    plan.add_argument("--json", action="store_true", help="print JSON for machines")
+    plan.add_argument("--config", help="take the model, tp, sync and batch from a training "
+                                       "config (path or preset); flags still override")
+    plan.add_argument("--interconnect", metavar="NAME|FILE",
+                      help="predict step time on an interconnect: nvlink-h100, pcie4, ib-ndr, "
+                           "100gbe, 25gbe, or a profile from 'tpgpt bench comm'")
+    flag(plan, "achieved_tflops", type=float, default=None,
+         help="compute rate of one device for the prediction (default: the rate measured by "
+              "'bench plans' when --interconnect is its result, else 300 TFLOP/s, about 30%% of "
+              "an H100's dense bf16 peak)")
+    flag(plan, "grad_clip", type=boolean, nargs="?", const=True, default=False,
+         help="count the grad-norm all-reduce of clipping")
+    plan.set_defaults(func=run, prepare=defaults_from_config)
+    return plan
+
+
+def defaults_from_config(plan: argparse.ArgumentParser, argv: list[str]) -> None:
+    """`tpgpt plan --config X`: the config's values become the plan command's defaults."""
+    from ..data import resolve_vocab_size
+    from ..train.config import load_config
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if not known.config:
+        return
+    cfg = load_config(known.config)
+    model = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig)}
+    # GPT-2's padded vocabulary when neither the config nor its data says; it sets the head's
+    # FLOPs (and so --interconnect's compute time): pass --vocab_size to be exact
+    model["vocab_size"] = resolve_vocab_size(cfg, 50304)
+    plan.set_defaults(**model, tp=cfg.tp, sync=[cfg.sync], vocab_parallel=cfg.vocab_parallel,
+                      batch_size=cfg.batch_size, seq_len=cfg.block_size,
+                      grad_clip=cfg.grad_clip > 0,
+                      dtype_bytes={"float64": 8, "float32": 4}.get(cfg.dtype, 2))
+
+
+def run(args) -> int:
+    from ..analysis.plan_report import format_plan, format_predictions, plan_report
+    from ..comm.plan import SyncPlan, validate_tp
+
+    cfg = model_config(args)
+    validate_tp(args.tp, cfg.n_head, cfg.vocab_size, args.vocab_parallel)
+    if args.batch_size < 1:
+        raise ConfigError(f"batch_size={args.batch_size} is invalid: it must be >= 1")
+    seq_len = args.seq_len or cfg.block_size
+    if not 1 <= seq_len <= cfg.block_size:
+        raise ConfigError(f"seq_len={seq_len} is invalid: it must be in [1, block_size="
+                          f"{cfg.block_size}]")
+    if args.dtype_bytes not in (2, 4, 8):
+        raise ConfigError(f"dtype_bytes={args.dtype_bytes} is invalid: choose 2, 4 or 8")
+    reports = [plan_report(cfg, SyncPlan.parse(s, cfg.n_layer), tp=args.tp,
+                           batch_size=args.batch_size, seq_len=seq_len,
+                           vocab_parallel=args.vocab_parallel, dtype_bytes=args.dtype_bytes,
+                           grad_clip=args.grad_clip)
+               for s in args.sync or ["tp"]]
+    rate_note = None
+    if args.interconnect:
+        ic, rate, rate_note = _interconnect(args, cfg)
+        from ..analysis.costmodel import predict_step
+        for r in reports:
+            r["prediction"] = predict_step(r, cfg, ic, rate)
+    if args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+        return 0
+    print("\n\n".join(format_plan(r) for r in reports))
+    if args.interconnect:
+        print("\n" + format_predictions(reports, ic, rate))
+        if rate_note:
+            print("  " + rate_note)
+    return 0
+
+
+def _interconnect(args, cfg):
+    """(profile, compute rate in TFLOP/s, a note on where the rate came from or None)."""
+    from ..analysis.costmodel import load_interconnect, measured_compute
+
+    if args.achieved_tflops is not None and not args.achieved_tflops > 0:
+        raise ConfigError(f"achieved_tflops={args.achieved_tflops} must be > 0")
+    ic = load_interconnect(args.interconnect)
+    if args.achieved_tflops is not None:
+        return ic, args.achieved_tflops, None
+    measured = measured_compute(args.interconnect)  # a `bench plans` result knows its rate
+    if not measured:
+        return ic, 300.0, None
+    rate, shape = measured
+    same = all(shape.get(k) == getattr(cfg, k) for k in shape)
+    note = (f"compute rate {rate:.3g} TFLOP/s: measured by bench plans on "
+            + ("this model's shape" if same else
+               f"another shape ({shape.get('n_layer')} layers, n_embd {shape.get('n_embd')}), "
+               f"so a rough guess here")
+            + "; --achieved-tflops overrides it")
+    return ic, rate, note

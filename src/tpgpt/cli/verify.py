@@ -1,0 +1,73 @@
+"""`tpgpt verify`: on a small model, parallel == dense and counted collectives == plan."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from .common import add_model_args, boolean, flag, int_list, model_config
+
+TOLERANCE = 1e-5  # relative, fp32: "exactly the dense model" up to summation order
+
+
+def register(sub) -> argparse.ArgumentParser:
+    ver = sub.add_parser("verify", help="check parallel == dense and counts == plan",
+                         description="On a small model: simulated TP with every sync on equals "
+                                     "the dense GPT, and every plan's collectives equal the plan. "
+                                     "Under torchrun: distributed equals simulated, every plan.")
+    add_model_args(ver, n_layer=4, n_head=4, n_embd=64, vocab_size=96, block_size=32)
+    ver.add_argument("--tp", type=int_list, default=[1, 2, 4], help="comma list (default 1,2,4)")
+    ver.add_argument("--plans", nargs="+", default=["tp", "spd", "tp,spd", "parallel",
+                                                    "spd,parallel", "bits:01100111"])
+    flag(ver, "vocab_parallel", type=boolean, nargs="?", const=True, default=False)
+    flag(ver, "batch_size", type=int, default=4)
+    ver.add_argument("--seed", type=int, default=1337)
+    ver.set_defaults(func=run)
+    return ver
+
+
+def run(args) -> int:
+    import torch
+
+    from ..analysis.verify import check_distributed, check_plan
+    from ..comm.plan import validate_tp
+    from ..model import GPT
+
+    cfg = model_config(args)
+    for tp in args.tp:
+        validate_tp(tp, cfg.n_head, cfg.vocab_size, args.vocab_parallel)
+    torch.manual_seed(args.seed)
+    gpt = GPT(cfg)
+    idx = torch.randint(0, cfg.vocab_size, (args.batch_size, cfg.block_size))
+    targets = torch.randint(0, cfg.vocab_size, (args.batch_size, cfg.block_size))
+    distributed = "RANK" in os.environ
+    if distributed:
+        from ..comm.distributed import init_distributed
+        rank, _, _ = init_distributed(backend="gloo")
+    rows = []
+    try:
+        for tp in args.tp:
+            for sync in args.plans:
+                check = check_distributed if distributed else check_plan
+                rows.append(check(gpt, tp, sync, idx, targets, args.vocab_parallel))
+    finally:
+        if distributed:
+            import torch.distributed as dist
+            dist.barrier()
+            dist.destroy_process_group()
+    ok = all(r["counts_match"] and (not r["exact"] or max(r["loss_err"], r["logits_err"],
+                                                          r["grad_err"]) < TOLERANCE)
+             for r in rows)
+    if distributed and rank != 0:
+        return 0 if ok else 1
+    ref = "simulated" if distributed else "dense"
+    print(f"{'tp':>3}  {'sync':<24} {'fwd syncs':>9}  {'vs ' + ref:<10} {'loss':>9} "
+          f"{'logits':>9} {'grads':>9}  counts = plan")
+    for r in rows:
+        exact = "exact" if r["exact"] else "differs"
+        print(f"{r['tp']:>3}  {r['sync']:<24} {r['forward_syncs']:>9}  {exact:<10} "
+              f"{r['loss_err']:9.1e} {r['logits_err']:9.1e} {r['grad_err']:9.1e}  "
+              f"{'yes' if r['counts_match'] else 'NO'}")
+    print(f"\n{'all checks passed' if ok else 'CHECKS FAILED'} (relative tolerance {TOLERANCE:g}; "
+          f"'differs' rows drop syncs, so they are other models than the {ref} one"
+          + (")" if distributed else ", and only their counts are checked)"))
+    return 0 if ok else 1

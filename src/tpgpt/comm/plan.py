@@ -1,0 +1,190 @@
+"""Sync plans: where a tensor-parallel GPT all-reduces its residual stream.
+
+Each layer has two sync points, after attention (`a`) and after the MLP (`m`); a plan is one bit
+per sync point, in order (layer 0 a, layer 0 m, layer 1 a, ...). Presets per layer:
+
+    tp        a=1 m=1   Megatron: exactly the dense model, 2 forward all-reduces per layer
+    spd       a=0 m=1   Sync-Point Drop (arXiv:2502.20727): 1 per layer
+    parallel  a=0 m=0   rank r keeps its own stream; a run of parallel layers syncs once, at its
+                        end (so a lone parallel layer is an spd layer)
+
+The last layer's `m` bit is always on: the final LayerNorm needs the whole stream.
+
+The sublayers between two syncs form a *region*. Entering a region costs one all-reduce in the
+backward pass (Megatron's f), leaving it one in the forward pass (Megatron's g). This module
+derives the communication of a whole training step from the plan alone, independently of the
+model code, so that tests can hold the counts the model observes against it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ..errors import ConfigError
+
+LAYER_KINDS = {"tp": (1, 1), "spd": (0, 1), "parallel": (0, 0)}
+_KIND_OF_BITS = {(1, 1): "tp", (0, 1): "spd", (0, 0): "parallel", (1, 0): "attn-sync"}
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """A validated sync plan for `n_layer` layers: `bits[2*i]` is layer i's a, `bits[2*i+1]` its m."""
+
+    bits: tuple[int, ...]
+    spec: str
+    kinds: tuple[str, ...] | None = None  # the declared layer kinds, when given as kinds
+
+    @property
+    def n_layer(self) -> int:
+        return len(self.bits) // 2
+
+    @classmethod
+    def parse(cls, spec: str, n_layer: int) -> "SyncPlan":
+        """Read a preset (`spd`), a comma list of kinds (`tp,spd`) or explicit `bits:0111`."""
+        if isinstance(spec, SyncPlan):
+            if spec.n_layer != n_layer:
+                raise ConfigError(f"sync plan {spec.spec!r} is for {spec.n_layer} layers, "
+                                 f"the model has n_layer={n_layer}")
+            return spec
+        if not isinstance(spec, str) or not spec.strip():
+            raise ConfigError(f"sync={spec!r} is invalid: give a preset (tp, spd, parallel), a comma "
+                             f"list of them, or bits:<{2 * n_layer} bits of 0/1>")
+        spec = spec.strip()
+        if spec.startswith("bits:"):
+            return cls(_parse_bits(spec[5:], n_layer), spec)
+        kinds = [k.strip() for k in spec.split(",")]
+        for k in kinds:
+            if k not in LAYER_KINDS:
+                raise ConfigError(f"unknown layer kind {k!r} in sync={spec!r}: valid kinds are "
+                                 f"{', '.join(LAYER_KINDS)} (or bits:...)")
+        if n_layer % len(kinds):
+            raise ConfigError(f"sync={spec!r} lists {len(kinds)} layer kinds, which does not divide "
+                             f"n_layer={n_layer}: give 1 or a divisor of {n_layer} kinds")
+        kinds = kinds * (n_layer // len(kinds))
+        bits: list[int] = []
+        for i, kind in enumerate(kinds):
+            a, m = LAYER_KINDS[kind]
+            run_ends = kind == "parallel" and (i == n_layer - 1 or kinds[i + 1] != "parallel")
+            bits += [a, 1 if run_ends else m]
+        bits[-1] = 1  # the final LayerNorm reads the whole stream
+        return cls(tuple(bits), spec, tuple(kinds))
+
+    def sync_after(self, sublayer: int) -> bool:
+        return bool(self.bits[sublayer])
+
+    def layer_kind(self, layer: int) -> str:
+        if self.kinds is not None:
+            return self.kinds[layer]
+        a, m = self.bits[2 * layer], self.bits[2 * layer + 1]
+        return _KIND_OF_BITS[(a, m)]
+
+    @property
+    def num_syncs(self) -> int:
+        """Forward all-reduces of the residual stream per pass (= regions)."""
+        return sum(self.bits)
+
+    def regions(self) -> list[list[int]]:
+        """Sublayer indices (2*layer + 0 for attention, + 1 for the MLP) grouped by region."""
+        out, cur = [], []
+        for s, bit in enumerate(self.bits):
+            cur.append(s)
+            if bit:
+                out.append(cur)
+                cur = []
+        return out
+
+    def region_starts(self) -> list[bool]:
+        return [s == 0 or bool(self.bits[s - 1]) for s in range(len(self.bits))]
+
+    @property
+    def bitstring(self) -> str:
+        return "".join(map(str, self.bits))
+
+
+def _parse_bits(body: str, n_layer: int) -> tuple[int, ...]:
+    want = 2 * n_layer
+    body = body.strip()
+    bad = sorted(set(body) - {"0", "1"})
+    if bad:
+        raise ConfigError(f"sync bits {body!r} contain {''.join(bad)!r}: only 0 and 1 are allowed "
+                         f"({want} bits, 2 per layer: after attention, after MLP)")
+    if len(body) != want:
+        raise ConfigError(f"sync bits {body!r} have {len(body)} bits: n_layer={n_layer} needs "
+                         f"exactly {want} (2 per layer: after attention, after MLP)")
+    if body[-1] != "1":
+        raise ConfigError(f"sync bits {body!r} end in 0: the last layer must sync after its MLP "
+                         f"(the final LayerNorm needs the whole stream)")
+    return tuple(int(c) for c in body)
+
+
+def validate_tp(tp, n_head: int, vocab_size: int, vocab_parallel: bool) -> None:
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise ConfigError(f"tp={tp!r} is invalid: it must be a positive integer")
+    if n_head % tp:
+        divisors = [d for d in range(1, n_head + 1) if n_head % d == 0]
+        raise ConfigError(f"tp={tp} does not divide n_head={n_head}: valid tp values are "
+                         f"{', '.join(map(str, divisors))}")
+    if vocab_parallel and vocab_size % tp:
+        raise ConfigError(f"vocab_parallel needs vocab_size divisible by tp: vocab_size={vocab_size} "
+                         f"is not a multiple of tp={tp} (pad it, e.g. to "
+                         f"{-(-vocab_size // tp) * tp})")
+
+
+@dataclass(frozen=True)
+class Collective:
+    """One line of the accounting: `count` collectives of `nbytes` each (the full buffer)."""
+
+    phase: str  # fwd | bwd | grad (replicated-parameter gradients, once per optimizer step)
+    op: str  # all_reduce | all_reduce_max | all_gather
+    tag: str  # what it is for: sync, region, embedding, loss, head, replicated_grads
+    count: int
+    nbytes: int
+
+
+def replicated_per_rank_numel(plan: SyncPlan, n_embd: int, bias: bool) -> int:
+    """Elements of replicated parameters whose gradients differ per rank under `plan`.
+
+    Inside a multi-sublayer region each sublayer's LayerNorm reads a per-rank stream, and each
+    sublayer's output bias except the region's last is added to the per-rank stream.
+    """
+    ln = n_embd * (2 if bias else 1)
+    n = 0
+    for region in plan.regions():
+        if len(region) > 1:
+            n += len(region) * ln + (len(region) - 1) * (n_embd if bias else 0)
+    return n
+
+
+def count_collectives(plan: SyncPlan, *, tp: int, n_embd: int, bias: bool, batch_size: int,
+                      seq_len: int, vocab_parallel: bool = False, dtype_bytes: int = 4,
+                      backward: bool = True, grad_clip: bool = False,
+                      param_bytes: int | None = None) -> list[Collective]:
+    """Every collective of one training step (forward with loss, backward, gradient sync)."""
+    if tp == 1:
+        return []
+    act = batch_size * seq_len * n_embd * dtype_bytes
+    loss_bytes = max(dtype_bytes, 4)  # the vocab-parallel loss is computed in fp32 or wider
+    out = [Collective("fwd", "all_reduce", "sync", plan.num_syncs, act)]
+    if vocab_parallel:
+        out += [Collective("fwd", "all_reduce", "embedding", 1, act),
+                Collective("fwd", "all_reduce_max", "loss", 1, batch_size * seq_len * loss_bytes),
+                Collective("fwd", "all_reduce", "loss", 1, 2 * batch_size * seq_len * loss_bytes)]
+    if backward:
+        out.append(Collective("bwd", "all_reduce", "region", len(plan.regions()), act))
+        if vocab_parallel:
+            out.append(Collective("bwd", "all_reduce", "head", 1, act))
+        n = replicated_per_rank_numel(plan, n_embd, bias)
+        if n:
+            out.append(Collective("grad", "all_reduce", "replicated_grads", 1,
+                                  n * (param_bytes or dtype_bytes)))
+        if grad_clip:
+            out.append(Collective("grad", "all_reduce", "grad_norm", 1, 8))
+    return out
+
+
+def summarize(collectives) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """(phase, op, tag) -> (count, total bytes): the form in which plan and counter are compared."""
+    out: dict[tuple[str, str, str], tuple[int, int]] = {}
+    for c in collectives:
+        key = (c.phase, c.op, c.tag)
+        n, b = out.get(key, (0, 0))
+        out[key] = (n + c.count, b + c.count * c.nbytes)
+    return out

@@ -1,0 +1,219 @@
+"""Tensor-parallel communication: Megatron's f/g grammar over a leading rank dimension.
+
+A tensor that differs between TP ranks carries a leading dimension of size R, the number of TP
+ranks this process holds (R = tp simulated, 1 distributed, tp/processes hybrid); a replicated
+tensor carries a leading 1. Every op first reduces over the local rank dimension in-process and
+then, when the TP group spans processes, across processes (`_cross_*`, overridden by
+`DistributedComm`). The simulated comm has no cross-process step, so both modes share every line
+of autograd logic here, and simulated runs count exactly what a distributed run would send.
+
+    op               forward                 backward
+    copy_to_tp       identity (broadcast)    all-reduce        Megatron's f
+    reduce_from_tp   all-reduce              identity          Megatron's g
+    gather_from_tp   all-gather              split
+    scatter_to_tp    split                   all-gather
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from .plan import Collective
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CommEvent:
+    phase: str  # fwd | bwd | grad
+    op: str  # all_reduce | all_reduce_max | all_gather
+    tag: str
+    nbytes: int  # size of the full (one rank's) buffer
+    cross_process: bool
+
+
+class CommCounter:
+    """Records every collective; `summary()` has the same form as `plan.summarize`."""
+
+    def __init__(self) -> None:
+        self.events: list[CommEvent] = []
+
+    # Not traced by torch.compile: the growing list must not become a guard (a recompile per
+    # step); the call stays a graph break, so counts stay exact under compile.
+    @torch.compiler.disable
+    def record(self, event: CommEvent) -> None:
+        self.events.append(event)
+
+    def reset(self) -> None:
+        self.events.clear()
+
+    def summary(self) -> dict[tuple[str, str, str], tuple[int, int]]:
+        counts: Counter = Counter()
+        nbytes: Counter = Counter()
+        for e in self.events:
+            counts[(e.phase, e.op, e.tag)] += 1
+            nbytes[(e.phase, e.op, e.tag)] += e.nbytes
+        return {k: (counts[k], nbytes[k]) for k in counts}
+
+    def collectives(self) -> list[Collective]:
+        return [Collective(p, o, t, n, b // n) for (p, o, t), (n, b) in self.summary().items()]
+
+
+class TPComm:
+    """The communication of one TP group, as seen by the process that holds `ranks`.
+
+    This base class is the simulated implementation: all `tp` ranks live in this process.
+    """
+
+    cross_process = False
+
+    def __init__(self, tp: int, ranks: range | None = None, counter: CommCounter | None = None):
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+            raise ConfigError(f"tp={tp!r} is invalid: it must be a positive integer")
+        self.tp = tp
+        self.ranks = range(tp) if ranks is None else ranks
+        self.counter = counter if counter is not None else CommCounter()
+
+    @property
+    def local_ranks(self) -> int:
+        """R: the size of the leading rank dimension in this process."""
+        return len(self.ranks)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(tp={self.tp}, ranks={list(self.ranks)})"
+
+    # --- Megatron's grammar (autograd-aware) -------------------------------------------------
+    def copy_to_tp(self, x: torch.Tensor, tag: str = "region") -> torch.Tensor:
+        """f: enter a parallel region. [1, ...] -> [R, ...]; backward all-reduces."""
+        return _CopyToTP.apply(x, self, tag)
+
+    def reduce_from_tp(self, x: torch.Tensor, tag: str = "sync") -> torch.Tensor:
+        """g: leave a parallel region. [R, ...] -> [1, ...] summed over all tp ranks."""
+        return _ReduceFromTP.apply(x, self, tag)
+
+    def gather_from_tp(self, x: torch.Tensor, dim: int = -1, tag: str = "gather") -> torch.Tensor:
+        """[R, ..., n] -> [1, ..., n * tp], rank-major along `dim`; backward keeps each slice."""
+        return _GatherFromTP.apply(x, self, dim, tag)
+
+    def scatter_to_tp(self, x: torch.Tensor, dim: int = -1, tag: str = "scatter") -> torch.Tensor:
+        """[1, ..., n] -> [R, ..., n / tp], this process's slices; backward all-gathers."""
+        return _ScatterToTP.apply(x, self, dim, tag)
+
+    @torch.no_grad()
+    def all_reduce_sum(self, x: torch.Tensor, phase: str, tag: str) -> torch.Tensor:
+        """[R, ...] -> [1, ...] summed over all tp ranks, outside autograd (e.g. a grad norm)."""
+        return self._all_reduce_ranks(x, phase, tag)
+
+    @torch.no_grad()
+    def all_reduce_max(self, x: torch.Tensor, tag: str) -> torch.Tensor:
+        """[R, ...] -> [1, ...] elementwise max over all tp ranks (no gradient)."""
+        self._record("fwd", "all_reduce_max", tag, x[0])
+        return self._cross_all_reduce(x.amax(dim=0, keepdim=True), "max")
+
+    # --- replicated parameters that feed per-rank computation --------------------------------
+    def per_rank_param(self, p: torch.Tensor) -> torch.Tensor:
+        """Mark a use of replicated parameter `p` whose gradient differs from rank to rank.
+
+        Within one process, broadcasting against the rank dimension sums the local ranks'
+        contributions; the sum across processes is deferred to `sync_replicated_grads`, one
+        bucketed all-reduce per optimizer step instead of one per use.
+        """
+        return p
+
+    def sync_replicated_grads(self, params: list[torch.nn.Parameter]) -> None:
+        """Sum the per-rank gradient contributions of `params` across the TP group."""
+        if params:
+            n = sum(p.numel() * p.element_size() for p in params)
+            self._record_bytes("grad", "all_reduce", "replicated_grads", n)
+
+    @torch.no_grad()
+    def gather_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        """[R, ...] -> [tp, ...]: a copy of every rank's shard, for export (not counted)."""
+        return x.detach().clone()
+
+    # --- cross-process primitives: identity when one process holds every rank ---------------
+    def _cross_all_reduce(self, x: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        return x
+
+    def _cross_all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    # --- accounting --------------------------------------------------------------------------
+    def _record(self, phase: str, op: str, tag: str, one_rank_buffer: torch.Tensor) -> None:
+        self._record_bytes(phase, op, tag, one_rank_buffer.numel() * one_rank_buffer.element_size())
+
+    def _record_bytes(self, phase: str, op: str, tag: str, nbytes: int) -> None:
+        if self.tp > 1:
+            self.counter.record(CommEvent(phase, op, tag, nbytes, self.cross_process))
+
+    def _all_reduce_ranks(self, x: torch.Tensor, phase: str, tag: str) -> torch.Tensor:
+        self._record(phase, "all_reduce", tag, x[0])
+        return self._cross_all_reduce(x.sum(dim=0, keepdim=True))
+
+    def _all_gather_ranks(self, x: torch.Tensor, dim: int, phase: str, tag: str) -> torch.Tensor:
+        """[R, ..., n] -> [1, ..., n * tp] concatenated in rank order along dim."""
+        full = self._cross_all_gather(x)  # [tp, ..., n]
+        self._record(phase, "all_gather", tag, full)
+        return torch.cat(full.unbind(0), dim=dim if dim < 0 else dim - 1).unsqueeze(0)
+
+    def _split_ranks(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """[1, ..., n] -> [R, ..., n / tp]: this process's slices."""
+        d = dim if dim >= 0 else x.dim() + dim
+        chunks = x.squeeze(0).chunk(self.tp, dim=d - 1)
+        return torch.stack([chunks[r] for r in self.ranks], dim=0)
+
+
+SimulatedComm = TPComm
+
+
+class _CopyToTP(torch.autograd.Function):
+    """f (Megatron): forward identity, backward all-reduce."""
+
+    @staticmethod
+    def forward(ctx, x, comm, tag):
+        ctx.comm, ctx.tag = comm, tag
+        return x.expand(comm.local_ranks, *x.shape[1:])
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.comm._all_reduce_ranks(grad, "bwd", ctx.tag), None, None
+
+
+class _ReduceFromTP(torch.autograd.Function):
+    """g (Megatron): forward all-reduce, backward identity."""
+
+    @staticmethod
+    def forward(ctx, x, comm, tag):
+        ctx.local_ranks = comm.local_ranks
+        return comm._all_reduce_ranks(x, "fwd", tag)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.expand(ctx.local_ranks, *grad.shape[1:]), None, None
+
+
+class _GatherFromTP(torch.autograd.Function):
+    """Forward all-gather along dim, backward keep this process's slices."""
+
+    @staticmethod
+    def forward(ctx, x, comm, dim, tag):
+        ctx.comm, ctx.dim = comm, dim
+        return comm._all_gather_ranks(x, dim, "fwd", tag)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.comm._split_ranks(grad, ctx.dim), None, None, None
+
+
+class _ScatterToTP(torch.autograd.Function):
+    """Forward split along dim, backward all-gather."""
+
+    @staticmethod
+    def forward(ctx, x, comm, dim, tag):
+        ctx.comm, ctx.dim, ctx.tag = comm, dim, tag
+        return comm._split_ranks(x, dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.comm._all_gather_ranks(grad, ctx.dim, "bwd", ctx.tag), None, None, None

@@ -1,0 +1,130 @@
+"""The tensor-parallel transformer block with two sync points, and the residual stream it passes on.
+
+Between two syncs the residual stream is *shared + per-rank partial*:
+
+    shared  [1, B, T, C]  the stream at the last sync, identical on every rank
+    partial [R, B, T, C]  rank r's row-parallel outputs since then (biases not included)
+    bias    [C]           the replicated output biases added since then
+    view    [R, B, T, C]  what rank r's next sublayer reads: shared + bias + partial_r
+
+A sublayer on rank r computes out_r = Sublayer_r(LN(view_r)) and adds it to partial_r; a sync
+sets shared += dropout(all_reduce(partial) + bias). With every bit on this is Megatron's layer,
+exactly the dense GPT: x + Attn(LN1(x)), then + MLP(LN2(.)).
+
+Communication per region (the sublayers between two syncs): one `copy_to_tp` where it starts
+(backward all-reduce) and one `reduce_from_tp` where it ends (forward all-reduce). A one-sublayer
+region applies the LayerNorm to the shared stream before `copy_to_tp`, as Megatron does; a longer
+region enters with the stream itself, so its LayerNorms and inner biases read per-rank values and
+their gradients are summed by one bucketed all-reduce per step (`sync_replicated_grads`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..comm.tp_comm import TPComm
+from .gpt import LayerNorm
+from .tensor_parallel import ColumnParallelLinear, RowParallelLinear
+
+
+@dataclass
+class ResidualStream:
+    shared: torch.Tensor
+    view: torch.Tensor | None = None
+    partial: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+
+
+class ParallelAttention(nn.Module):
+    """Heads split over ranks: c_attn column-parallel by heads of q, k and v, c_proj row-parallel."""
+
+    def __init__(self, config, tp: int, ranks: range):
+        super().__init__()
+        C = config.n_embd
+        self.heads = config.n_head // tp  # heads per rank
+        self.head_size = C // config.n_head
+        self.dropout = config.dropout
+        self.c_attn = ColumnParallelLinear(C, 3 * C, config.bias, tp, ranks)
+        self.c_proj = RowParallelLinear(C, C, config.bias, tp, ranks)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # [R, B, T, C] -> partial [R, B, T, C]
+        R, B, T, _ = h.shape
+        q, k, v = self.c_attn(h).chunk(3, dim=-1)  # each [R, B, T, C/tp]
+        q, k, v = (t.reshape(R * B, T, self.heads, self.head_size).transpose(1, 2)
+                   for t in (q, k, v))  # (R*B, nh/tp, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        y = y.transpose(1, 2).reshape(R, B, T, self.heads * self.head_size)
+        return self.c_proj(y)
+
+
+class ParallelMLP(nn.Module):
+    """c_fc column-parallel, GELU, c_proj row-parallel: no communication inside."""
+
+    def __init__(self, config, tp: int, ranks: range):
+        super().__init__()
+        self.c_fc = ColumnParallelLinear(config.n_embd, 4 * config.n_embd, config.bias, tp, ranks)
+        self.c_proj = RowParallelLinear(4 * config.n_embd, config.n_embd, config.bias, tp, ranks)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(h)))
+
+
+class ParallelBlock(nn.Module):
+    """A transformer block with sync points after attention (a) and MLP (m): a + m all-reduces."""
+
+    def __init__(self, config, comm: TPComm, starts: tuple[bool, bool], syncs: tuple[bool, bool]):
+        super().__init__()
+        self.comm = comm
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = ParallelAttention(config, comm.tp, comm.ranks)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = ParallelMLP(config, comm.tp, comm.ranks)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.starts, self.syncs = starts, syncs
+
+    def per_rank_params(self) -> list[nn.Parameter]:
+        """Replicated parameters this block uses per rank (gradients summed across ranks)."""
+        out = []
+        for ln, sub, start, sync in ((self.ln_1, self.attn, self.starts[0], self.syncs[0]),
+                                     (self.ln_2, self.mlp, self.starts[1], self.syncs[1])):
+            if not (start and sync):
+                out += [p for p in (ln.weight, ln.bias) if p is not None]
+            if not sync and sub.c_proj.bias is not None:
+                out.append(sub.c_proj.bias)
+        return out
+
+    def _layer_norm(self, ln: LayerNorm, x: torch.Tensor) -> torch.Tensor:
+        """LayerNorm of a per-rank stream: its parameters' gradients differ per rank."""
+        w = self.comm.per_rank_param(ln.weight)
+        b = None if ln.bias is None else self.comm.per_rank_param(ln.bias)
+        return F.layer_norm(x, w.shape, w, b, 1e-5)
+
+    def _sublayer(self, s: ResidualStream, ln, sub, start: bool, sync: bool) -> ResidualStream:
+        if start and sync:  # one-sublayer region: Megatron's LN -> f -> sublayer -> g
+            h = self.comm.copy_to_tp(ln(s.shared))
+        else:
+            if start:
+                s.view = self.comm.copy_to_tp(s.shared)
+            h = self._layer_norm(ln, s.view)
+        out = sub(h)  # [R, B, T, C] partial sums of this rank
+        s.partial = out if s.partial is None else s.partial + out
+        b = sub.c_proj.bias
+        if b is not None:
+            s.bias = b if s.bias is None else s.bias + b
+        if sync:
+            delta = self.comm.reduce_from_tp(s.partial, tag="sync")
+            if s.bias is not None:
+                delta = delta + s.bias
+            return ResidualStream(shared=s.shared + self.resid_dropout(delta))
+        s.view = s.view + out
+        if b is not None:
+            s.view = s.view + self.comm.per_rank_param(b)
+        return s
+
+    def forward(self, s: ResidualStream) -> ResidualStream:
+        s = self._sublayer(s, self.ln_1, self.attn, self.starts[0], self.syncs[0])
+        return self._sublayer(s, self.ln_2, self.mlp, self.starts[1], self.syncs[1])

@@ -1,0 +1,167 @@
+"""ParallelGPT: the dense GPT sharded over `tp` ranks, synchronising where its sync plan says.
+
+The blocks, the residual stream they pass on and the meaning of a sync point are in blocks.py;
+this file holds the model around them: the embedding, the stack of blocks built from the plan, the
+final LayerNorm and the (replicated or vocab-parallel) head tied to the embedding.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..comm.plan import SyncPlan, validate_tp
+from ..comm.tp_comm import TPComm
+from ..errors import ConfigError
+from .blocks import ParallelBlock, ResidualStream
+from .dense_weights import gather_dense_state, shard_dense_state
+from .gpt import GPT, LayerNorm, sample_next
+from .tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+
+
+class ParallelGPT(nn.Module):
+    """The GPT over `tp` tensor-parallel ranks with a per-layer sync plan.
+
+    `comm` decides where the ranks live: a `TPComm` (default) simulates all of them in this
+    process, a `DistributedComm` holds this process's share of a torch.distributed group. The
+    weights always come from a dense GPT (built from `config` with the current RNG when `dense`
+    is not given), so a seed gives the same model at any tp.
+    """
+
+    def __init__(self, config, tp: int = 1, sync: str | SyncPlan = "tp", comm: TPComm | None = None,
+                 vocab_parallel: bool = False, dense: GPT | None = None):
+        super().__init__()
+        validate_tp(tp, config.n_head, config.vocab_size, vocab_parallel)
+        comm = TPComm(tp) if comm is None else comm
+        if comm.tp != tp:
+            raise ConfigError(f"tp={tp} but the comm was built for tp={comm.tp}")
+        self.config, self.tp, self.comm = config, tp, comm
+        self.vocab_parallel = vocab_parallel
+        self.plan = SyncPlan.parse(sync, config.n_layer)
+        starts = self.plan.region_starts()
+        bits = self.plan.bits
+        if vocab_parallel:
+            wte = VocabParallelEmbedding(config.vocab_size, config.n_embd, comm)
+        else:
+            wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.transformer = nn.ModuleDict(dict(
+            wte=wte,
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([
+                ParallelBlock(config, comm, (starts[2 * i], starts[2 * i + 1]),
+                              (bool(bits[2 * i]), bool(bits[2 * i + 1])))
+                for i in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        if not vocab_parallel:  # replicated head, tied to the replicated embedding
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+            self.transformer.wte.weight = self.lm_head.weight
+        self._per_rank = list({id(p): p for blk in self.transformer.h
+                               for p in blk.per_rank_params()}.values())
+        dense = dense if dense is not None else GPT(config)
+        self.to(dtype=next(dense.parameters()).dtype)  # float64 for exactness checks, say
+        self.load_dense_state_dict(dense.state_dict())
+
+    @classmethod
+    def from_dense(cls, gpt: GPT, tp: int = 1, sync: str | SyncPlan = "tp",
+                   comm: TPComm | None = None, vocab_parallel: bool = False) -> "ParallelGPT":
+        """Shard a dense GPT over tp ranks (simulated when no comm is given)."""
+        return cls(gpt.config, tp=tp, sync=sync, comm=comm, vocab_parallel=vocab_parallel,
+                   dense=gpt)
+
+    # --- weights ---------------------------------------------------------------------------
+    def load_dense_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        """Take this process's shards of a dense GPT state dict (nanoGPT names)."""
+        shard_dense_state(self, sd)
+
+    def dense_state_dict(self) -> dict[str, torch.Tensor]:
+        """The dense GPT's state dict, gathered from every rank (collective when distributed)."""
+        return gather_dense_state(self)
+
+    def to_dense(self) -> GPT:
+        """The dense GPT this model shards: the inverse of `from_dense`."""
+        gpt = GPT(self.config).to(dtype=self.transformer.wpe.weight.dtype)
+        gpt.load_state_dict(self.dense_state_dict())
+        return gpt
+
+    # --- forward ---------------------------------------------------------------------------
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                return_logits: bool = True):
+        """idx (B, T) -> (logits (B, T, V) or, without targets, (B, 1, V); loss).
+
+        With `vocab_parallel`, returning logits costs an all-gather: training passes
+        return_logits=False. After backward, call `sync_replicated_grads()` once per
+        optimizer step (a no-op for plans whose regions are single sublayers).
+        """
+        s = ResidualStream(shared=embed(self.transformer, idx, self.vocab_parallel))
+        for block in self.transformer.h:
+            s = block(s)
+        x = self.transformer.ln_f(s.shared)  # [1, B, T, C]
+        if targets is None:
+            x = x[:, :, [-1], :]
+        logits = head(self.transformer.wte, x, self.comm, self.vocab_parallel)
+        loss = None if targets is None else \
+            head_loss(self.transformer.wte, logits, targets, self.vocab_parallel)
+        if return_logits and self.vocab_parallel:
+            logits = self.comm.gather_from_tp(logits, dim=-1, tag="logits").squeeze(0)
+        return (logits if return_logits else None), loss
+
+    def get_num_params(self, non_embedding: bool = True) -> int:
+        """The dense model's parameter count (as GPT.get_num_params), whatever the layout."""
+        sharded = self.sharded_param_ids()
+        n = sum(p.numel() * (self.tp // self.comm.local_ranks if id(p) in sharded else 1)
+                for p in self.parameters())
+        return n - (self.transformer.wpe.weight.numel() if non_embedding else 0)
+
+    def sharded_param_ids(self) -> set[int]:
+        """ids of the parameters split over ranks (every other parameter is replicated)."""
+        shard_types = (ColumnParallelLinear, VocabParallelEmbedding)
+        out = {id(m.weight) for m in self.modules() if isinstance(m, RowParallelLinear)}
+        for m in self.modules():
+            if isinstance(m, shard_types):
+                out |= {id(p) for p in m.parameters(recurse=False)}
+        return out
+
+    def sync_replicated_grads(self) -> None:
+        """Sum, across the TP group, the gradients of replicated parameters used per rank."""
+        self.comm.sync_replicated_grads(self._per_rank)
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None):
+        """As `GPT.generate`. Distributed ranks draw the same tokens: their logits are equal."""
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.config.block_size:])
+            idx = torch.cat((idx, sample_next(logits[:, -1, :], temperature, top_k, generator)),
+                            dim=1)
+        return idx
+
+
+def embed(t: nn.ModuleDict, idx: torch.Tensor, vocab_parallel: bool) -> torch.Tensor:
+    """Token + position embeddings (then dropout): idx [B, T] -> the shared stream [1, B, T, C]."""
+    T = idx.shape[1]
+    if T > t.wpe.num_embeddings:
+        raise ConfigError(f"sequence length {T} exceeds block_size={t.wpe.num_embeddings}")
+    pos = torch.arange(T, dtype=torch.long, device=idx.device)
+    tok = t.wte(idx) if vocab_parallel else t.wte(idx).unsqueeze(0)  # [1, B, T, C]
+    return t.drop(tok + t.wpe(pos))
+
+
+def head(wte: nn.Module, x: torch.Tensor, comm: TPComm, vocab_parallel: bool) -> torch.Tensor:
+    """The LM head tied to the embedding: x [1, B, T, C] -> logits [B, T, V] (replicated) or,
+    vocab-parallel, this process's ranks' slices [R, B, T, V/tp]."""
+    if not vocab_parallel:
+        return F.linear(x.squeeze(0), wte.weight)  # identical on every rank
+    h = comm.copy_to_tp(x, tag="head")  # [R, B, T, C]
+    R, B, T, C = h.shape
+    local = torch.bmm(h.reshape(R, B * T, C), wte.weight.transpose(1, 2))
+    return local.view(R, B, T, -1)
+
+
+def head_loss(wte: nn.Module, logits: torch.Tensor, targets: torch.Tensor,
+              vocab_parallel: bool) -> torch.Tensor:
+    if vocab_parallel:
+        return wte.cross_entropy(logits, targets)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                           ignore_index=-1)

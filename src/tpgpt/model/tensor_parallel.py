@@ -1,0 +1,130 @@
+"""Tensor-parallel layers over the leading rank dimension: one batched matmul, no loop over ranks.
+
+Weights are stored as `x @ W` operands, `[R, in, out/tp]` (column-parallel) or `[R, in/tp, out]`
+(row-parallel); `shard_*`/`unshard_*` convert between these and `nn.Linear`'s dense `[out, in]`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..comm.tp_comm import TPComm
+
+
+def _rank_slices(t: torch.Tensor, tp: int, dim: int, ranks: range) -> torch.Tensor:
+    """Stack this process's ranks' chunks of `t` along `dim`: [R, ...]."""
+    chunks = t.chunk(tp, dim=dim)
+    return torch.stack([chunks[r] for r in ranks], dim=0)
+
+
+class ColumnParallelLinear(nn.Module):
+    """y_r = x_r @ W_r + b_r with W split by output columns: [R, in, out/tp], b [R, out/tp]."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, tp: int, ranks: range):
+        super().__init__()
+        self.tp, self.ranks = tp, ranks
+        self.weight = nn.Parameter(torch.empty(len(ranks), in_features, out_features // tp))
+        self.bias = nn.Parameter(torch.zeros(len(ranks), out_features // tp)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [R, B, T, in] -> [R, B, T, out/tp]
+        R, B, T, _ = x.shape
+        x3 = x.reshape(R, B * T, -1)
+        if self.bias is None:
+            y = torch.bmm(x3, self.weight)
+        else:
+            y = torch.baddbmm(self.bias.unsqueeze(1), x3, self.weight)
+        return y.view(R, B, T, -1)
+
+    @torch.no_grad()
+    def load_dense(self, weight: torch.Tensor, bias: torch.Tensor | None,
+                   groups: int = 1) -> None:
+        """Shard an nn.Linear weight [out, in]; `groups` equal blocks of `out` (q | k | v) are each
+        split by rank, so rank r holds [q_r | k_r | v_r], never a slice across q, k and v."""
+        w_parts = [_rank_slices(w, self.tp, 0, self.ranks) for w in weight.chunk(groups, dim=0)]
+        self.weight.copy_(torch.cat(w_parts, dim=1).transpose(1, 2))
+        if self.bias is not None:
+            b_parts = [_rank_slices(b, self.tp, 0, self.ranks) for b in bias.chunk(groups, dim=0)]
+            self.bias.copy_(torch.cat(b_parts, dim=1))
+
+    @staticmethod
+    def dense_from_shards(weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1):
+        """Inverse of `load_dense` from every rank's shard ([tp, in, out/tp], [tp, out/tp])."""
+        w = torch.cat([part.transpose(1, 2).reshape(-1, part.shape[1])
+                       for part in weight.chunk(groups, dim=2)], dim=0)
+        b = None if bias is None else torch.cat(
+            [part.reshape(-1) for part in bias.chunk(groups, dim=1)], dim=0)
+        return w, b
+
+
+class RowParallelLinear(nn.Module):
+    """y_r = x_r @ W_r with W split by input rows: [R, in/tp, out]. The output is a per-rank
+    partial sum; the replicated bias [out] is added by the caller once the partials are summed."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, tp: int, ranks: range):
+        super().__init__()
+        self.tp, self.ranks = tp, ranks
+        self.weight = nn.Parameter(torch.empty(len(ranks), in_features // tp, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [R, B, T, in/tp] -> [R, B, T, out]
+        R, B, T, _ = x.shape
+        return torch.bmm(x.reshape(R, B * T, -1), self.weight).view(R, B, T, -1)
+
+    @torch.no_grad()
+    def load_dense(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.weight.copy_(_rank_slices(weight, self.tp, 1, self.ranks).transpose(1, 2))
+        if self.bias is not None:
+            self.bias.copy_(bias)
+
+    @staticmethod
+    def dense_from_shards(weight: torch.Tensor, bias: torch.Tensor | None):
+        return torch.cat(weight.transpose(1, 2).unbind(0), dim=1), bias
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Token embedding split by vocabulary rows: rank r holds [r*V/tp, (r+1)*V/tp) as [R, V/tp, C].
+
+    Each rank looks up the tokens in its range (zeros elsewhere); one all-reduce sums them.
+    The same weight serves as the vocab-parallel LM head.
+    """
+
+    def __init__(self, vocab_size: int, n_embd: int, comm: TPComm):
+        super().__init__()
+        self.comm = comm
+        self.per_rank = vocab_size // comm.tp
+        self.weight = nn.Parameter(torch.empty(comm.local_ranks, self.per_rank, n_embd))
+
+    def _local_index(self, idx: torch.Tensor):
+        """idx [B, T] -> (index into the flattened local table [R, B, T], in-range mask)."""
+        R, V = self.comm.local_ranks, self.per_rank
+        first = torch.tensor(list(self.comm.ranks), device=idx.device).view(R, 1, 1) * V
+        local = idx.unsqueeze(0) - first  # [R, B, T]
+        inside = (local >= 0) & (local < V)
+        offset = torch.arange(R, device=idx.device).view(R, 1, 1) * V
+        return local.clamp(0, V - 1) + offset, inside
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:  # [B, T] -> [1, B, T, C]
+        flat, inside = self._local_index(idx)
+        emb = F.embedding(flat, self.weight.view(-1, self.weight.shape[-1]))
+        emb = emb * inside.unsqueeze(-1).to(emb.dtype)  # [R, B, T, C]
+        return self.comm.reduce_from_tp(emb, tag="embedding")
+
+    def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of vocab-parallel logits [R, B, T, V/tp] (targets -1 ignored).
+
+        Two forward collectives: the max (for stability) and one all-reduce that carries both
+        the target logit and the sum of exponentials, stacked. The gradient needs none: it is
+        softmax - onehot on each rank's own slice, which autograd derives through g's identity.
+        """
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        m = self.comm.all_reduce_max(logits.detach().amax(dim=-1), tag="loss")  # [1, B, T]
+        shifted = logits - m.unsqueeze(-1)
+        flat, inside = self._local_index(targets.clamp(min=0))
+        local = flat - torch.arange(flat.shape[0], device=flat.device).view(-1, 1, 1) * self.per_rank
+        target_logit = shifted.gather(-1, local.unsqueeze(-1)).squeeze(-1) * inside
+        sum_exp = shifted.exp().sum(dim=-1)
+        both = self.comm.reduce_from_tp(torch.stack([target_logit, sum_exp], dim=1), tag="loss")
+        loss = both[0, 1].log() - both[0, 0]  # [B, T]
+        valid = targets != -1
+        return (loss * valid).sum() / valid.sum().clamp(min=1)
