@@ -9,20 +9,30 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py
 
 from tpgpt import GPT, GPTConfig  # noqa: E402
-
-TOL = 1e-5  # relative, fp32
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.detach() - b.detach()).abs().max() / b.detach().abs().max().clamp(min=1e-30)).item()
+from tpgpt.analysis.numerics import FLOAT64_RTOL, float32_bound, rel_err  # noqa: E402
 
 
-def assert_close(a: torch.Tensor, b: torch.Tensor, name: str, tol: float = TOL) -> None:
-    """Relative to b's largest magnitude; the message reports the largest difference."""
+def assert_close(a: torch.Tensor, b: torch.Tensor, name: str, tol: float = FLOAT64_RTOL) -> None:
+    """a equals b up to reordered sums: float64 tensors within FLOAT64_RTOL of b's largest
+    magnitude (tpgpt.analysis.numerics says why that bound holds on any CPU); the message
+    reports the largest difference."""
     assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+    if tol == FLOAT64_RTOL:
+        assert a.dtype == b.dtype == torch.float64, \
+            f"{name}: compare in float64 ({a.dtype}, {b.dtype}); float32 has assert_float32_close"
     err = rel_err(a, b)
-    diff = (a.detach() - b.detach()).abs().max().item()
+    diff = (a.detach().double() - b.detach().double()).abs().max().item()
     assert err <= tol, f"{name}: max |diff| {diff:.3e}, relative {err:.3e} > {tol:.0e}"
+
+
+def assert_float32_close(a32: torch.Tensor, dense32: torch.Tensor, exact: torch.Tensor,
+                         name: str) -> None:
+    """A float32 result is as close to the exact (float64) function as the dense float32 model's
+    own result is, on this CPU (tpgpt.analysis.numerics.float32_bound)."""
+    assert a32.dtype == dense32.dtype == torch.float32 and exact.dtype == torch.float64, name
+    err, bound = rel_err(a32, exact), float32_bound(dense32, exact)
+    assert err <= bound, (f"{name}: relative error {err:.3e} (dense float32: "
+                          f"{rel_err(dense32, exact):.3e}) > {bound:.3e}")
 
 
 def tiny_config(**kw) -> GPTConfig:
@@ -41,9 +51,10 @@ def batch():
     return idx, targets
 
 
-def make_gpt(seed: int = 0, **kw) -> GPT:
+def make_gpt(seed: int = 0, dtype: torch.dtype = torch.float32, **kw) -> GPT:
+    """The tiny GPT from a seed; initialised in float32, so a float64 copy holds the same weights."""
     torch.manual_seed(seed)
-    return GPT(tiny_config(**kw))
+    return GPT(tiny_config(**kw)).to(dtype)
 
 
 # --- data for training tests ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ import torch
 from tpgpt import GPTConfig
 
 CONFIG = GPTConfig(block_size=8, vocab_size=64, n_layer=6, n_head=4, n_embd=32, bias=True)
+DTYPE = torch.float64  # distributed == simulated is an exactness check (analysis/numerics.py)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 

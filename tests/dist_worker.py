@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from dist_common import CONFIG, make_batch  # noqa: E402
+from dist_common import CONFIG, DTYPE, make_batch  # noqa: E402
 from tpgpt import GPT, ParallelGPT  # noqa: E402
 from tpgpt.comm.distributed import DistributedComm, init_distributed  # noqa: E402
 
@@ -26,7 +26,7 @@ def main() -> None:
     for i, case in enumerate(cases):
         sync, _, vp = case.partition("@")
         torch.manual_seed(0)
-        gpt = GPT(CONFIG)
+        gpt = GPT(CONFIG).to(DTYPE)
         comm = DistributedComm(tp)
         model = ParallelGPT.from_dense(gpt, tp=tp, sync=sync, comm=comm, vocab_parallel=vp == "vp")
         _, loss = model(idx, targets, return_logits=False)

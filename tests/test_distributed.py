@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import assert_close
-from dist_common import CONFIG, HERE, make_batch, torchrun
+from dist_common import CONFIG, DTYPE, HERE, make_batch, torchrun
 from tpgpt import GPT, ParallelGPT
 from tpgpt.comm.plan import count_collectives, summarize
 
@@ -35,7 +35,7 @@ def layout(request, tmp_path_factory):
 def simulated(tp: int, case: str):
     sync, _, vp = case.partition("@")
     torch.manual_seed(0)
-    model = ParallelGPT.from_dense(GPT(CONFIG), tp=tp, sync=sync, vocab_parallel=vp == "vp")
+    model = ParallelGPT.from_dense(GPT(CONFIG).to(DTYPE), tp=tp, sync=sync, vocab_parallel=vp == "vp")
     idx, targets = make_batch()
     _, loss = model(idx, targets, return_logits=False)
     loss.backward()
@@ -53,7 +53,7 @@ def test_distributed_equals_simulated(layout, case):
     sync, _, vp = case.partition("@")
     expected = summarize(count_collectives(
         model.plan, tp=tp, n_embd=CONFIG.n_embd, bias=CONFIG.bias, batch_size=2, seq_len=8,
-        vocab_parallel=vp == "vp"))
+        vocab_parallel=vp == "vp", dtype_bytes=8))
     assert counts == expected, "simulated counts differ from the plan"
     grads = {n: p.grad for n, p in model.named_parameters()}
     for res in results[case]:

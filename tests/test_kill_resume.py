@@ -3,6 +3,7 @@ after each, `--resume` finds a valid checkpoint, and the run ends with the unint
 losses, bit for bit."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -15,7 +16,7 @@ from dist_common import HERE
 from tpgpt.checkpoint import load_state
 
 CONFIG = os.path.join(HERE, "..", "configs", "shakespeare_char_cpu.toml")
-KW = dict(tp=2, sync="tp,spd", n_head=4, n_embd=64, max_iters=1500, lr_decay_iters=1500,
+KW = dict(tp=2, sync="tp,spd", n_head=4, n_embd=64, max_iters=600, lr_decay_iters=600,
           eval_interval=25, eval_iters=2, log_interval=1, dropout=0.1)
 
 
@@ -30,27 +31,55 @@ def test_ten_random_kills_then_resume(text_data, tmp_path):
     cmd = [sys.executable, "-m", "tpgpt", "train", CONFIG,
            *[f"--{k}={v}" for k, v in tiny_train_overrides(data, run, **KW).items()]]
     rng = random.Random(0)
-    during_save = 0
+    during_save = resumed = 0
     for kill in range(10):
-        resume = (run / "last" / "state.json").exists() or (run / "last.old").exists()
+        resume = _has_checkpoint(run)
+        resumed += resume
         proc = subprocess.Popen(cmd + (["--resume"] if resume else []),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 60
+        # Where to kill is chosen in iterations, not seconds, so a slow or busy machine kills
+        # at the same kinds of points as a fast one: in a save, or 1-30 iterations past the
+        # point the run had reached (log_interval=1 logs every iteration)
         if kill % 3 == 0:  # wait for a save in progress, then kill it there
-            while not (run / "last.tmp").exists() and time.time() < deadline \
-                    and proc.poll() is None:
-                time.sleep(0.0005)
+            _wait(proc, lambda: (run / "last.tmp").exists())
             during_save += (run / "last.tmp").exists()
         else:
-            time.sleep(rng.uniform(1.5, 4.0))  # imports take ~1.5 s; then somewhere in training
+            target = _last_iter(run) + rng.randint(1, 30)
+            _wait(proc, lambda: _last_iter(run) >= target)
         if proc.poll() is not None:
             raise AssertionError(f"kill {kill}: the run ended first: {proc.stderr.read()[-500:]}")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert (run / "summary.json").exists() is False
     assert during_save >= 2, "the kills meant to land during a save did not"
+    assert resumed >= 5, "too few kills landed after a checkpoint to test resuming"
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert load_state(str(run / "last"))["iter"] == KW["max_iters"]
     assert train_losses(run) == train_losses(full)
     assert eval_losses(run) == eval_losses(full)
+
+
+def _has_checkpoint(run) -> bool:
+    return (run / "last" / "state.json").exists() or (run / "last.old").exists()
+
+
+def _last_iter(run) -> int:
+    """The last iteration in metrics.jsonl (0 before the first; a line cut by a kill is skipped)."""
+    last = 0
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    for line in lines:
+        try:
+            last = json.loads(line).get("iter", last)
+        except json.JSONDecodeError:
+            pass
+    return last
+
+
+def _wait(proc, condition, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.0005)

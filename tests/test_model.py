@@ -59,7 +59,7 @@ def test_without_bias_has_no_bias_parameters():
 
 def test_forward_shapes_and_loss_matches_cross_entropy(batch):
     idx, targets = batch
-    model = make_gpt()
+    model = make_gpt(dtype=torch.float64)
     logits, loss = model(idx, targets)
     assert logits.shape == (3, 16, 96)
     want = F.cross_entropy(logits.view(-1, 96), targets.view(-1), ignore_index=-1)
@@ -113,20 +113,20 @@ def test_gather_and_scatter_are_inverse_with_correct_gradients(tp):
 
 def test_copy_and_reduce_are_f_and_g():
     comm = TPComm(3)
-    x = torch.randn(1, 5, requires_grad=True)
+    x = torch.randn(1, 5, dtype=torch.float64, requires_grad=True)
     y = comm.copy_to_tp(x)  # f: identity forward
     assert y.shape == (3, 5) and torch.equal(y[2], x[0])
-    w = torch.randn(3, 5)
+    w = torch.randn(3, 5, dtype=torch.float64)
     (y * w).sum().backward()  # f: all-reduce backward
     assert_close(x.grad, w.sum(0, keepdim=True), "f backward")
-    p = torch.randn(3, 5, requires_grad=True)
+    p = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     z = comm.reduce_from_tp(p)  # g: all-reduce forward
     assert_close(z, p.sum(0, keepdim=True), "g forward")
     z.sum().backward()  # g: identity backward
-    assert torch.equal(p.grad, torch.ones(3, 5))
+    assert torch.equal(p.grad, torch.ones(3, 5, dtype=torch.float64))
     assert [(e.phase, e.op) for e in comm.counter.events] == \
         [("bwd", "all_reduce"), ("fwd", "all_reduce")]
-    assert comm.counter.events[0].nbytes == 5 * 4
+    assert comm.counter.events[0].nbytes == 5 * 8  # bytes of one rank's float64 buffer
 
 
 def test_tp1_counts_nothing():

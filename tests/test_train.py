@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from conftest import eval_losses, tiny_train_overrides, train_losses
+from conftest import assert_close, eval_losses, tiny_train_overrides, train_losses
 from dist_common import HERE, torchrun
+from tpgpt.analysis.numerics import TRAIN_LOSS_TOL64
 from tpgpt.train.config import load_config
 from tpgpt.inference.sample import load_model, sample
 from tpgpt.train import Trainer
@@ -25,7 +26,8 @@ def train(data_dir, out_dir, resume=False, **kw) -> dict:
     return summary
 
 
-def assert_losses_close(a: dict, b: dict, tol: float, what: str) -> None:
+def assert_losses_close(a: dict, b: dict, what: str, tol: float = TRAIN_LOSS_TOL64) -> None:
+    """Two float64 runs' losses, iteration by iteration (tpgpt.analysis.numerics)."""
     assert a.keys() == b.keys(), f"{what}: iterations differ"
     worst = max(abs(a[k] - b[k]) for k in a)
     assert worst <= tol, f"{what}: largest loss difference {worst:.3e} > {tol:.0e}"
@@ -33,9 +35,9 @@ def assert_losses_close(a: dict, b: dict, tol: float, what: str) -> None:
 
 def test_simulated_tp2_tracks_dense(text_data, tmp_path):
     data, _ = text_data
-    train(data, tmp_path / "dense")
-    train(data, tmp_path / "tp2", tp=2)
-    assert_losses_close(train_losses(tmp_path / "tp2"), train_losses(tmp_path / "dense"), 1e-4,
+    train(data, tmp_path / "dense", dtype="float64")
+    train(data, tmp_path / "tp2", tp=2, dtype="float64")
+    assert_losses_close(train_losses(tmp_path / "tp2"), train_losses(tmp_path / "dense"),
                         "simulated tp=2 vs dense")
 
 
@@ -80,7 +82,7 @@ def test_compiled_training_equals_eager(text_data, tmp_path):
     """compile=true (torch.compile in place) trains to eager's losses and counts the same
     collectives; checkpoints keep their names (sampling loads one)."""
     data, _ = text_data
-    kw = dict(tp=2, sync="tp,spd", max_iters=6, lr_decay_iters=6, eval_interval=6)
+    kw = dict(tp=2, sync="tp,spd", max_iters=6, lr_decay_iters=6, eval_interval=6, dtype="float64")
     import torch._dynamo.utils as dynamo_utils
 
     train(data, tmp_path / "eager", **kw)
@@ -88,7 +90,7 @@ def test_compiled_training_equals_eager(text_data, tmp_path):
     train(data, tmp_path / "compiled", compile=True, **kw)
     assert dynamo_utils.counters["stats"]["unique_graphs"] > graphs  # it did compile
     assert_losses_close(train_losses(tmp_path / "compiled"), train_losses(tmp_path / "eager"),
-                        1e-5, "compiled vs eager")
+                        "compiled vs eager")
     counts = [[r["collectives"] for r in map(json.loads, open(tmp_path / d / "metrics.jsonl"))
                if r["kind"] == "train"] for d in ("eager", "compiled")]
     assert counts[0] == counts[1] and counts[0][0] > 0
@@ -161,18 +163,18 @@ def test_sample_from_a_tp_checkpoint_is_reproducible(text_data, tmp_path):
 ], ids=["tp2", "dp2", "tp2xdp2", "tp2-compiled"])
 def test_torchrun_reproduces_single_process(text_data, tmp_path, procs, single, dist):
     data, _ = text_data
-    common = dict(max_iters=50, lr_decay_iters=50, eval_interval=25)
+    common = dict(max_iters=50, lr_decay_iters=50, eval_interval=25, dtype="float64")
     train(data, tmp_path / "single", **common, **single)
     args = [f"--{k}={v}" for k, v in
             tiny_train_overrides(data, tmp_path / "dist", **common, **dist).items()]
     torchrun(procs, "-m", ["tpgpt", "train",
                            os.path.join(HERE, "..", "configs", "shakespeare_char_cpu.toml"),
                            *args], extra=None)
-    assert_losses_close(train_losses(tmp_path / "dist"), train_losses(tmp_path / "single"), 1e-4,
+    assert_losses_close(train_losses(tmp_path / "dist"), train_losses(tmp_path / "single"),
                         f"torchrun x{procs} vs one process")
     ev_d, ev_s = eval_losses(tmp_path / "dist"), eval_losses(tmp_path / "single")
     assert_losses_close({k: v[1] for k, v in ev_d.items()}, {k: v[1] for k, v in ev_s.items()},
-                        1e-4, "val loss")
+                        "val loss")
 
 
 def test_sample_cli_and_its_errors(text_data, tmp_path, capsys):
@@ -216,24 +218,25 @@ def test_resume_at_another_layout_continues_the_same_run(text_data, tmp_path, sa
 
     data, _ = text_data
     common = dict(max_iters=40, lr_decay_iters=40, eval_interval=20, gradient_accumulation_steps=2,
-                  n_head=4, n_layer=4)
+                  n_head=4, n_layer=4, dtype="float64")
     train(data, tmp_path / "full", tp=2, **common)
     args = [f"--{k}={v}" for k, v in tiny_train_overrides(
         data, tmp_path / "part", **{**common, "max_iters": 20, **saved_at}).items()]
     torchrun(4, "-m", ["tpgpt", "train",
                        os.path.join(HERE, "..", "configs", "shakespeare_char_cpu.toml"), *args])
     dense, _, _ = load_model(str(tmp_path / "part" / "last"))
-    tp4 = ParallelGPT(dense.config, tp=4)
+    assert dense.transformer.wte.weight.dtype == torch.float64
+    tp4 = ParallelGPT.from_dense(dense, tp=4)
     load_sharded(str(tmp_path / "part" / "last"), ShardedState(tp4))
     idx = torch.randint(0, dense.config.vocab_size, (2, 16))
     with torch.no_grad():
-        assert (tp4(idx, idx)[0] - dense(idx, idx)[0]).abs().max() < 1e-5
+        assert_close(tp4(idx, idx)[0], dense(idx, idx)[0], "tp=4 vs dense logits")
     shutil.copytree(tmp_path / "part", tmp_path / "part1")
     train(data, tmp_path / "part", resume=True, tp=4, **common)
     train(data, tmp_path / "part1", resume=True, tp=1, **common)
     full = train_losses(tmp_path / "full")
     for run in ("part", "part1"):
-        assert_losses_close(train_losses(tmp_path / run), full, 1e-4, f"resumed {run}")
+        assert_losses_close(train_losses(tmp_path / run), full, f"resumed {run}")
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(text_data, tmp_path, capsys):

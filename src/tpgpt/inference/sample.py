@@ -33,6 +33,8 @@ def load_model(path: str) -> tuple[GPT, dict, str]:
     except (KeyError, TypeError) as e:
         raise ConfigError(f"{ckpt}/state.json has no valid model config: {e}") from None
     model = GPT(config)
+    if state.get("config", {}).get("dtype") == "float64":
+        model.double()
     load_sharded(ckpt, ShardedState(model))
     return model.eval(), load_meta(ckpt), ckpt
 

@@ -70,6 +70,8 @@ class TrainConfig:
     # system
     seed: int = 1337
     device: str = "auto"
+    # float32; bfloat16 / float16: autocast over float32 weights; float64: weights and
+    # arithmetic in float64, for checks that layouts agree to rounding (analysis/numerics.py)
     dtype: str = "float32"
     compile: bool = False  # torch.compile the model (in place; not with pp > 1)
     comm_timeout_s: float = 120.0  # per collective; NCCL's own default is 10 minutes
@@ -88,7 +90,8 @@ POSITIVE = {"n_layer", "n_head", "n_embd", "block_size", "tp", "batch_size", "pp
             "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"}
 NON_NEGATIVE = {"vocab_size", "tp_procs", "max_iters", "warmup_iters", "lr_decay_iters",
                 "learning_rate", "min_lr", "weight_decay", "grad_clip", "seed"}
-CHOICES = {"device": ("auto", "cpu", "cuda"), "dtype": ("float32", "bfloat16", "float16"),
+CHOICES = {"device": ("auto", "cpu", "cuda"),
+           "dtype": ("float32", "bfloat16", "float16", "float64"),
            "pp_schedule": ("gpipe", "1f1b", "interleaved")}
 
 

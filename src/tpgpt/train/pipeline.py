@@ -143,7 +143,7 @@ class Pipeline:
         cls = SCHEDULES[schedule]
         self.schedule = cls(stages if schedule == "interleaved" else stages[0],
                             n_microbatches=n_micro, loss_fn=loss_fn, scale_grads=False)
-        self.wte_shape = full.transformer.wte.weight.shape
+        self.wte_like = torch.empty_like(full.transformer.wte.weight, device="meta")
 
     def _run(self, x, y, train: bool) -> list[float]:
         """One pass over n_micro micro-batches; every pp rank gets each micro-batch's loss."""
@@ -179,7 +179,7 @@ class Pipeline:
         if self.pp == 1:
             return
         wte = self.shard.transformer["wte"].weight if "wte" in self.shard.transformer else None
-        g = torch.zeros(self.wte_shape, device=next(self.shard.parameters()).device)
+        g = torch.zeros_like(self.wte_like, device=next(self.shard.parameters()).device)
         if wte is not None and wte.grad is not None:
             g = wte.grad
         dist.all_reduce(g, group=self.pp_group)  # first + last stage; middle stages add zeros

@@ -23,7 +23,8 @@ from ..model.parallel_gpt import ParallelGPT
 from .config import TrainConfig
 from .optim import make_optimizer
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
 
 
 @dataclass
@@ -102,7 +103,7 @@ def build_setup(cfg: TrainConfig) -> Setup:
     model_config = cfg.model_config(vocab)
     inner, model, comm, pipeline = build_model(cfg, layout, mesh, model_config, accum)
     ptdtype = DTYPES[cfg.dtype]
-    autocast = nullcontext() if ptdtype == torch.float32 else \
+    autocast = nullcontext() if ptdtype in (torch.float32, torch.float64) else \
         torch.autocast(layout.device.type, dtype=ptdtype)
     return Setup(cfg=cfg, layout=layout, mesh=mesh, meta=meta, model_config=model_config,
                  files=files, accum=accum, inner=inner, model=model, comm=comm,
@@ -117,7 +118,9 @@ def build_setup(cfg: TrainConfig) -> Setup:
 def build_model(cfg: TrainConfig, layout: Layout, mesh, model_config: GPTConfig, accum: int):
     """(inner, model, comm, pipeline): the dense GPT from the seed, in this layout's form."""
     torch.manual_seed(cfg.seed)  # the same dense weights on every process, at any tp
-    dense = GPT(model_config)
+    dense = GPT(model_config)  # initialised in float32, so float64 runs start from the same
+    if cfg.dtype == "float64":
+        dense.double()
     pipeline = comm = None
     if cfg.tp == 1 and layout.pp == 1:
         inner = dense
