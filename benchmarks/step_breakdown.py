@@ -63,4 +63,5 @@ if __name__ == "__main__":
     print("median ms per part of a dense step:",
           {k: round(v, 2) for k, v in breakdown(a.config, a.data_dir, a.steps).items()})
     if a.summary:
-        print("the run's ms per iteration:", {k: round(v, 1) for k, v in run_spread(a.summary).items()})
+        spread = run_spread(a.summary)
+        print("the run's ms per iteration:", {k: round(v, 1) for k, v in spread.items()})

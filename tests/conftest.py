@@ -52,7 +52,8 @@ def batch():
 
 
 def make_gpt(seed: int = 0, dtype: torch.dtype = torch.float32, **kw) -> GPT:
-    """The tiny GPT from a seed; initialised in float32, so a float64 copy holds the same weights."""
+    """The tiny GPT from a seed, initialised in float32 (so a float64 copy holds the same
+    weights)."""
     torch.manual_seed(seed)
     return GPT(tiny_config(**kw)).to(dtype)
 

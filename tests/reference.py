@@ -55,9 +55,10 @@ def reference_forward(gpt: GPT, tp: int, sync: str, idx, targets):
     b_acc = torch.zeros_like(x)
     for i, blk in enumerate(t.h):
         for j, (ln, run, proj) in enumerate((
-                (blk.ln_1, lambda h, r: _attn_rank(blk.attn, h, r, tp, cfg.n_head),
+                (blk.ln_1, lambda h, r, blk=blk: _attn_rank(blk.attn, h, r, tp, cfg.n_head),
                  blk.attn.c_proj),
-                (blk.ln_2, lambda h, r: _mlp_rank(blk.mlp, h, r, tp), blk.mlp.c_proj))):
+                (blk.ln_2, lambda h, r, blk=blk: _mlp_rank(blk.mlp, h, r, tp),
+                 blk.mlp.c_proj))):
             outs = [run(_ln(ln, x + b_acc + partial[r]), r) for r in range(tp)]
             partial = [p + o for p, o in zip(partial, outs)]
             if proj.bias is not None:

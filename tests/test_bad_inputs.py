@@ -273,6 +273,63 @@ def _(root):
     return ["import-hf", str(root / "hf"), "--out", str(root / "ck")]
 
 
+# --- eval, and loading a checkpoint under another plan ----------------------------------------
+def trained(root, **kw):
+    assert main(train_args(root, max_iters=10, **kw)) == 0
+    return str(root / "out")
+
+
+@case("eval: unknown sync plan", "unknown layer kind 'warp'")
+def _(root):
+    return ["eval", "--ckpt", trained(root), "--sync", "warp"]
+
+
+@case("eval: tp that does not divide the heads", "tp=3 does not divide n_head=2")
+def _(root):
+    return ["eval", "--ckpt", trained(root), "--tp", "3"]
+
+
+@case("eval: bits for another depth", "n_layer=2 needs exactly 4")
+def _(root):
+    return ["eval", "--ckpt", trained(root), "--sync", "bits:11"]
+
+
+@case("eval: zero batch size", "batch_size=0 is invalid")
+def _(root):
+    return ["eval", "--ckpt", trained(root), "--batch-size", "0"]
+
+
+@case("eval: unknown split", "invalid choice: 'test'")
+def _(root):
+    return ["eval", "--ckpt", trained(root), "--split", "test"]
+
+
+@case("eval: data tokenized differently", "is tokenized differently from the checkpoint")
+def _(root):
+    ckpt = trained(root)
+    assert main(["prepare", "text", "--input", str(root / "in.txt"), "--tokenizer", "byte",
+                 "--out", str(root / "bytes")]) == 0
+    return ["eval", "--ckpt", ckpt, "--data-dir", str(root / "bytes")]
+
+
+@case("eval: checkpoint that names no data", "does not name the data it was trained on")
+def _(root):
+    ckpt = trained(root)
+    assert main(["export", "--ckpt", ckpt, "--out", str(root / "hf")]) == 0
+    assert main(["import-hf", str(root / "hf"), "--out", str(root / "imported")]) == 0
+    return ["eval", "--ckpt", str(root / "imported")]
+
+
+@case("sample: another plan for another depth", "lists 3 layer kinds, which does not divide")
+def _(root):
+    return ["sample", "--ckpt", trained(root), "--sync", "tp,spd,spd"]
+
+
+@case("export of a checkpoint that drops syncs", "drops 2 of 4 syncs")
+def _(root):
+    return ["export", "--ckpt", trained(root, tp=2, sync="spd"), "--out", str(root / "hf")]
+
+
 def _snapshot(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 

@@ -10,7 +10,7 @@ import torch
 from conftest import make_gpt
 from tpgpt.checkpoint import find_checkpoint, load_sharded, load_state, save_checkpoint
 from tpgpt.errors import ConfigError
-from tpgpt.inference.sample import load_model
+from tpgpt.checkpoint.load import load_dense
 from tpgpt.checkpoint.sharded_state import ShardedState
 
 
@@ -33,7 +33,7 @@ def test_crash_points_of_a_save(tmp_path):
     # crash between the two renames: only last.old exists, and it is used
     os.replace(ckpt, tmp_path / "last.old")
     assert find_checkpoint(str(ckpt)) == str(tmp_path / "last.old")
-    gpt, _, found = load_model(str(ckpt))
+    gpt, _, found = load_dense(str(ckpt))
     assert found.endswith("last.old")
     assert torch.equal(gpt.transformer.wte.weight, a.transformer.wte.weight)
     # the next save cleans up and replaces it
@@ -42,7 +42,7 @@ def test_crash_points_of_a_save(tmp_path):
     assert not (tmp_path / "last.tmp").exists() and not (tmp_path / "last.old").exists()
     save(b, ckpt, 3)  # the checkpoint before is kept as last.prev, the fallback
     assert load_state(str(tmp_path / "last.prev"))["iter"] == 2
-    assert torch.equal(load_model(str(ckpt))[0].transformer.wte.weight, b.transformer.wte.weight)
+    assert torch.equal(load_dense(str(ckpt))[0].transformer.wte.weight, b.transformer.wte.weight)
 
 
 def test_incomplete_or_mismatched_checkpoints_are_refused(tmp_path):
@@ -53,7 +53,7 @@ def test_incomplete_or_mismatched_checkpoints_are_refused(tmp_path):
         load_sharded(str(tmp_path / "c"), ShardedState(other))
     shutil.rmtree(tmp_path / "c" / "model")
     with pytest.raises(ConfigError, match="safetensors is missing: the checkpoint is incomplete"):
-        load_model(str(tmp_path / "c"))
+        load_dense(str(tmp_path / "c"))
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "state.json").write_text("{}")
     with pytest.raises(ConfigError, match="has no manifest.json: the checkpoint is incomplete"):

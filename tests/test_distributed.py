@@ -14,6 +14,8 @@ from dist_common import CONFIG, DTYPE, HERE, make_batch, torchrun
 from tpgpt import GPT, ParallelGPT
 from tpgpt.comm.plan import count_collectives, summarize
 
+pytestmark = pytest.mark.numerics  # rerun under every CPU kernel set (Makefile)
+
 rng = random.Random(7)
 RANDOM_BITS = "bits:" + "".join(str(rng.randint(0, 1)) for _ in range(2 * CONFIG.n_layer - 1)) + "1"
 assert 2 < RANDOM_BITS.count("1") < 2 * CONFIG.n_layer, RANDOM_BITS  # really a mixed plan
@@ -35,7 +37,8 @@ def layout(request, tmp_path_factory):
 def simulated(tp: int, case: str):
     sync, _, vp = case.partition("@")
     torch.manual_seed(0)
-    model = ParallelGPT.from_dense(GPT(CONFIG).to(DTYPE), tp=tp, sync=sync, vocab_parallel=vp == "vp")
+    model = ParallelGPT.from_dense(GPT(CONFIG).to(DTYPE), tp=tp, sync=sync,
+                                   vocab_parallel=vp == "vp")
     idx, targets = make_batch()
     _, loss = model(idx, targets, return_logits=False)
     loss.backward()

@@ -13,12 +13,14 @@ from tpgpt.errors import ConfigError
 
 # (CLI args, a fragment the one-line message must contain)
 CLI_CASES = [
-    (["plan", "--tp", "5"], "tp=5 does not divide n_head=12: valid tp values are 1, 2, 3, 4, 6, 12"),
+    (["plan", "--tp", "5"],
+     "tp=5 does not divide n_head=12: valid tp values are 1, 2, 3, 4, 6, 12"),
     (["plan", "--tp", "0"], "tp=0 is invalid"),
     (["plan", "--tp", "-2"], "tp=-2 is invalid"),
     (["plan", "--n_embd=100"], "n_embd=100 is not divisible by n_head=12"),
     (["plan", "--sync", "tp,foo"], "unknown layer kind 'foo'"),
-    (["plan", "--sync", "tp,spd,spd,spd,spd"], "lists 5 layer kinds, which does not divide n_layer=12"),
+    (["plan", "--sync", "tp,spd,spd,spd,spd"],
+     "lists 5 layer kinds, which does not divide n_layer=12"),
     (["plan", "--n_layer=2", "--sync", "bits:011"], "have 3 bits: n_layer=2 needs exactly 4"),
     (["plan", "--n_layer=2", "--sync", "bits:01x1"], "contain 'x': only 0 and 1"),
     (["plan", "--n_layer=2", "--sync", "bits:0110"], "the last layer must sync after its MLP"),

@@ -1,4 +1,5 @@
-"""Export to HF GPT-2 and import back: transformers gives tpgpt's logits; the round trip is exact."""
+"""Export to HF GPT-2 and import back: transformers gives tpgpt's logits; the round trip is
+exact."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,7 @@ from conftest import assert_close, make_gpt
 from tpgpt.checkpoint import save_checkpoint
 from tpgpt.cli import main
 from tpgpt.checkpoint.hf import load_hf
-from tpgpt.inference.sample import load_model
+from tpgpt.checkpoint.load import load_dense
 from tpgpt.checkpoint.sharded_state import ShardedState
 
 
@@ -22,6 +23,7 @@ def write_ckpt(gpt, path):
                     state=state, meta={"tokenizer": "byte", "vocab_size": 256}, rank_state=None)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("bias", [True, False])
 def test_export_loads_in_transformers_with_the_same_logits(tmp_path, bias, batch):
     transformers = pytest.importorskip("transformers", reason="transformers (test extra) missing")
@@ -42,7 +44,7 @@ def test_import_hf_round_trips_exactly(tmp_path, bias):
     write_ckpt(gpt, tmp_path / "ckpt")
     assert main(["export", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")]) == 0
     assert main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
-    back, meta, _ = load_model(str(tmp_path / "back"))
+    back, meta, _ = load_dense(str(tmp_path / "back"))
     assert meta["tokenizer"] == "byte"
     for k, v in gpt.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k

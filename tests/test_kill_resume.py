@@ -45,7 +45,7 @@ def test_ten_random_kills_then_resume(text_data, tmp_path):
             during_save += (run / "last.tmp").exists()
         else:
             target = _last_iter(run) + rng.randint(1, 30)
-            _wait(proc, lambda: _last_iter(run) >= target)
+            _wait(proc, lambda target=target: _last_iter(run) >= target)
         if proc.poll() is not None:
             raise AssertionError(f"kill {kill}: the run ended first: {proc.stderr.read()[-500:]}")
         proc.send_signal(signal.SIGKILL)

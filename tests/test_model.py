@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from conftest import assert_close, make_gpt
 from tpgpt import GPT, GPTConfig, TPComm
 
+pytestmark = pytest.mark.numerics  # rerun under every CPU kernel set (Makefile)
+
 
 def test_gpt2_small_defaults_and_parameter_count():
     cfg = GPTConfig()
@@ -31,7 +33,8 @@ def test_nanogpt_state_dict_names_and_shapes():
             "transformer.h.0.attn.c_attn.bias": (3 * C,),
             "transformer.h.0.attn.c_proj.weight": (C, C), "transformer.h.0.attn.c_proj.bias": (C,),
             "transformer.h.0.ln_2.weight": (C,), "transformer.h.0.ln_2.bias": (C,),
-            "transformer.h.0.mlp.c_fc.weight": (4 * C, C), "transformer.h.0.mlp.c_fc.bias": (4 * C,),
+            "transformer.h.0.mlp.c_fc.weight": (4 * C, C),
+            "transformer.h.0.mlp.c_fc.bias": (4 * C,),
             "transformer.h.0.mlp.c_proj.weight": (C, 4 * C),
             "transformer.h.0.mlp.c_proj.bias": (C,),
             "transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,),
@@ -133,3 +136,18 @@ def test_tp1_counts_nothing():
     comm = TPComm(1)
     comm.reduce_from_tp(torch.ones(1, 4))
     assert comm.counter.events == []
+
+
+def test_model_code_never_imports_torch_distributed():
+    """The model is the same code in every mode: a comm object decides where the ranks live."""
+    import ast
+    from pathlib import Path
+
+    import tpgpt.model
+    for f in Path(tpgpt.model.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [f"{node.module}"] if isinstance(node, ast.ImportFrom) and node.module else []
+            for name in names:
+                assert not name.startswith("torch.distributed") and "distributed" not in \
+                    name.split(".")[-1:], f"{f.name} imports {name}"

@@ -14,7 +14,8 @@ from conftest import assert_close, eval_losses, tiny_train_overrides, train_loss
 from dist_common import HERE, torchrun
 from tpgpt.analysis.numerics import TRAIN_LOSS_TOL64
 from tpgpt.train.config import load_config
-from tpgpt.inference.sample import load_model, sample
+from tpgpt.checkpoint.load import load_dense
+from tpgpt.inference.sample import sample
 from tpgpt.train import Trainer
 
 
@@ -33,6 +34,7 @@ def assert_losses_close(a: dict, b: dict, what: str, tol: float = TRAIN_LOSS_TOL
     assert worst <= tol, f"{what}: largest loss difference {worst:.3e} > {tol:.0e}"
 
 
+@pytest.mark.numerics
 def test_simulated_tp2_tracks_dense(text_data, tmp_path):
     data, _ = text_data
     train(data, tmp_path / "dense", dtype="float64")
@@ -54,7 +56,8 @@ def test_loss_goes_down_and_summary(text_data, tmp_path):
     assert {"lr", "tokens_per_s", "ms_per_iter", "comm_bytes"} <= step.keys()
     for name in ("best", "last"):
         assert os.path.isfile(tmp_path / "run" / name / "state.json")
-        assert any(f.endswith(".safetensors") for f in os.listdir(tmp_path / "run" / name / "model"))
+        files = os.listdir(tmp_path / "run" / name / "model")
+        assert any(f.endswith(".safetensors") for f in files)
 
 
 @pytest.mark.parametrize("tp", [1, 2])
@@ -94,7 +97,7 @@ def test_compiled_training_equals_eager(text_data, tmp_path):
     counts = [[r["collectives"] for r in map(json.loads, open(tmp_path / d / "metrics.jsonl"))
                if r["kind"] == "train"] for d in ("eager", "compiled")]
     assert counts[0] == counts[1] and counts[0][0] > 0
-    model, _, _ = load_model(str(tmp_path / "compiled"))
+    model, _, _ = load_dense(str(tmp_path / "compiled"))
     assert model.get_num_params() > 0
 
 
@@ -118,8 +121,8 @@ def test_sigkill_mid_run_then_resume_gives_the_same_losses(text_data, tmp_path):
     train(data, full, **kw)
     run = tmp_path / "killed"
     args = [f"--{k}={v}" for k, v in tiny_train_overrides(data, run, **kw).items()]
-    cmd = [sys.executable, "-m", "tpgpt", "train", os.path.join(HERE, "..", "configs",
-                                                                 "shakespeare_char_cpu.toml"), *args]
+    preset = os.path.join(HERE, "..", "configs", "shakespeare_char_cpu.toml")
+    cmd = [sys.executable, "-m", "tpgpt", "train", preset, *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 120
@@ -204,7 +207,9 @@ def test_sample_cli_and_its_errors(text_data, tmp_path, capsys):
     assert "holds a checkpoint: pass --resume" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("saved_at", [dict(tp=2), dict(tp=2, pp=2)], ids=["tp2xdp2", "tp2xpp2"])
+@pytest.mark.parametrize("saved_at", [
+    pytest.param(dict(tp=2), id="tp2xdp2"),
+    pytest.param(dict(tp=2, pp=2), id="tp2xpp2", marks=pytest.mark.numerics)])
 def test_resume_at_another_layout_continues_the_same_run(text_data, tmp_path, saved_at):
     """A checkpoint of torchrun tp=2 x dp=2, or tp=2 x pp=2, resumes at simulated tp=4 and at
     tp=1 (dense) with identical logits and the uninterrupted run's losses: the all-sync model is
@@ -224,7 +229,7 @@ def test_resume_at_another_layout_continues_the_same_run(text_data, tmp_path, sa
         data, tmp_path / "part", **{**common, "max_iters": 20, **saved_at}).items()]
     torchrun(4, "-m", ["tpgpt", "train",
                        os.path.join(HERE, "..", "configs", "shakespeare_char_cpu.toml"), *args])
-    dense, _, _ = load_model(str(tmp_path / "part" / "last"))
+    dense, _, _ = load_dense(str(tmp_path / "part" / "last"))
     assert dense.transformer.wte.weight.dtype == torch.float64
     tp4 = ParallelGPT.from_dense(dense, tp=4)
     load_sharded(str(tmp_path / "part" / "last"), ShardedState(tp4))
@@ -258,3 +263,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(text_data, tmp_path, 
     assert "last good checkpoint is" in err[0] and "(iteration 10)" in err[0]
     from tpgpt.checkpoint import load_state
     assert load_state(str(tmp_path / "run" / "last"))["iter"] == 10  # nothing poisoned saved
+
+
+def test_progress_into_a_log_is_plain_lines(text_data, tmp_path, capsys):
+    """Output that is not a terminal gets no carriage-return frames (tqdm's disable=None),
+    but a plain line per tenth of the run."""
+    from tpgpt.cli import main
+    data, _ = text_data
+    args = tiny_train_overrides(data, tmp_path / "run", max_iters=20, progress="true")
+    assert main(["train", "shakespeare_char_cpu", *[f"--{k}={v}" for k, v in args.items()]]) == 0
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err
+    assert "iter 2/20" in out and "iter 20/20: loss " in out and "iter 20: train loss" in out

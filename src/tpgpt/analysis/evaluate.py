@@ -1,10 +1,16 @@
-"""Exact evaluation: the mean loss over every token of a split, no sampling noise."""
+"""Exact evaluation: the mean loss over every token of a split, no sampling noise; `tpgpt eval`
+runs it on a checkpoint as the function it was trained to be, or under another plan."""
 from __future__ import annotations
+
+import os
 
 import torch
 
-from ..data import TokenFile
+from ..data import TokenFile, check_tokens_in_vocab, load_meta
+from ..errors import ConfigError
 from ..model.parallel_gpt import ParallelGPT
+
+TOKENIZER_KEYS = ("tokenizer", "vocab_size", "chars")
 
 
 @torch.no_grad()
@@ -17,9 +23,10 @@ def full_split_loss(model, file: TokenFile, batch_size: int = 64) -> float:
     model.eval()
     T = file.block_size
     starts = torch.arange(0, file.n - T - 1 + 1, T)
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for chunk in starts.split(batch_size):
-        x, y = file.batch(chunk)
+        x, y = (t.to(device) for t in file.batch(chunk))
         if isinstance(model, ParallelGPT):
             _, loss = model(x, y, return_logits=False)
         else:
@@ -30,15 +37,51 @@ def full_split_loss(model, file: TokenFile, batch_size: int = 64) -> float:
     return total / count
 
 
-def checkpoint_split_loss(ckpt: str, cfg, split: str = "val") -> float:
-    """The full-split loss of a checkpoint's model under cfg's sync plan (simulated TP)."""
-    import os
+def split_tokens(file: TokenFile) -> int:
+    """Tokens `full_split_loss` predicts: every window of block_size that fits."""
+    return (file.n - 1) // file.block_size * file.block_size
 
-    from ..inference.sample import load_model
 
-    gpt, meta, _ = load_model(ckpt)
-    model = gpt if cfg.tp == 1 else ParallelGPT.from_dense(
-        gpt, tp=cfg.tp, sync=cfg.sync, vocab_parallel=cfg.vocab_parallel)
-    file = TokenFile(os.path.join(cfg.data_dir, f"{split}.bin"), gpt.config.block_size,
-                     gpt.config.vocab_size)
-    return full_split_loss(model, file)
+def evaluate_checkpoint(path: str, tp: int | None = None, sync: str | None = None,
+                        split: str = "val", data_dir: str | None = None, batch_size: int = 64,
+                        device: str = "cpu", distributed: bool | None = None) -> dict:
+    """The full-split loss of a checkpoint under its trained tp and plan (or the ones given:
+    a zero-shot conversion), on the data it was trained on (or `data_dir`)."""
+    from ..checkpoint.load import load_trained
+
+    if split not in ("train", "val"):
+        raise ConfigError(f"split={split!r} is invalid: choose train or val")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} is invalid: it must be >= 1")
+    loaded = load_trained(path, tp=tp, sync=sync, device=device, distributed=distributed)
+    data_dir = data_dir or _trained_data_dir(loaded.path)
+    meta = load_meta(data_dir)
+    theirs = {k: meta.get(k) for k in TOKENIZER_KEYS}
+    ours = {k: loaded.meta.get(k) for k in TOKENIZER_KEYS}
+    if theirs != ours:
+        raise ConfigError(f"{data_dir} is tokenized differently from the checkpoint "
+                          f"({meta.get('tokenizer')}, vocab {meta.get('vocab_size')} vs "
+                          f"{loaded.meta.get('tokenizer')}, vocab {loaded.meta.get('vocab_size')})"
+                          f": evaluate on the data the model was trained on")
+    config = loaded.model.config
+    file = TokenFile(os.path.join(data_dir, f"{split}.bin"), config.block_size,
+                     config.vocab_size)
+    check_tokens_in_vocab(file.path, config.vocab_size)
+    loss = full_split_loss(loaded.model, file, batch_size)
+    return {"checkpoint": loaded.path, "iteration": loaded.iteration, "tp": loaded.tp,
+            "sync": loaded.sync, "bits": loaded.plan.bitstring,
+            "forward_syncs": loaded.forward_syncs, "forward_syncs_all_on": 2 * config.n_layer,
+            "trained_tp": loaded.trained_tp, "trained_sync": loaded.trained_sync,
+            "converted": loaded.converted, "mode": loaded.mode, "description": loaded.describe(),
+            "split": split, "data": file.path, "tokens": split_tokens(file),
+            "block_size": config.block_size, "loss": loss}
+
+
+def _trained_data_dir(ckpt: str) -> str:
+    from ..checkpoint.store import load_state
+
+    data_dir = (load_state(ckpt).get("config") or {}).get("data_dir")
+    if not data_dir:
+        raise ConfigError(f"{ckpt} does not name the data it was trained on (an imported "
+                          f"model?): pass --data-dir")
+    return data_dir

@@ -95,7 +95,8 @@ def format_plan(r: dict) -> str:
               f"included)", ""]
     if not r["collectives"]:
         return "\n".join(lines + ["per training step: no collectives"])
-    lines.append("per training step (fwd/bwd lines: per micro-batch; grad lines: per optimizer step):")
+    lines.append("per training step (fwd/bwd lines: per micro-batch; grad lines: per optimizer "
+                 "step):")
     lines.append(f"  {'phase':<5} {'op':<15} {'count':>5}  {'each':>11}  {'total':>11}  what")
     for c in r["collectives"]:
         lines.append(f"  {c['phase']:<5} {c['op']:<15} {c['count']:>5}  {_mb(c['bytes_each']):>11}"

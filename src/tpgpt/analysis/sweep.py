@@ -11,7 +11,7 @@ import json
 import os
 
 from ..train.config import TrainConfig, replace
-from .evaluate import checkpoint_split_loss
+from .evaluate import evaluate_checkpoint
 from ..errors import ConfigError
 from ..comm.plan import SyncPlan
 
@@ -56,8 +56,9 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
             summary = trainer.run()
             trainer.close()
         if "full_val_loss" not in summary:  # exact, computed once and kept in summary.json
-            summary["full_val_loss"] = checkpoint_split_loss(os.path.join(run_dir, "last"),
-                                                             run_cfg)
+            # the trained function (its plan from the checkpoint), in each process by itself
+            summary["full_val_loss"] = evaluate_checkpoint(
+                os.path.join(run_dir, "last"), data_dir=cfg.data_dir, distributed=False)["loss"]
             with open(os.path.join(run_dir, "summary.json"), "w") as f:
                 json.dump(summary, f, indent=1)
         rows.append({"plan": plan, "bits": SyncPlan.parse(plan, cfg.n_layer).bitstring,

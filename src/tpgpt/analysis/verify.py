@@ -4,25 +4,19 @@
 - at tp=1 every plan equals the dense GPT (with one rank there is nothing to drop);
 - every run communicates exactly what `tpgpt plan` predicts;
 - under torchrun, the distributed model equals the simulated one for every plan.
+
+"Equals" follows analysis/numerics.py: in float64 within FLOAT64_RTOL; in float32 as close to
+the exact (float64) function as the reference's own float32 result is.
 """
 from __future__ import annotations
 
 import torch
 
+from ..comm.plan import count_collectives, summarize
 from ..comm.tp_comm import TPComm
 from ..model import GPT
 from ..model.parallel_gpt import ParallelGPT
-from ..comm.plan import count_collectives, summarize
-
-
-def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| / max |b|: the error relative to the tensor's scale."""
-    scale = b.abs().max().clamp(min=1e-30)
-    return ((a - b).abs().max() / scale).item()
-
-
-def dense_grads(gpt: GPT) -> dict[str, torch.Tensor]:
-    return {n: p.grad for n, p in gpt.named_parameters()}
+from .numerics import FLOAT64_RTOL, float32_bound, rel_err
 
 
 def parallel_dense_grads(model: ParallelGPT) -> dict[str, torch.Tensor]:
@@ -38,71 +32,93 @@ def parallel_dense_grads(model: ParallelGPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def check_plan(gpt: GPT, tp: int, sync: str, idx, targets, vocab_parallel: bool = False,
-               comm: TPComm | None = None) -> dict:
-    """One training step of `sync` at `tp` from the dense `gpt`'s weights.
-
-    Returns the errors against the dense model (meaningful when the plan is exact: every bit on,
-    or tp=1) and whether the counted collectives equal the plan's.
-    """
-    model = ParallelGPT.from_dense(gpt, tp=tp, sync=sync, comm=comm, vocab_parallel=vocab_parallel)
-    model.comm.counter.reset()
-    logits, loss = model(idx, targets, return_logits=False)
+def _step(model, idx, targets) -> tuple[dict[str, torch.Tensor], dict]:
+    """Loss, last-position logits and every gradient (dense layout) of one forward/backward,
+    and the collectives the training pass counted (the logits pass after it is not counted)."""
+    model.zero_grad(set_to_none=True)
+    parallel = isinstance(model, ParallelGPT)
+    if parallel:
+        model.comm.counter.reset()
+    _, loss = model(idx, targets, return_logits=False) if parallel else model(idx, targets)
     loss.backward()
-    model.sync_replicated_grads()
-    observed = model.comm.counter.summary()
-    expected = summarize(count_collectives(
-        model.plan, tp=tp, n_embd=gpt.config.n_embd, bias=gpt.config.bias,
-        batch_size=idx.shape[0], seq_len=idx.shape[1], vocab_parallel=vocab_parallel,
-        dtype_bytes=next(gpt.parameters()).element_size()))
+    if parallel:
+        model.sync_replicated_grads()
+    counts = model.comm.counter.summary() if parallel else {}
     with torch.no_grad():
         logits = model(idx)[0]
-    gpt.zero_grad(set_to_none=True)
-    ref_logits, ref_loss = gpt(idx, targets)
-    ref_loss.backward()
-    ref_grads = dense_grads(gpt)
-    grads = parallel_dense_grads(model)
-    return {
-        "tp": tp, "sync": sync, "exact": tp == 1 or all(model.plan.bits),
-        "forward_syncs": model.plan.num_syncs if tp > 1 else 0,
-        "loss_err": abs(loss.item() - ref_loss.item()) / abs(ref_loss.item()),
-        "logits_err": max_rel_diff(logits, ref_logits[:, [-1], :]),
-        "grad_err": max(max_rel_diff(grads[n], ref_grads[n]) for n in ref_grads),
-        "counts_match": observed == expected,
-        "observed": observed, "expected": expected,
-    }
+    grads = parallel_dense_grads(model) if parallel else \
+        {n: p.grad for n, p in model.named_parameters()}
+    return {"loss": loss.detach(), "logits": logits,
+            **{"grad " + n: g for n, g in grads.items()}}, counts
+
+
+def _compare(ours: dict, ref: dict, exact: dict | None, ref_exact: dict | None) -> dict:
+    """Errors and tolerances for loss, logits and the worst gradient. float64: ours against ref
+    within FLOAT64_RTOL; float32: ours against the exact function, bounded by ref's error."""
+    out = {}
+    for part in ("loss", "logits", "grad"):
+        keys = [k for k in ref if k == part or k.startswith(part + " ")]
+        if exact is None:
+            errs = [(rel_err(ours[k], ref[k]), FLOAT64_RTOL) for k in keys]
+        else:
+            errs = [(rel_err(ours[k], exact[k]), float32_bound(ref[k], ref_exact[k]))
+                    for k in keys]
+        err, tol = max(errs, key=lambda e: e[0] / e[1])
+        out[f"{part}_err"], out[f"{part}_tol"] = err, tol
+    out["within"] = all(out[f"{p}_err"] <= out[f"{p}_tol"] for p in ("loss", "logits", "grad"))
+    return out
+
+
+def _expected_counts(plan, tp, gpt, idx, vocab_parallel):
+    return summarize(count_collectives(
+        plan, tp=tp, n_embd=gpt.config.n_embd, bias=gpt.config.bias, batch_size=idx.shape[0],
+        seq_len=idx.shape[1], vocab_parallel=vocab_parallel,
+        dtype_bytes=next(gpt.parameters()).element_size()))
+
+
+def check_plan(gpt: GPT, tp: int, sync: str, idx, targets, vocab_parallel: bool = False,
+               comm: TPComm | None = None) -> dict:
+    """One forward/backward of `sync` at `tp` from the dense `gpt`'s weights, against the dense
+    model (meaningful when the plan is exact: every bit on, or tp=1), and its counted
+    collectives against the plan's."""
+    model = ParallelGPT.from_dense(gpt, tp=tp, sync=sync, comm=comm,
+                                   vocab_parallel=vocab_parallel)
+    ours, observed = _step(model, idx, targets)
+    ref, _ = _step(gpt, idx, targets)
+    exact = ref_exact = None
+    if next(gpt.parameters()).dtype != torch.float64:
+        gpt64 = GPT(gpt.config)
+        gpt64.load_state_dict(gpt.state_dict())
+        exact = ref_exact = _step(gpt64.double(), idx, targets)[0]
+    expected = _expected_counts(model.plan, tp, gpt, idx, vocab_parallel)
+    return {"tp": tp, "sync": sync, "exact": tp == 1 or all(model.plan.bits),
+            "forward_syncs": model.plan.num_syncs if tp > 1 else 0,
+            **_compare(ours, ref, exact, ref_exact),
+            "counts_match": observed == expected, "observed": observed, "expected": expected}
 
 
 def check_distributed(gpt: GPT, tp: int, sync: str, idx, targets,
                       vocab_parallel: bool = False) -> dict:
-    """Under torchrun: the distributed model against the simulated one, same weights and batch.
-
-    Both take one training step; loss, logits and every gradient (gathered to dense layout) are
-    compared, and each model's counted collectives against the plan.
-    """
+    """Under torchrun: the distributed model against the simulated one, same weights and batch,
+    one forward/backward each; loss, logits and every gradient (gathered to the dense layout)
+    compared, and each model's counted collectives against the plan."""
     from ..comm.distributed import DistributedComm  # the model code itself never imports it
 
-    results = {}
+    runs, counts = {}, {}
     for name, comm in (("sim", TPComm(tp)), ("dist", DistributedComm(tp))):
         model = ParallelGPT.from_dense(gpt, tp=tp, sync=sync, comm=comm,
                                        vocab_parallel=vocab_parallel)
-        _, loss = model(idx, targets, return_logits=False)
-        loss.backward()
-        model.sync_replicated_grads()
-        observed = comm.counter.summary()
-        with torch.no_grad():
-            logits = model(idx)[0]
-        results[name] = (loss.detach(), logits, parallel_dense_grads(model), observed, model.plan)
-    (sl, slg, sg, sobs, plan), (dl, dlg, dg, dobs, _) = results["sim"], results["dist"]
-    expected = summarize(count_collectives(
-        plan, tp=tp, n_embd=gpt.config.n_embd, bias=gpt.config.bias, batch_size=idx.shape[0],
-        seq_len=idx.shape[1], vocab_parallel=vocab_parallel,
-        dtype_bytes=next(gpt.parameters()).element_size()))
-    return {
-        "tp": tp, "sync": sync, "exact": True, "forward_syncs": plan.num_syncs if tp > 1 else 0,
-        "loss_err": abs(dl.item() - sl.item()) / abs(sl.item()),
-        "logits_err": max_rel_diff(dlg, slg),
-        "grad_err": max(max_rel_diff(dg[n], sg[n]) for n in sg),
-        "counts_match": sobs == expected and dobs == expected,
-        "observed": dobs, "expected": expected,
-    }
+        runs[name], counts[name] = _step(model, idx, targets)
+        plan = model.plan
+    exact = ref_exact = None
+    if next(gpt.parameters()).dtype != torch.float64:  # the simulated model's exact function
+        gpt64 = GPT(gpt.config)
+        gpt64.load_state_dict(gpt.state_dict())
+        exact = ref_exact = _step(ParallelGPT.from_dense(
+            gpt64.double(), tp=tp, sync=sync, vocab_parallel=vocab_parallel), idx, targets)[0]
+    expected = _expected_counts(plan, tp, gpt, idx, vocab_parallel)
+    return {"tp": tp, "sync": sync, "exact": True,
+            "forward_syncs": plan.num_syncs if tp > 1 else 0,
+            **_compare(runs["dist"], runs["sim"], exact, ref_exact),
+            "counts_match": all(c == expected for c in counts.values()),
+            "observed": counts["dist"], "expected": expected}

@@ -130,8 +130,8 @@ def format_dist(r: dict) -> str:
                      f"{1e3 * x['max_s']:.1f} | {x['tokens_per_s']:.0f} | "
                      f"{x['vs_dtensor']:.3f}x |")
     if r.get("memory"):
-        lines += ["", "| rank | tpgpt params | planned | AdamW state | planned | peak RSS (process, "
-                      "all models of this run) |", "|---|---|---|---|---|---|"]
+        lines += ["", "| rank | tpgpt params | planned | AdamW state | planned | peak RSS "
+                      "(process, all models of this run) |", "|---|---|---|---|---|---|"]
         for m in r["memory"]:
             lines.append(f"| {m['rank']} | {m['param_bytes']:,} B | {m['planned_param_bytes']:,} B"
                          f" | {m['adamw_bytes']:,} B | {m['planned_adamw_bytes']:,} B | "

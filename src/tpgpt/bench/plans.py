@@ -229,16 +229,17 @@ def format_plans(r: dict) -> str:
              f"{ic['sync_overhead_s'] * 1e6:.0f} us "
              + (f"(calibrated on `{r['calibrated_on']}` only)" if r["calibrated_on"]
                 else "(from the given profile; no plan used for calibration)"), "",
-             "| plan | fwd syncs | collectives (timed) | measured mean ms (median; rank 0 min-max) | "
-             "in-step collective ms (skew) | idle-link prediction ms (error) | calibrated "
-             "prediction ms (error) |", "|---|---|---|---|---|---|---|"]
+             "| plan | fwd syncs | collectives (timed) | measured mean ms (median; rank 0 "
+             "min-max) | in-step collective ms (skew) | idle-link prediction ms (error) | "
+             "calibrated prediction ms (error) |", "|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
         skew = f" ({_ms(x['skew_mean_s'])})" if x["skew_mean_s"] is not None else ""
         role = " (calibration)" if x["role"] == "calibration" else ""
         lines.append(
             f"| `{x['plan']}`{role} | {x['forward_syncs']} | {x['collectives_planned']} "
-            f"({x['collectives_timed']}) | {_ms(x['mean_slowest_s'])} ({_ms(x['median_slowest_s'])};"
-            f" {_ms(x['min_s'])}-{_ms(x['max_s'])}) | {x['collective_mean_s'] * 1e3:.2f}{skew} | "
+            f"({x['collectives_timed']}) | {_ms(x['mean_slowest_s'])} "
+            f"({_ms(x['median_slowest_s'])}; {_ms(x['min_s'])}-{_ms(x['max_s'])}) | "
+            f"{x['collective_mean_s'] * 1e3:.2f}{skew} | "
             f"{_ms(x['predicted_idle_s'])} ({100 * x['error_idle']:+.0f}%) | "
             f"{_ms(x['predicted_s'])} ({100 * x['error']:+.0f}%) |")
     held = [x for x in r["rows"] if x["role"] == "validation"]

@@ -96,7 +96,8 @@ def bench_throughput_shape(name: str, steps: int, warmup: int = 3,
                            device: torch.device = torch.device("cpu"),
                            dtype: torch.dtype = torch.float32, compile: bool = False,
                            peak_tflops: float | None = None, with_hf: bool = True) -> dict:
-    """Dense vs simulated tp=2 and tp=4 training steps of one shape, interleaved, in this process."""
+    """Dense vs simulated tp=2 and tp=4 training steps of one shape, interleaved, in this
+    process."""
     from ..analysis.costmodel import train_flops_per_token
     from ..model import GPT
     from ..model.parallel_gpt import ParallelGPT

@@ -68,20 +68,41 @@ def from_hf_state(sd: dict[str, torch.Tensor], bias: bool) -> dict[str, torch.Te
     return out
 
 
-def export_hf(ckpt: str, out: str, force: bool = False) -> str:
-    from ..inference.sample import load_model
+def export_hf(ckpt: str, out: str, force: bool = False, as_dense: bool = False) -> str:
+    """Write a checkpoint as an HF GPT-2 directory; returns the checkpoint directory read.
 
-    model, meta, found = load_model(ckpt)
+    An HF GPT-2 computes the dense GPT: a checkpoint trained under a plan that drops syncs (at
+    tp > 1) is another function, and is refused unless `as_dense` asks for its weights as the
+    dense GPT on purpose."""
+    from ..comm.plan import SyncPlan
+    from .load import is_dense_function, load_dense, model_config, resolve_checkpoint, trained_plan
+    from .store import load_state
+
+    found = resolve_checkpoint(ckpt)
+    state = load_state(found)
+    tp, sync = trained_plan(state)
+    n_layer = model_config(state).n_layer
+    plan = SyncPlan.parse(sync, n_layer)
+    if not is_dense_function(tp, plan) and not as_dense:
+        raise ConfigError(f"{found} was trained at tp={tp} with sync={sync!r}, which drops "
+                          f"{2 * n_layer - plan.num_syncs} of {2 * n_layer} syncs: a Hugging Face "
+                          f"GPT-2 computes the dense GPT, another function; pass --as-dense to "
+                          f"export its weights as the dense GPT anyway")
     if os.path.exists(os.path.join(out, "model.safetensors")) and not force:
         raise ConfigError(f"{out} already holds an exported model: pass --force to replace it")
+    model, meta, _ = load_dense(found)
+    config = hf_config(model.config)
+    config["torch_dtype"] = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
+    config.update(tpgpt_trained_tp=tp, tpgpt_trained_sync=sync)
     os.makedirs(out, exist_ok=True)
+    # each file whole or not at all: written under a temporary name, then renamed
     tmp = os.path.join(out, ".model.safetensors.tmp")
     save_file(to_hf_state(model.state_dict(), model.config), tmp, metadata={"format": "pt"})
     os.replace(tmp, os.path.join(out, "model.safetensors"))
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(hf_config(model.config), f, indent=1)
-    with open(os.path.join(out, "tpgpt_meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+    for name, obj in (("config.json", config), ("tpgpt_meta.json", meta)):
+        with open(os.path.join(out, f".{name}.tmp"), "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(os.path.join(out, f".{name}.tmp"), os.path.join(out, name))
     return found
 
 

@@ -68,3 +68,13 @@ def shutdown() -> None:
         import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    """--tp and --sync for commands that load a checkpoint: another plan on purpose."""
+    p.add_argument("--tp", type=positive_int, default=None,
+                   help="run at this tp instead of the trained one (a zero-shot conversion "
+                        "unless the plan has every sync on)")
+    p.add_argument("--sync", default=None, metavar="PLAN",
+                   help="run under this sync plan instead of the trained one (a zero-shot "
+                        "conversion: another function than the one trained)")

@@ -1,13 +1,16 @@
-"""`tpgpt sample`: text from a checkpoint, reproducible from a seed."""
+"""`tpgpt sample`: text from a checkpoint, as the function it was trained to be."""
 from __future__ import annotations
 
 import argparse
 
-from .common import flag
+from .common import add_plan_args, flag, is_rank0, shutdown
 
 
 def register(sub) -> argparse.ArgumentParser:
-    samp = sub.add_parser("sample", help="generate text from a checkpoint")
+    samp = sub.add_parser("sample", help="generate text from a checkpoint",
+                          description="Generate text with the model a checkpoint was trained to "
+                                      "be: its tp and sync plan, simulated in one process or, "
+                                      "under torchrun, distributed. The header line names them.")
     samp.add_argument("--ckpt", required=True, help="a checkpoint dir or a run's out_dir")
     samp.add_argument("--prompt", default="\n")
     flag(samp, "num_samples", type=int, default=3)
@@ -16,14 +19,22 @@ def register(sub) -> argparse.ArgumentParser:
     flag(samp, "top_k", type=int, default=200)
     samp.add_argument("--seed", type=int, default=1337)
     samp.add_argument("--device", default="cpu")
+    add_plan_args(samp)
     samp.set_defaults(func=run)
     return samp
 
 
 def run(args) -> int:
+    from ..checkpoint.load import load_trained
     from ..inference.sample import sample
 
-    texts = sample(args.ckpt, args.prompt, args.num_samples, args.max_new_tokens,
-                   args.temperature, args.top_k, args.seed, args.device)
-    print("\n---------------\n".join(texts))
+    try:
+        loaded = load_trained(args.ckpt, tp=args.tp, sync=args.sync, device=args.device)
+        texts = sample(args.ckpt, args.prompt, args.num_samples, args.max_new_tokens,
+                       args.temperature, args.top_k, args.seed, args.device, loaded=loaded)
+    finally:
+        shutdown()
+    if is_rank0():
+        print(f"tpgpt sample: {loaded.path} (iteration {loaded.iteration}): {loaded.describe()}")
+        print("\n---------------\n".join(texts))
     return 0

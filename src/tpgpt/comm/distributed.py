@@ -30,7 +30,8 @@ class DistributedComm(TPComm):
         gradients are summed over the TP x DP group and scaled by 1/dp in one all-reduce (DDP
         averages the rest of the gradient over DP)."""
         if not dist.is_initialized():
-            raise RuntimeError("torch.distributed is not initialized: call init_distributed() first")
+            raise RuntimeError("torch.distributed is not initialized: call init_distributed() "
+                               "first")
         nproc = dist.get_world_size(group)
         if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1 or tp % nproc:
             raise ConfigError(f"tp={tp!r} must be a multiple of the TP group's {nproc} processes")
@@ -39,7 +40,8 @@ class DistributedComm(TPComm):
         super().__init__(tp, range(me * per_proc, (me + 1) * per_proc), counter)
         self.group = group
         self.nproc = nproc
-        self.grad_group, self.grad_scale = grad_group if grad_group is not None else group, grad_scale
+        self.grad_group = grad_group if grad_group is not None else group
+        self.grad_scale = grad_scale
         self._stash: dict[torch.nn.Parameter, torch.Tensor] = {}
 
     def _cross_all_reduce(self, x: torch.Tensor, op: str = "sum") -> torch.Tensor:
@@ -116,7 +118,8 @@ def restart_count() -> int:
     return int(text)
 
 
-def init_distributed(backend: str | None = None, timeout_s: float = 300.0) -> tuple[int, int, torch.device]:
+def init_distributed(backend: str | None = None,
+                     timeout_s: float = 300.0) -> tuple[int, int, torch.device]:
     """Initialise the default process group from torchrun's environment.
 
     Returns (rank, world_size, device): NCCL and this rank's GPU when CUDA is there, else gloo/CPU.

@@ -26,7 +26,8 @@ _KIND_OF_BITS = {(1, 1): "tp", (0, 1): "spd", (0, 0): "parallel", (1, 0): "attn-
 
 @dataclass(frozen=True)
 class SyncPlan:
-    """A validated sync plan for `n_layer` layers: `bits[2*i]` is layer i's a, `bits[2*i+1]` its m."""
+    """A validated sync plan for `n_layer` layers: `bits[2*i]` is layer i's a, `bits[2*i+1]`
+    its m."""
 
     bits: tuple[int, ...]
     spec: str
@@ -45,8 +46,8 @@ class SyncPlan:
                                  f"the model has n_layer={n_layer}")
             return spec
         if not isinstance(spec, str) or not spec.strip():
-            raise ConfigError(f"sync={spec!r} is invalid: give a preset (tp, spd, parallel), a comma "
-                             f"list of them, or bits:<{2 * n_layer} bits of 0/1>")
+            raise ConfigError(f"sync={spec!r} is invalid: give a preset (tp, spd, parallel), a "
+                              f"comma list of them, or bits:<{2 * n_layer} bits of 0/1>")
         spec = spec.strip()
         if spec.startswith("bits:"):
             return cls(_parse_bits(spec[5:], n_layer), spec)
@@ -56,8 +57,8 @@ class SyncPlan:
                 raise ConfigError(f"unknown layer kind {k!r} in sync={spec!r}: valid kinds are "
                                  f"{', '.join(LAYER_KINDS)} (or bits:...)")
         if n_layer % len(kinds):
-            raise ConfigError(f"sync={spec!r} lists {len(kinds)} layer kinds, which does not divide "
-                             f"n_layer={n_layer}: give 1 or a divisor of {n_layer} kinds")
+            raise ConfigError(f"sync={spec!r} lists {len(kinds)} layer kinds, which does not "
+                              f"divide n_layer={n_layer}: give 1 or a divisor of {n_layer} kinds")
         kinds = kinds * (n_layer // len(kinds))
         bits: list[int] = []
         for i, kind in enumerate(kinds):
@@ -123,8 +124,8 @@ def validate_tp(tp, n_head: int, vocab_size: int, vocab_parallel: bool) -> None:
         raise ConfigError(f"tp={tp} does not divide n_head={n_head}: valid tp values are "
                          f"{', '.join(map(str, divisors))}")
     if vocab_parallel and vocab_size % tp:
-        raise ConfigError(f"vocab_parallel needs vocab_size divisible by tp: vocab_size={vocab_size} "
-                         f"is not a multiple of tp={tp} (pad it, e.g. to "
+        raise ConfigError(f"vocab_parallel needs vocab_size divisible by tp: "
+                          f"vocab_size={vocab_size} is not a multiple of tp={tp} (pad it, e.g. to "
                          f"{-(-vocab_size // tp) * tp})")
 
 

@@ -39,7 +39,8 @@ class ResidualStream:
 
 
 class ParallelAttention(nn.Module):
-    """Heads split over ranks: c_attn column-parallel by heads of q, k and v, c_proj row-parallel."""
+    """Heads split over ranks: c_attn column-parallel by heads of q, k and v, c_proj
+    row-parallel."""
 
     def __init__(self, config, tp: int, ranks: range):
         super().__init__()

@@ -121,7 +121,8 @@ class VocabParallelEmbedding(nn.Module):
         m = self.comm.all_reduce_max(logits.detach().amax(dim=-1), tag="loss")  # [1, B, T]
         shifted = logits - m.unsqueeze(-1)
         flat, inside = self._local_index(targets.clamp(min=0))
-        local = flat - torch.arange(flat.shape[0], device=flat.device).view(-1, 1, 1) * self.per_rank
+        rank_start = torch.arange(flat.shape[0], device=flat.device).view(-1, 1, 1) * self.per_rank
+        local = flat - rank_start
         target_logit = shifted.gather(-1, local.unsqueeze(-1)).squeeze(-1) * inside
         sum_exp = shifted.exp().sum(dim=-1)
         both = self.comm.reduce_from_tp(torch.stack([target_logit, sum_exp], dim=1), tag="loss")

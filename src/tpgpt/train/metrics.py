@@ -25,6 +25,24 @@ class _PrintBar(_NoBar):
         print(text, flush=True)
 
 
+class _LogLines(_PrintBar):
+    """For output that is not a terminal (a log file, CI): no carriage-return frames, but a
+    plain line at every tenth of the run besides the evaluation lines."""
+
+    def __init__(self, total: int, initial: int):
+        self.total, self.n, self.postfix = total, initial, {}
+        self.every = max(total // 10, 1)
+
+    def update(self, n=1):
+        self.n += n
+        if self.n % self.every == 0 or self.n == self.total:
+            extra = ", ".join(f"{k} {v}" for k, v in self.postfix.items())
+            print(f"iter {self.n}/{self.total}" + (f": {extra}" if extra else ""), flush=True)
+
+    def set_postfix(self, **kw):
+        self.postfix = kw
+
+
 class MetricsLog:
     """`metrics.jsonl` and `tb/` in out_dir (rank 0 only). On resume, lines past the resumed
     iteration (progress the killed run made after its last checkpoint) are dropped."""
@@ -72,7 +90,10 @@ class MetricsLog:
         if not enabled:
             return _PrintBar()
         from tqdm import tqdm
-        return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, file=sys.stderr)
+        # disable=None is tqdm's own rule: no bar when the output is not a terminal
+        bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, file=sys.stderr,
+                   disable=None)
+        return _LogLines(total, initial) if bar.disable else bar
 
     def close(self) -> None:
         if self.file is not None:

@@ -1,0 +1,176 @@
+"""A checkpoint as the function it was trained to compute.
+
+A model trained under a plan that drops syncs is another function than the dense GPT with the
+same weights, so a checkpoint carries its tp and sync plan (state.json's config) and everything
+that loads it for use (sample, eval, sweep, export) builds that function: the dense GPT when
+every sync was on (or tp=1), else ParallelGPT with the trained tp and plan, simulated in this
+process or, under torchrun, distributed over the job's processes. Another tp or plan is a
+zero-shot conversion the caller asks for by name; `load_dense` gives the weights as the dense GPT
+for the few uses that want exactly that (HF export with --as-dense, tests).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..comm.plan import SyncPlan, validate_tp
+from ..errors import ConfigError
+from ..model import GPT, GPTConfig, ParallelGPT
+from .sharded_state import ShardedState
+from .store import find_checkpoint, load_meta, load_sharded, load_state
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint directory, or a run's out_dir (its best, else its last checkpoint)."""
+    if not os.path.isdir(path) and find_checkpoint(path) is None:
+        raise ConfigError(f"checkpoint directory {path} does not exist")
+    for candidate in (path, os.path.join(path, "best"), os.path.join(path, "last")):
+        found = find_checkpoint(candidate)
+        if found:
+            return found
+    raise ConfigError(f"no checkpoint in {path}: expected state.json there or in best/ or last/")
+
+
+def model_config(state: dict) -> GPTConfig:
+    """The model's shape from state.json, dropout off (loading is for use, not training)."""
+    try:
+        return GPTConfig(**{**state["model"], "dropout": 0.0})
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{state['path']}/state.json has no valid model config: {e}") from None
+
+
+def trained_plan(state: dict) -> tuple[int, str]:
+    """(tp, sync) the checkpoint was trained with; an imported model is the dense GPT."""
+    config = state.get("config") or {}
+    tp = config.get("tp", state.get("layout", {}).get("tp", 1))
+    sync = config.get("sync", "tp")
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1 or not isinstance(sync, str):
+        raise ConfigError(f"{state['path']}/state.json has no valid tp and sync ({tp!r}, "
+                          f"{sync!r})")
+    return tp, sync
+
+
+def _dtype(state: dict) -> torch.dtype:
+    """float64 for a model trained in float64, else float32 (autocast runs keep fp32 weights)."""
+    return torch.float64 if (state.get("config") or {}).get("dtype") == "float64" \
+        else torch.float32
+
+
+@dataclass
+class Loaded:
+    """A checkpoint built as a function: the model and what it is."""
+
+    model: torch.nn.Module  # GPT, or ParallelGPT when some sync is dropped
+    meta: dict  # the tokenizer
+    path: str  # the checkpoint directory read
+    iteration: int | None
+    tp: int
+    plan: SyncPlan
+    trained_tp: int
+    trained_sync: str
+    mode: str  # "dense", "simulated" or "distributed"
+
+    @property
+    def sync(self) -> str:
+        return self.plan.spec
+
+    @property
+    def converted(self) -> bool:
+        """Whether this is another function than the trained one (a zero-shot conversion)."""
+        trained = SyncPlan.parse(self.trained_sync, self.plan.n_layer)
+        return _function_key(self.tp, self.plan) != _function_key(self.trained_tp, trained)
+
+    @property
+    def forward_syncs(self) -> int:
+        return self.plan.num_syncs if self.tp > 1 else 0
+
+    def describe(self) -> str:
+        """'tp=2, sync='tp,spd' (6 of 8 forward syncs), simulated TP in one process'."""
+        n = 2 * self.plan.n_layer
+        how = {"dense": "the dense GPT (every sync on)" if self.tp > 1 else "the dense GPT",
+               "simulated": "simulated TP in one process",
+               "distributed": "distributed TP over this torchrun job"}[self.mode]
+        text = f"tp={self.tp}, sync={self.sync!r} ({self.forward_syncs} of {n} forward syncs), " \
+               f"{how}"
+        if self.converted:
+            text += (f"; converted zero-shot from the trained tp={self.trained_tp}, "
+                     f"sync={self.trained_sync!r}")
+        return text
+
+
+def is_dense_function(tp: int, plan: SyncPlan) -> bool:
+    """Whether tp ranks under `plan` compute the dense GPT: every sync on, or one rank."""
+    return tp == 1 or all(plan.bits)
+
+
+def _function_key(tp: int, plan: SyncPlan):
+    """Equal keys compute equal functions: any all-sync plan, or tp=1, is the dense GPT."""
+    return ("dense",) if is_dense_function(tp, plan) else (tp, plan.bits)
+
+
+def load_trained(path: str, tp: int | None = None, sync: str | None = None,
+                 device: str | torch.device = "cpu", distributed: bool | None = None) -> Loaded:
+    """The model a checkpoint (or a run's out_dir) was trained to be, or, with `tp` / `sync`,
+    the conversion to another plan. `distributed` (default: under torchrun, RANK set): a model
+    that drops syncs runs with its tp ranks spread over the job's processes (collective: every
+    process calls this); otherwise it is simulated in this process."""
+    ckpt = resolve_checkpoint(path)
+    state = load_state(ckpt)
+    config = model_config(state)
+    trained_tp, trained_sync = trained_plan(state)
+    if tp is None:
+        tp = trained_tp
+    if sync is None:
+        sync = trained_sync
+    validate_tp(tp, config.n_head, config.vocab_size, False)
+    plan = SyncPlan.parse(sync, config.n_layer)
+    dtype = _dtype(state)
+    common = dict(meta=load_meta(ckpt), path=ckpt, iteration=state.get("iter"), tp=tp,
+                  plan=plan, trained_tp=trained_tp, trained_sync=trained_sync)
+    if is_dense_function(tp, plan):
+        model = GPT(config).to(dtype)
+        load_sharded(ckpt, ShardedState(model))
+        return Loaded(model=model.to(device).eval(), mode="dense", **common)
+    if distributed if distributed is not None else "RANK" in os.environ:
+        model, mesh = _distributed_model(config, tp, plan, device)
+        model.to(dtype)
+        load_sharded(ckpt, ShardedState(model, None, mesh), distributed=True)
+        return Loaded(model=model.to(device).eval(), mode="distributed", **common)
+    with torch.device("meta"):  # no throw-away random weights: the checkpoint fills them
+        dense = GPT(config)
+    model = ParallelGPT(config, tp=tp, sync=plan, dense=dense.to_empty(device="cpu"))
+    model.to(dtype)
+    load_sharded(ckpt, ShardedState(model))
+    return Loaded(model=model.to(device).eval(), mode="simulated", **common)
+
+
+def _distributed_model(config: GPTConfig, tp: int, plan: SyncPlan, device):
+    """ParallelGPT with its tp ranks over every process of the torchrun job; the TP mesh on
+    which its checkpoint shards are DTensors (None when one process holds every rank)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from ..comm.distributed import DistributedComm, init_distributed
+    _, world, dev = init_distributed(backend="gloo" if str(device) == "cpu" else None)
+    if tp % world:
+        raise ConfigError(f"tp={tp} cannot be spread over {world} processes: launch a number "
+                          f"of processes that divides tp (torchrun --nproc_per_node)")
+    mesh = init_device_mesh(dev.type, (world,)) if world > 1 else None
+    comm = DistributedComm(tp, group=dist.group.WORLD)
+    with torch.device("meta"):
+        dense = GPT(config)
+    return ParallelGPT(config, tp=tp, sync=plan, comm=comm,
+                       dense=dense.to_empty(device="cpu")), mesh
+
+
+def load_dense(path: str) -> tuple[GPT, dict, str]:
+    """(the weights as the dense GPT, tokenizer meta, checkpoint dir). This is the trained
+    function only when the checkpoint's plan has every sync on (or tp=1): `load_trained` is
+    what sampling and evaluation use."""
+    ckpt = resolve_checkpoint(path)
+    state = load_state(ckpt)
+    model = GPT(model_config(state)).to(_dtype(state))
+    load_sharded(ckpt, ShardedState(model))
+    return model.eval(), load_meta(ckpt), ckpt

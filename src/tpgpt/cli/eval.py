@@ -1,0 +1,47 @@
+"""`tpgpt eval`: the exact loss of a checkpoint over a whole split, as the function it was
+trained to be, or under another tp and plan given on purpose (a zero-shot conversion)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import add_plan_args, flag, is_rank0, shutdown
+
+
+def register(sub) -> argparse.ArgumentParser:
+    ev = sub.add_parser("eval", help="exact loss of a checkpoint over a whole split",
+                        description="The mean loss over every token of the split (consecutive "
+                                    "windows of block_size) of a checkpoint under its trained "
+                                    "tp and sync plan, or under --tp/--sync (a zero-shot "
+                                    "conversion). Under torchrun the model runs distributed.")
+    ev.add_argument("--ckpt", required=True, help="a checkpoint dir or a run's out_dir")
+    add_plan_args(ev)
+    ev.add_argument("--split", choices=["val", "train"], default="val")
+    flag(ev, "data_dir", default=None,
+         help="the prepared dataset (default: the one the checkpoint was trained on)")
+    flag(ev, "batch_size", type=int, default=64, help="windows per forward pass (default 64)")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--json", action="store_true", help="print JSON for machines")
+    ev.set_defaults(func=run)
+    return ev
+
+
+def run(args) -> int:
+    from ..analysis.evaluate import evaluate_checkpoint
+
+    try:
+        r = evaluate_checkpoint(args.ckpt, tp=args.tp, sync=args.sync, split=args.split,
+                                data_dir=args.data_dir, batch_size=args.batch_size,
+                                device=args.device)
+    finally:
+        shutdown()
+    if not is_rank0():
+        return 0
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"tpgpt eval: {r['checkpoint']} (iteration {r['iteration']})\n"
+          f"  plan: {r['description']}\n"
+          f"  {r['split']} loss {r['loss']:.4f} over {r['tokens']:,} tokens (every window of "
+          f"{r['block_size']} in {r['data']})")
+    return 0
