@@ -320,6 +320,23 @@ def _(root):
     return ["eval", "--ckpt", str(root / "imported")]
 
 
+@case("eval: a plan that drops syncs at tp=1", "--sync 'spd' at tp=1 is the dense GPT")
+def _(root):
+    return ["eval", "--ckpt", trained(root), "--sync", "spd"]
+
+
+@case("eval: unknown device", "device='tpu' is invalid: choose cpu or cuda")
+def _(root):
+    return ["eval", "--ckpt", trained(root), "--device", "tpu"]
+
+
+@case("eval: the training data moved", "which is not there (a path relative to where")
+def _(root):
+    ckpt = trained(root)
+    shutil.move(root / "data", root / "moved")
+    return ["eval", "--ckpt", ckpt]
+
+
 @case("sample: another plan for another depth", "lists 3 layer kinds, which does not divide")
 def _(root):
     return ["sample", "--ckpt", trained(root), "--sync", "tp,spd,spd"]

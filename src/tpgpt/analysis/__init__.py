@@ -5,4 +5,5 @@
     evaluate.py     the exact loss of a model over a whole split
     sweep.py        `tpgpt sweep`: one model per plan, table and plots
     verify.py       `tpgpt verify`: parallel == dense, counts == plan
+    numerics.py     when two computations count as equal (float64, float32, AdamW, training)
 """

@@ -42,31 +42,45 @@ def split_tokens(file: TokenFile) -> int:
     return (file.n - 1) // file.block_size * file.block_size
 
 
+def auto_batch_size(block_size: int, vocab_size: int, element_size: int,
+                    budget_bytes: int = 2 ** 28) -> int:
+    """Windows per forward pass whose logits (and the loss's temporaries of their size, about
+    three such tensors) fit `budget_bytes`: 64 for the Shakespeare presets, 1 for GPT-2."""
+    per_window = 3 * block_size * vocab_size * element_size
+    return max(1, min(64, budget_bytes // per_window))
+
+
 def evaluate_checkpoint(path: str, tp: int | None = None, sync: str | None = None,
-                        split: str = "val", data_dir: str | None = None, batch_size: int = 64,
-                        device: str = "cpu", distributed: bool | None = None) -> dict:
+                        split: str = "val", data_dir: str | None = None,
+                        batch_size: int | None = None, device: str = "cpu",
+                        distributed: bool | None = None) -> dict:
     """The full-split loss of a checkpoint under its trained tp and plan (or the ones given:
-    a zero-shot conversion), on the data it was trained on (or `data_dir`)."""
-    from ..checkpoint.load import load_trained
+    a zero-shot conversion), on the data it was trained on (or `data_dir`). The data is checked
+    before the model is loaded; `batch_size` defaults to what `auto_batch_size` allows."""
+    from ..checkpoint.load import load_trained, model_config, read_checkpoint
 
     if split not in ("train", "val"):
         raise ConfigError(f"split={split!r} is invalid: choose train or val")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} is invalid: it must be >= 1")
-    loaded = load_trained(path, tp=tp, sync=sync, device=device, distributed=distributed)
-    data_dir = data_dir or _trained_data_dir(loaded.path)
+    state = read_checkpoint(path)
+    config = model_config(state)
+    data_dir = data_dir or _trained_data_dir(state)
     meta = load_meta(data_dir)
-    theirs = {k: meta.get(k) for k in TOKENIZER_KEYS}
-    ours = {k: loaded.meta.get(k) for k in TOKENIZER_KEYS}
-    if theirs != ours:
+    from ..checkpoint.store import load_meta as checkpoint_meta
+    ours = checkpoint_meta(state["path"])
+    if {k: meta.get(k) for k in TOKENIZER_KEYS} != {k: ours.get(k) for k in TOKENIZER_KEYS}:
         raise ConfigError(f"{data_dir} is tokenized differently from the checkpoint "
                           f"({meta.get('tokenizer')}, vocab {meta.get('vocab_size')} vs "
-                          f"{loaded.meta.get('tokenizer')}, vocab {loaded.meta.get('vocab_size')})"
-                          f": evaluate on the data the model was trained on")
-    config = loaded.model.config
+                          f"{ours.get('tokenizer')}, vocab {ours.get('vocab_size')}): evaluate "
+                          f"on the data the model was trained on")
     file = TokenFile(os.path.join(data_dir, f"{split}.bin"), config.block_size,
                      config.vocab_size)
-    check_tokens_in_vocab(file.path, config.vocab_size)
+    check_tokens_in_vocab(file.path, meta["vocab_size"])
+    loaded = load_trained(path, tp=tp, sync=sync, device=device, distributed=distributed,
+                          state=state)
+    element = next(loaded.model.parameters()).element_size()
+    batch_size = batch_size or auto_batch_size(config.block_size, config.vocab_size, element)
     loss = full_split_loss(loaded.model, file, batch_size)
     return {"checkpoint": loaded.path, "iteration": loaded.iteration, "tp": loaded.tp,
             "sync": loaded.sync, "bits": loaded.plan.bitstring,
@@ -74,14 +88,15 @@ def evaluate_checkpoint(path: str, tp: int | None = None, sync: str | None = Non
             "trained_tp": loaded.trained_tp, "trained_sync": loaded.trained_sync,
             "converted": loaded.converted, "mode": loaded.mode, "description": loaded.describe(),
             "split": split, "data": file.path, "tokens": split_tokens(file),
-            "block_size": config.block_size, "loss": loss}
+            "block_size": config.block_size, "batch_size": batch_size, "loss": loss}
 
 
-def _trained_data_dir(ckpt: str) -> str:
-    from ..checkpoint.store import load_state
-
-    data_dir = (load_state(ckpt).get("config") or {}).get("data_dir")
+def _trained_data_dir(state: dict) -> str:
+    data_dir = (state.get("config") or {}).get("data_dir")
     if not data_dir:
-        raise ConfigError(f"{ckpt} does not name the data it was trained on (an imported "
-                          f"model?): pass --data-dir")
+        raise ConfigError(f"{state['path']} does not name the data it was trained on (an "
+                          f"imported model?): pass --data-dir")
+    if not os.path.isdir(data_dir):
+        raise ConfigError(f"{state['path']} was trained on {data_dir}, which is not there (a "
+                          f"path relative to where training ran?): pass --data-dir")
     return data_dir

@@ -59,8 +59,9 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
             # the trained function (its plan from the checkpoint), in each process by itself
             summary["full_val_loss"] = evaluate_checkpoint(
                 os.path.join(run_dir, "last"), data_dir=cfg.data_dir, distributed=False)["loss"]
-            with open(os.path.join(run_dir, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=1)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, one writer
+                with open(os.path.join(run_dir, "summary.json"), "w") as f:
+                    json.dump(summary, f, indent=1)
         rows.append({"plan": plan, "bits": SyncPlan.parse(plan, cfg.n_layer).bitstring,
                      **summary, "curve": _curve(run_dir)})
     base = next(r for r in rows if r["plan"] == "tp")

@@ -45,13 +45,13 @@ def to_hf_state(sd: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, tor
             continue  # tied to transformer.wte.weight
         out[k] = v.t().contiguous() if k.endswith(CONV1D) else v.contiguous()
     if not config.bias:
-        C = config.n_embd
+        C, dtype = config.n_embd, sd["transformer.wte.weight"].dtype
         zeros = {"ln_1.bias": C, "ln_2.bias": C, "attn.c_attn.bias": 3 * C,
                  "attn.c_proj.bias": C, "mlp.c_fc.bias": 4 * C, "mlp.c_proj.bias": C}
         for i in range(config.n_layer):
             for name, n in zeros.items():
-                out[f"transformer.h.{i}.{name}"] = torch.zeros(n)
-        out["transformer.ln_f.bias"] = torch.zeros(C)
+                out[f"transformer.h.{i}.{name}"] = torch.zeros(n, dtype=dtype)
+        out["transformer.ln_f.bias"] = torch.zeros(C, dtype=dtype)
     return out
 
 
@@ -68,18 +68,18 @@ def from_hf_state(sd: dict[str, torch.Tensor], bias: bool) -> dict[str, torch.Te
     return out
 
 
-def export_hf(ckpt: str, out: str, force: bool = False, as_dense: bool = False) -> str:
-    """Write a checkpoint as an HF GPT-2 directory; returns the checkpoint directory read.
+def export_hf(ckpt: str, out: str, force: bool = False, as_dense: bool = False) -> tuple[str, bool]:
+    """Write a checkpoint as an HF GPT-2 directory; returns (the checkpoint directory read,
+    whether the export computes another function than the trained one).
 
     An HF GPT-2 computes the dense GPT: a checkpoint trained under a plan that drops syncs (at
     tp > 1) is another function, and is refused unless `as_dense` asks for its weights as the
     dense GPT on purpose."""
     from ..comm.plan import SyncPlan
-    from .load import is_dense_function, load_dense, model_config, resolve_checkpoint, trained_plan
-    from .store import load_state
+    from .load import is_dense_function, load_dense, model_config, read_checkpoint, trained_plan
 
-    found = resolve_checkpoint(ckpt)
-    state = load_state(found)
+    state = read_checkpoint(ckpt)
+    found = state["path"]
     tp, sync = trained_plan(state)
     n_layer = model_config(state).n_layer
     plan = SyncPlan.parse(sync, n_layer)
@@ -90,7 +90,7 @@ def export_hf(ckpt: str, out: str, force: bool = False, as_dense: bool = False) 
                           f"export its weights as the dense GPT anyway")
     if os.path.exists(os.path.join(out, "model.safetensors")) and not force:
         raise ConfigError(f"{out} already holds an exported model: pass --force to replace it")
-    model, meta, _ = load_dense(found)
+    model, meta, _ = load_dense(found, state=state)
     config = hf_config(model.config)
     config["torch_dtype"] = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
     config.update(tpgpt_trained_tp=tp, tpgpt_trained_sync=sync)
@@ -103,7 +103,7 @@ def export_hf(ckpt: str, out: str, force: bool = False, as_dense: bool = False) 
         with open(os.path.join(out, f".{name}.tmp"), "w") as f:
             json.dump(obj, f, indent=1)
         os.replace(os.path.join(out, f".{name}.tmp"), os.path.join(out, name))
-    return found
+    return found, not is_dense_function(tp, plan)
 
 
 def load_hf(path: str) -> tuple[GPT, dict]:

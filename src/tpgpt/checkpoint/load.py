@@ -110,22 +110,46 @@ def _function_key(tp: int, plan: SyncPlan):
     return ("dense",) if is_dense_function(tp, plan) else (tp, plan.bits)
 
 
+def read_checkpoint(path: str) -> dict:
+    """state.json of a checkpoint or out_dir (verified against its manifest), with "path"."""
+    return load_state(resolve_checkpoint(path))
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """cpu or cuda (with CUDA there); under torchrun a bare "cuda" is this rank's GPU."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={device!r} is invalid: choose cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={device!r} is invalid: choose cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but CUDA is not available: use --device cpu")
+    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return dev
+
+
 def load_trained(path: str, tp: int | None = None, sync: str | None = None,
-                 device: str | torch.device = "cpu", distributed: bool | None = None) -> Loaded:
+                 device: str | torch.device = "cpu", distributed: bool | None = None,
+                 state: dict | None = None) -> Loaded:
     """The model a checkpoint (or a run's out_dir) was trained to be, or, with `tp` / `sync`,
     the conversion to another plan. `distributed` (default: under torchrun, RANK set): a model
     that drops syncs runs with its tp ranks spread over the job's processes (collective: every
-    process calls this); otherwise it is simulated in this process."""
-    ckpt = resolve_checkpoint(path)
-    state = load_state(ckpt)
+    process calls this); otherwise it is simulated in this process. `state`: the checkpoint's
+    state.json as `read_checkpoint` returned it (read and verified once)."""
+    device = check_device(device)
+    state = state if state is not None else read_checkpoint(path)
+    ckpt = state["path"]
     config = model_config(state)
     trained_tp, trained_sync = trained_plan(state)
     if tp is None:
         tp = trained_tp
-    if sync is None:
-        sync = trained_sync
     validate_tp(tp, config.n_head, config.vocab_size, False)
-    plan = SyncPlan.parse(sync, config.n_layer)
+    plan = SyncPlan.parse(trained_sync if sync is None else sync, config.n_layer)
+    if sync is not None and tp == 1 and not all(plan.bits):
+        raise ConfigError(f"--sync {sync!r} at tp=1 is the dense GPT (one rank has nothing to "
+                          f"sync): give --tp 2 or more to run the plan")
     dtype = _dtype(state)
     common = dict(meta=load_meta(ckpt), path=ckpt, iteration=state.get("iter"), tp=tp,
                   plan=plan, trained_tp=trained_tp, trained_sync=trained_sync)
@@ -153,7 +177,7 @@ def _distributed_model(config: GPTConfig, tp: int, plan: SyncPlan, device):
     from torch.distributed.device_mesh import init_device_mesh
 
     from ..comm.distributed import DistributedComm, init_distributed
-    _, world, dev = init_distributed(backend="gloo" if str(device) == "cpu" else None)
+    _, world, dev = init_distributed(backend="gloo" if device.type == "cpu" else None)
     if tp % world:
         raise ConfigError(f"tp={tp} cannot be spread over {world} processes: launch a number "
                           f"of processes that divides tp (torchrun --nproc_per_node)")
@@ -165,12 +189,11 @@ def _distributed_model(config: GPTConfig, tp: int, plan: SyncPlan, device):
                        dense=dense.to_empty(device="cpu")), mesh
 
 
-def load_dense(path: str) -> tuple[GPT, dict, str]:
+def load_dense(path: str, state: dict | None = None) -> tuple[GPT, dict, str]:
     """(the weights as the dense GPT, tokenizer meta, checkpoint dir). This is the trained
     function only when the checkpoint's plan has every sync on (or tp=1): `load_trained` is
     what sampling and evaluation use."""
-    ckpt = resolve_checkpoint(path)
-    state = load_state(ckpt)
+    state = state if state is not None else read_checkpoint(path)
     model = GPT(model_config(state)).to(_dtype(state))
-    load_sharded(ckpt, ShardedState(model))
-    return model.eval(), load_meta(ckpt), ckpt
+    load_sharded(state["path"], ShardedState(model))
+    return model.eval(), load_meta(state["path"]), state["path"]

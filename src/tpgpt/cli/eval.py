@@ -19,8 +19,9 @@ def register(sub) -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=["val", "train"], default="val")
     flag(ev, "data_dir", default=None,
          help="the prepared dataset (default: the one the checkpoint was trained on)")
-    flag(ev, "batch_size", type=int, default=64, help="windows per forward pass (default 64)")
-    ev.add_argument("--device", default="cpu")
+    flag(ev, "batch_size", type=int, default=None,
+         help="windows per forward pass (default: as many as fit 256 MiB of logits, at most 64)")
+    ev.add_argument("--device", default="cpu", help="cpu or cuda")
     ev.add_argument("--json", action="store_true", help="print JSON for machines")
     ev.set_defaults(func=run)
     return ev

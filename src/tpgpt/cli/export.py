@@ -23,10 +23,10 @@ def register(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from ..checkpoint.hf import export_hf
 
-    found = export_hf(args.ckpt, args.out, force=args.force, as_dense=args.as_dense)
+    found, changed = export_hf(args.ckpt, args.out, force=args.force, as_dense=args.as_dense)
     print(f"exported {found} to {args.out} (model.safetensors, config.json)"
           + (" as the dense GPT (--as-dense: not the function it was trained as)"
-             if args.as_dense else "")
+             if changed else "")
           + ": loads with tpgpt.checkpoint.hf.load_hf and transformers' "
             "GPT2LMHeadModel.from_pretrained")
     return 0

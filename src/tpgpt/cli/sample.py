@@ -18,7 +18,7 @@ def register(sub) -> argparse.ArgumentParser:
     samp.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
     flag(samp, "top_k", type=int, default=200)
     samp.add_argument("--seed", type=int, default=1337)
-    samp.add_argument("--device", default="cpu")
+    samp.add_argument("--device", default="cpu", help="cpu or cuda")
     add_plan_args(samp)
     samp.set_defaults(func=run)
     return samp
@@ -26,8 +26,9 @@ def register(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..checkpoint.load import load_trained
-    from ..inference.sample import sample
+    from ..inference.sample import check_sampling, sample
 
+    check_sampling(args.num_samples, args.max_new_tokens, args.temperature, args.top_k)
     try:
         loaded = load_trained(args.ckpt, tp=args.tp, sync=args.sync, device=args.device)
         texts = sample(args.ckpt, args.prompt, args.num_samples, args.max_new_tokens,

@@ -15,11 +15,7 @@ def sample(path: str, prompt: str = "\n", num_samples: int = 3, max_new_tokens: 
            loaded: Loaded | None = None) -> list[str]:
     """`num_samples` continuations of `prompt`. `tp` / `sync` convert the model to another plan
     (zero-shot); `loaded` reuses a model already built by `load_trained`."""
-    if num_samples < 1 or max_new_tokens < 0:
-        raise ConfigError(f"num_samples={num_samples} must be >= 1 and max_new_tokens="
-                          f"{max_new_tokens} >= 0")
-    if temperature < 0 or (top_k is not None and top_k < 1):
-        raise ConfigError(f"temperature={temperature} must be >= 0 and top_k={top_k} >= 1")
+    check_sampling(num_samples, max_new_tokens, temperature, top_k)
     if loaded is None:
         loaded = load_trained(path, tp=tp, sync=sync, device=device)
     tok = tokenizer_from_meta(loaded.meta)
@@ -34,3 +30,13 @@ def sample(path: str, prompt: str = "\n", num_samples: int = 3, max_new_tokens: 
                                   generator=gen)
         out.append(tok.decode(y[0].tolist()))
     return out
+
+
+def check_sampling(num_samples: int, max_new_tokens: int, temperature: float,
+                   top_k: int | None) -> None:
+    """The sampling settings, checked before anything is loaded."""
+    if num_samples < 1 or max_new_tokens < 0:
+        raise ConfigError(f"num_samples={num_samples} must be >= 1 and max_new_tokens="
+                          f"{max_new_tokens} >= 0")
+    if temperature < 0 or (top_k is not None and top_k < 1):
+        raise ConfigError(f"temperature={temperature} must be >= 0 and top_k={top_k} >= 1")

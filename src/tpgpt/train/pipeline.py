@@ -193,7 +193,7 @@ class Pipeline:
         second step (an internal assert), and with static_graph=True it averages wrongly from
         the second step on (tests/test_3d.py saw a 0.007 loss difference). So with pp > 1 the
         gradients are averaged over dp here, after the schedule: one flat all-reduce per step,
-        no overlap with the backward pass. Without pp, DDP does it (train.py)."""
+        no overlap with the backward pass. Without pp, DDP does it (train/setup.py)."""
         params = [p for p in self.shard.parameters()]
         for p in params:
             if p.grad is None:

@@ -114,7 +114,6 @@ class Trainer:
             step_s.append(dt)
             p.iter += 1
             iters_since += 1
-            bar.update(1)
             if p.iter % cfg.log_interval == 0 or p.iter == cfg.max_iters:
                 now = time.perf_counter()
                 tok_s = tokens_per_iter * iters_since / (now - t_last)
@@ -123,6 +122,7 @@ class Trainer:
                            "lr": step["lr"], "tokens_per_s": tok_s, "ms_per_iter": 1e3 * dt,
                            "collectives": step["collectives"], "comm_bytes": step["comm_bytes"]})
                 bar.set_postfix(loss=f"{step['loss']:.4f}", tok_s=f"{tok_s:.0f}")
+            bar.update(1)
         bar.close()
         log.close()
         return self._finish(time.perf_counter() - t_start, train_time, step_s)
