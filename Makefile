@@ -37,7 +37,7 @@ verify: setup
 # directory per kernel set: torch 2.13 reuses code compiled for avx2 under =default, which fails.
 test: setup
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 	for cap in default avx2; do \
 		echo "numerical tests with ATEN_CPU_CAPABILITY=$$cap"; \
 		ATEN_CPU_CAPABILITY=$$cap TORCHINDUCTOR_CACHE_DIR=$${TMPDIR:-/tmp}/tpgpt-inductor-$$cap \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every CPU figure of BENCHMARKS.md, in one go (about 20 minutes on the 2-core machine):
 # throughput (simulated vs dense vs transformers' GPT-2), the gloo profile and the sync-plan
-# cost model, distributed TP against DTensor, memory per rank, and the dense step in parts.
+# cost model, distributed TP against DTensor, memory per rank, the dense step in parts, and the
+# room the numerical tolerances leave on this CPU's kernel sets.
 #   bash benchmarks/all.sh [results-dir]        (default out/bench: the committed
 #                                                benchmarks/results/ stay as they are)
 # It needs the prepared Tiny Shakespeare (tpgpt prepare shakespeare_char --out
@@ -28,4 +29,7 @@ for run in dense tp spd; do
     cp "$R/mem_$run/summary.json" "$R/memory_cpu_preset_$run.json"
 done
 python benchmarks/step_breakdown.py --steps 200 | tee "$R/step_breakdown.txt"
+python benchmarks/numerics_margins.py | tee "$R/numerics_margins_native.txt"
+ATEN_CPU_CAPABILITY=default python benchmarks/numerics_margins.py \
+    | tee "$R/numerics_margins_default.txt"
 echo "results in $R"

@@ -128,7 +128,12 @@ def test_compiled_simulated_model_counts_exactly_and_matches_eager():
     assert_float32_close(loss, eager(idx, idx)[1], exact(idx, idx)[1], "compiled loss")
 
 
-def test_bench_throughput_bfloat16_reports_mfu(tmp_path):
+def test_bench_throughput_bfloat16_reports_mfu(tmp_path, monkeypatch):
+    from tpgpt.bench import throughput
+
+    # a bf16 1024^3 product takes seconds on a CPU without bf16 units: a smaller peak product
+    peak = throughput.matmul_peak_tflops
+    monkeypatch.setattr(throughput, "matmul_peak_tflops", lambda d, t: peak(d, t, n=256))
     assert main(["bench", "throughput", "--shapes", "cpu-preset", "--steps", "1", "--dtype",
                  "bfloat16", "--device", "cpu", "--out", str(tmp_path / "b")]) == 0
     r = json.loads((tmp_path / "b.json").read_text())["shapes"][0]
