@@ -120,6 +120,9 @@ def test_eval_cli_prints_the_plan_and_json(ckpts, capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["sync"] == "spd" and r["converted"] and r["trained_sync"] == "parallel"
     assert r["forward_syncs"] == 2 and "converted zero-shot" in r["description"]
+    assert main(["eval", "--ckpt", runs["parallel"], "--tp", "1"]) == 0
+    assert ("tp=1 (no syncs), the dense GPT; converted zero-shot from the trained tp=2, "
+            "sync='parallel'") in capsys.readouterr().out
 
 
 @pytest.mark.numerics

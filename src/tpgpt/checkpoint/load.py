@@ -92,8 +92,11 @@ class Loaded:
         how = {"dense": "the dense GPT (every sync on)" if self.tp > 1 else "the dense GPT",
                "simulated": "simulated TP in one process",
                "distributed": "distributed TP over this torchrun job"}[self.mode]
-        text = f"tp={self.tp}, sync={self.sync!r} ({self.forward_syncs} of {n} forward syncs), " \
-               f"{how}"
+        if self.tp == 1:  # one rank has no syncs: the trained plan does not apply
+            text = f"tp=1 (no syncs), {how}"
+        else:
+            text = (f"tp={self.tp}, sync={self.sync!r} ({self.forward_syncs} of {n} forward "
+                    f"syncs), {how}")
         if self.converted:
             text += (f"; converted zero-shot from the trained tp={self.trained_tp}, "
                      f"sync={self.trained_sync!r}")
