@@ -1,4 +1,5 @@
-"""Run by tests/test_distributed.py under torchrun: one training step per case, results saved.
+"""Run by tests/test_distributed.py under torchrun: one training step and a greedy decode with
+the KV cache per case, results saved.
 
 usage: torchrun --nproc_per_node=P tests/dist_worker.py OUT_DIR TP CASE [CASE ...]
 where CASE is PLAN or PLAN@vp (vocab-parallel). Every process builds the same dense GPT from the
@@ -13,7 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from dist_common import CONFIG, DTYPE, make_batch  # noqa: E402
+from dist_common import CONFIG, DTYPE, greedy_decode, make_batch  # noqa: E402
 from tpgpt import GPT, ParallelGPT  # noqa: E402
 from tpgpt.comm.distributed import DistributedComm, init_distributed  # noqa: E402
 
@@ -35,7 +36,9 @@ def main() -> None:
         counts = comm.counter.summary()
         with torch.no_grad():
             logits, _ = model(idx, targets)
+        decoded = greedy_decode(model)
         torch.save({"ranks": list(comm.ranks), "loss": loss.detach(), "logits": logits,
+                    "decode": decoded,
                     "grads": {n: p.grad for n, p in model.named_parameters()},
                     "counts": counts, "cross_process": {e.cross_process for e in
                                                         comm.counter.events}},

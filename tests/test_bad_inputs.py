@@ -342,6 +342,22 @@ def _(root):
     return ["sample", "--ckpt", trained(root), "--sync", "tp,spd,spd"]
 
 
+@case("sample: a prompt longer than the model reads", "the prompt is 17 tokens and this model "
+                                                     "reads at most block_size=16")
+def _(root):
+    return ["sample", "--ckpt", trained(root), "--prompt", "e" * 17]
+
+
+@case("sample: tp that does not divide the heads", "tp=3 does not divide n_head=2")
+def _(root):
+    return ["sample", "--ckpt", trained(root), "--tp", "3"]
+
+
+@case("sample: no checkpoint there", "nothing does not exist")
+def _(root):
+    return ["sample", "--ckpt", str(root / "nothing")]
+
+
 @case("export of a checkpoint that drops syncs", "drops 2 of 4 syncs")
 def _(root):
     return ["export", "--ckpt", trained(root, tp=2, sync="spd"), "--out", str(root / "hf")]

@@ -1,6 +1,6 @@
 """Distributed (torchrun, gloo on loopback) against simulated: logits, loss, every gradient shard,
-and the counted collectives against the plan, for every plan, at tp=2, tp=4 and hybrid tp=4 on 2
-processes (2 ranks each)."""
+the counted collectives against the plan, and greedy decoding with the KV cache, for every plan,
+at tp=2, tp=4 and hybrid tp=4 on 2 processes (2 ranks each)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import assert_close
-from dist_common import CONFIG, DTYPE, HERE, make_batch, torchrun
+from dist_common import CONFIG, DTYPE, HERE, greedy_decode, make_batch, torchrun
 from tpgpt import GPT, ParallelGPT
 from tpgpt.comm.plan import count_collectives, summarize
 
@@ -72,3 +72,19 @@ def test_distributed_equals_simulated(layout, case):
             ref = g if mine.shape == g.shape else g[res["ranks"][0]:res["ranks"][-1] + 1]
             assert_close(mine, ref, f"{label} grad {n}")
 
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_distributed_decode_with_cache_equals_simulated(layout, case):
+    """Each process caches its ranks' heads; the tokens are the simulated model's, the logits
+    equal up to reordered sums."""
+    name, tp, results = layout
+    sync, _, vp = case.partition("@")
+    torch.manual_seed(0)
+    model = ParallelGPT.from_dense(GPT(CONFIG).to(DTYPE), tp=tp, sync=sync,
+                                   vocab_parallel=vp == "vp")
+    want = greedy_decode(model)
+    for res in results[case]:
+        label = f"{name} {case} ranks {res['ranks']}"
+        assert torch.equal(res["decode"]["tokens"], want["tokens"]), f"{label} tokens"
+        assert_close(res["decode"]["logits"], want["logits"], f"{label} decode logits")

@@ -25,12 +25,12 @@ PLANS = ["parallel", "tp,spd"]
 
 @pytest.fixture(scope="module")
 def ckpts(text_data, tmp_path_factory):
-    """Tiny runs trained at tp=2 under each plan (and 'tp', and one in float64)."""
+    """Tiny runs trained at tp=2 under each plan (and 'tp', and one in float64 with 4 heads)."""
     data, _ = text_data
     root = tmp_path_factory.mktemp("trained")
     out = {}
     for name, kw in [(p, dict(sync=p)) for p in PLANS + ["tp"]] + [
-            ("spd64", dict(sync="spd", dtype="float64"))]:
+            ("spd64", dict(sync="spd", dtype="float64", n_head=4))]:
         cfg = load_config(None, tiny_train_overrides(data, root / name.replace(",", "+"), tp=2,
                                                      max_iters=20, **kw))
         t = Trainer(cfg, quiet=True)
@@ -150,3 +150,20 @@ def test_export_refuses_a_dropped_sync_checkpoint_unless_as_dense(ckpts, tmp_pat
     config = json.loads((out / "config.json").read_text())
     assert config["tpgpt_trained_sync"] == "tp,spd"
     assert main(["export", "--ckpt", runs["tp"], "--out", str(tmp_path / "hf2")]) == 0
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("extra", [[], ["--tp", "4"]], ids=["trained_tp2", "hybrid_tp4"])
+def test_distributed_sampling_gives_the_simulated_text(ckpts, extra):
+    """torchrun shards the checkpoint over 2 processes (tp=4: 2 ranks each); with the same seed
+    the text is the one-process run's (float64: the logits agree to ~1e-15)."""
+    _, runs = ckpts
+    args = ["--ckpt", runs["spd64"], "--num-samples", "2", "--max-new-tokens", "40",
+            "--seed", "5", *extra]
+    proc = torchrun(2, "-m", ["tpgpt", "sample", *args])
+    header, _, text = proc.stdout.partition("\n")
+    assert "distributed TP over this torchrun job" in header
+    tp = int(extra[1]) if extra else None
+    want = sample(runs["spd64"], num_samples=2, max_new_tokens=40, seed=5, tp=tp)
+    assert text.rstrip("\n") == "\n---------------\n".join(want)
+    assert len(want[0]) > 40  # past block_size=16: the window slid

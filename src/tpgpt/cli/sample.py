@@ -19,6 +19,10 @@ def register(sub) -> argparse.ArgumentParser:
     flag(samp, "top_k", type=int, default=200)
     samp.add_argument("--seed", type=int, default=1337)
     samp.add_argument("--device", default="cpu", help="cpu or cuda")
+    samp.add_argument("--kv-cache", "--kv_cache", dest="kv_cache", default=True,
+                      action=argparse.BooleanOptionalAction,
+                      help="decode with the KV cache (default); --no-kv-cache recomputes the "
+                           "whole context for every token (the same text, slower)")
     add_plan_args(samp)
     samp.set_defaults(func=run)
     return samp
@@ -32,7 +36,8 @@ def run(args) -> int:
     try:
         loaded = load_trained(args.ckpt, tp=args.tp, sync=args.sync, device=args.device)
         texts = sample(args.ckpt, args.prompt, args.num_samples, args.max_new_tokens,
-                       args.temperature, args.top_k, args.seed, args.device, loaded=loaded)
+                       args.temperature, args.top_k, args.seed, args.device, loaded=loaded,
+                       kv_cache=args.kv_cache)
     finally:
         shutdown()
     if is_rank0():

@@ -12,9 +12,10 @@ from ..errors import ConfigError
 def sample(path: str, prompt: str = "\n", num_samples: int = 3, max_new_tokens: int = 500,
            temperature: float = 0.8, top_k: int | None = 200, seed: int = 1337,
            device: str = "cpu", tp: int | None = None, sync: str | None = None,
-           loaded: Loaded | None = None) -> list[str]:
+           loaded: Loaded | None = None, kv_cache: bool = True) -> list[str]:
     """`num_samples` continuations of `prompt`. `tp` / `sync` convert the model to another plan
-    (zero-shot); `loaded` reuses a model already built by `load_trained`."""
+    (zero-shot); `loaded` reuses a model already built by `load_trained`. Past block_size the
+    context window slides (tpgpt.inference.generate says how)."""
     check_sampling(num_samples, max_new_tokens, temperature, top_k)
     if loaded is None:
         loaded = load_trained(path, tp=tp, sync=sync, device=device)
@@ -22,12 +23,16 @@ def sample(path: str, prompt: str = "\n", num_samples: int = 3, max_new_tokens: 
     ids = tok.encode(prompt)
     if not ids:
         raise ConfigError("the prompt is empty: give at least one character")
+    block = loaded.model.config.block_size
+    if len(ids) > block:
+        raise ConfigError(f"the prompt is {len(ids)} tokens and this model reads at most "
+                          f"block_size={block}: shorten it")
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.tensor([ids], dtype=torch.long, device=device)
     out = []
     for _ in range(num_samples):
         y = loaded.model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k,
-                                  generator=gen)
+                                  generator=gen, kv_cache=kv_cache)
         out.append(tok.decode(y[0].tolist()))
     return out
 

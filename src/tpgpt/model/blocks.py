@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..comm.tp_comm import TPComm
 from .gpt import LayerNorm
+from .kv_cache import LayerKV
 from .tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
 
@@ -51,13 +52,16 @@ class ParallelAttention(nn.Module):
         self.c_attn = ColumnParallelLinear(C, 3 * C, config.bias, tp, ranks)
         self.c_proj = RowParallelLinear(C, C, config.bias, tp, ranks)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:  # [R, B, T, C] -> partial [R, B, T, C]
-        R, B, T, _ = h.shape
+    def forward(self, h: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
+        R, B, T, _ = h.shape  # [R, B, T, C] -> partial [R, B, T, C]
         q, k, v = self.c_attn(h).chunk(3, dim=-1)  # each [R, B, T, C/tp]
         q, k, v = (t.reshape(R * B, T, self.heads, self.head_size).transpose(1, 2)
                    for t in (q, k, v))  # (R*B, nh/tp, T, hs)
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        if kv is not None:  # generation: this rank's heads over the cached positions too
+            y = kv.attend(q, k, v)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         y = y.transpose(1, 2).reshape(R, B, T, self.heads * self.head_size)
         return self.c_proj(y)
 
@@ -104,14 +108,15 @@ class ParallelBlock(nn.Module):
         b = None if ln.bias is None else self.comm.per_rank_param(ln.bias)
         return F.layer_norm(x, w.shape, w, b, 1e-5)
 
-    def _sublayer(self, s: ResidualStream, ln, sub, start: bool, sync: bool) -> ResidualStream:
+    def _sublayer(self, s: ResidualStream, ln, sub, start: bool, sync: bool,
+                  kv: LayerKV | None = None) -> ResidualStream:
         if start and sync:  # one-sublayer region: Megatron's LN -> f -> sublayer -> g
             h = self.comm.copy_to_tp(ln(s.shared))
         else:
             if start:
                 s.view = self.comm.copy_to_tp(s.shared)
             h = self._layer_norm(ln, s.view)
-        out = sub(h)  # [R, B, T, C] partial sums of this rank
+        out = sub(h) if kv is None else sub(h, kv)  # [R, B, T, C] partial sums of this rank
         s.partial = out if s.partial is None else s.partial + out
         b = sub.c_proj.bias
         if b is not None:
@@ -126,6 +131,6 @@ class ParallelBlock(nn.Module):
             s.view = s.view + self.comm.per_rank_param(b)
         return s
 
-    def forward(self, s: ResidualStream) -> ResidualStream:
-        s = self._sublayer(s, self.ln_1, self.attn, self.starts[0], self.syncs[0])
+    def forward(self, s: ResidualStream, kv: LayerKV | None = None) -> ResidualStream:
+        s = self._sublayer(s, self.ln_1, self.attn, self.starts[0], self.syncs[0], kv)
         return self._sublayer(s, self.ln_2, self.mlp, self.starts[1], self.syncs[1])

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..errors import ConfigError
+from .kv_cache import KVCache, LayerKV
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -74,15 +75,18 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         # heads counted from the width: under DTensor's colwise c_attn a rank holds n_head / tp
         # of them (tpgpt bench dist compares against PyTorch's own tensor parallelism)
         q, k, v = self.c_attn(x).chunk(3, dim=-1)
         q, k, v = (t.reshape(B, T, -1, self.head_size).transpose(1, 2)
                    for t in (q, k, v))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        if kv is not None:  # generation: attend over the cached positions too
+            y = kv.attend(q, k, v)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -109,8 +113,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -162,15 +166,22 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """idx (B, T) -> (logits, loss). Without targets, only the last position's logits."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None):
+        """idx (B, T) -> (logits, loss). Without targets, only the last position's logits.
+        With a `cache` (inference), idx are the positions after the cached ones."""
         B, T = idx.shape
-        if T > self.config.block_size:
+        start = 0 if cache is None else cache.length
+        if cache is not None:
+            cache.check_room(T, B)
+        elif T > self.config.block_size:
             raise ConfigError(f"sequence length {T} exceeds block_size={self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if cache is None else cache.layer(i))
+        if cache is not None:
+            cache.advance(T)
         x = self.transformer.ln_f(x)  # (B, T, C)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None
@@ -179,13 +190,16 @@ class GPT(nn.Module):
                                ignore_index=-1)
         return logits, loss
 
-    @torch.no_grad()
+    def new_kv_cache(self, batch: int) -> KVCache:
+        """An empty cache for generating `batch` sequences of up to block_size positions."""
+        c, w = self.config, self.transformer.wpe.weight
+        return KVCache(c.n_layer, 1, batch, c.n_head, c.block_size, c.n_embd // c.n_head,
+                       w.dtype, w.device)
+
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None):
-        """Extend idx (B, T) by max_new_tokens sampled tokens (temperature 0 = greedy)."""
-        for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.config.block_size:]
-            logits, _ = self(idx_cond)
-            idx = torch.cat((idx, sample_next(logits[:, -1, :], temperature, top_k, generator)),
-                            dim=1)
-        return idx
+                 top_k: int | None = None, generator: torch.Generator | None = None,
+                 kv_cache: bool = True):
+        """Extend idx (B, T) by max_new_tokens sampled tokens (temperature 0 = greedy); see
+        tpgpt.inference.generate for the cache and the context past block_size."""
+        from ..inference.generate import generate
+        return generate(self, idx, max_new_tokens, temperature, top_k, generator, kv_cache)

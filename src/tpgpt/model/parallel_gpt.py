@@ -15,7 +15,8 @@ from ..comm.tp_comm import TPComm
 from ..errors import ConfigError
 from .blocks import ParallelBlock, ResidualStream
 from .dense_weights import gather_dense_state, shard_dense_state
-from .gpt import GPT, LayerNorm, sample_next
+from .gpt import GPT, LayerNorm
+from .kv_cache import KVCache
 from .tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 
 
@@ -87,16 +88,23 @@ class ParallelGPT(nn.Module):
 
     # --- forward ---------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                return_logits: bool = True):
+                return_logits: bool = True, cache: KVCache | None = None):
         """idx (B, T) -> (logits (B, T, V) or, without targets, (B, 1, V); loss).
 
         With `vocab_parallel`, returning logits costs an all-gather: training passes
         return_logits=False. After backward, call `sync_replicated_grads()` once per
-        optimizer step (a no-op for plans whose regions are single sublayers).
+        optimizer step (a no-op for plans whose regions are single sublayers). With a `cache`
+        (inference, `new_kv_cache`), idx are the positions after the cached ones.
         """
-        s = ResidualStream(shared=embed(self.transformer, idx, self.vocab_parallel))
-        for block in self.transformer.h:
-            s = block(s)
+        start = 0
+        if cache is not None:
+            cache.check_room(idx.shape[1], idx.shape[0])
+            start = cache.length
+        s = ResidualStream(shared=embed(self.transformer, idx, self.vocab_parallel, start))
+        for i, block in enumerate(self.transformer.h):
+            s = block(s, None if cache is None else cache.layer(i))
+        if cache is not None:
+            cache.advance(idx.shape[1])
         x = self.transformer.ln_f(s.shared)  # [1, B, T, C]
         if targets is None:
             x = x[:, :, [-1], :]
@@ -127,23 +135,28 @@ class ParallelGPT(nn.Module):
         """Sum, across the TP group, the gradients of replicated parameters used per rank."""
         self.comm.sync_replicated_grads(self._per_rank)
 
-    @torch.no_grad()
+    def new_kv_cache(self, batch: int) -> KVCache:
+        """An empty cache of this process's ranks' heads, [R, B, heads/tp, block_size, hs]."""
+        c, w = self.config, self.transformer.wpe.weight
+        return KVCache(c.n_layer, self.comm.local_ranks, batch, c.n_head // self.tp,
+                       c.block_size, c.n_embd // c.n_head, w.dtype, w.device)
+
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None):
+                 top_k: int | None = None, generator: torch.Generator | None = None,
+                 kv_cache: bool = True):
         """As `GPT.generate`. Distributed ranks draw the same tokens: their logits are equal."""
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.config.block_size:])
-            idx = torch.cat((idx, sample_next(logits[:, -1, :], temperature, top_k, generator)),
-                            dim=1)
-        return idx
+        from ..inference.generate import generate
+        return generate(self, idx, max_new_tokens, temperature, top_k, generator, kv_cache)
 
 
-def embed(t: nn.ModuleDict, idx: torch.Tensor, vocab_parallel: bool) -> torch.Tensor:
-    """Token + position embeddings (then dropout): idx [B, T] -> the shared stream [1, B, T, C]."""
+def embed(t: nn.ModuleDict, idx: torch.Tensor, vocab_parallel: bool,
+          start: int = 0) -> torch.Tensor:
+    """Token + position embeddings (then dropout): idx [B, T] at positions start.. -> the shared
+    stream [1, B, T, C]."""
     T = idx.shape[1]
-    if T > t.wpe.num_embeddings:
-        raise ConfigError(f"sequence length {T} exceeds block_size={t.wpe.num_embeddings}")
-    pos = torch.arange(T, dtype=torch.long, device=idx.device)
+    if start + T > t.wpe.num_embeddings:
+        raise ConfigError(f"sequence length {start + T} exceeds block_size={t.wpe.num_embeddings}")
+    pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
     tok = t.wte(idx) if vocab_parallel else t.wte(idx).unsqueeze(0)  # [1, B, T, C]
     return t.drop(tok + t.wpe(pos))
 
