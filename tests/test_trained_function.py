@@ -152,7 +152,6 @@ def test_export_refuses_a_dropped_sync_checkpoint_unless_as_dense(ckpts, tmp_pat
     assert main(["export", "--ckpt", runs["tp"], "--out", str(tmp_path / "hf2")]) == 0
 
 
-@pytest.mark.numerics
 @pytest.mark.parametrize("extra", [[], ["--tp", "4"]], ids=["trained_tp2", "hybrid_tp4"])
 def test_distributed_sampling_gives_the_simulated_text(ckpts, extra):
     """torchrun shards the checkpoint over 2 processes (tp=4: 2 ranks each); with the same seed
