@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from ..checkpoint.load import load_trained, model_config, read_checkpoint
+from ..checkpoint.store import load_meta as checkpoint_meta
 from ..data import TokenFile, check_tokens_in_vocab, load_meta
 from ..errors import ConfigError
 from ..model.parallel_gpt import ParallelGPT
@@ -57,8 +59,6 @@ def evaluate_checkpoint(path: str, tp: int | None = None, sync: str | None = Non
     """The full-split loss of a checkpoint under its trained tp and plan (or the ones given:
     a zero-shot conversion), on the data it was trained on (or `data_dir`). The data is checked
     before the model is loaded; `batch_size` defaults to what `auto_batch_size` allows."""
-    from ..checkpoint.load import load_trained, model_config, read_checkpoint
-
     if split not in ("train", "val"):
         raise ConfigError(f"split={split!r} is invalid: choose train or val")
     if batch_size is not None and batch_size < 1:
@@ -67,7 +67,6 @@ def evaluate_checkpoint(path: str, tp: int | None = None, sync: str | None = Non
     config = model_config(state)
     data_dir = data_dir or _trained_data_dir(state)
     meta = load_meta(data_dir)
-    from ..checkpoint.store import load_meta as checkpoint_meta
     ours = checkpoint_meta(state["path"])
     if {k: meta.get(k) for k in TOKENIZER_KEYS} != {k: ours.get(k) for k in TOKENIZER_KEYS}:
         raise ConfigError(f"{data_dir} is tokenized differently from the checkpoint "

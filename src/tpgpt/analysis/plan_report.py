@@ -45,7 +45,7 @@ def plan_report(config, plan: SyncPlan, *, tp: int, batch_size: int, seq_len: in
         "layers": [{"layer": i, "kind": plan.layer_kind(i), "attn_sync": plan.sync_after(2 * i),
                     "mlp_sync": plan.sync_after(2 * i + 1)} for i in range(config.n_layer)],
         "regions": plan.regions(),
-        "forward_syncs": plan.num_syncs if tp > 1 else 0,
+        "forward_syncs": plan.forward_syncs(tp),
         "forward_syncs_all_on": baseline if tp > 1 else 0,
         "replicated_grad_elements": replicated_per_rank_numel(plan, config.n_embd, config.bias),
         "collectives": [{"phase": c.phase, "op": c.op, "tag": c.tag, "count": c.count,

@@ -52,21 +52,29 @@ def _step(model, idx, targets) -> tuple[dict[str, torch.Tensor], dict]:
             **{"grad " + n: g for n, g in grads.items()}}, counts
 
 
-def _compare(ours: dict, ref: dict, exact: dict | None, ref_exact: dict | None) -> dict:
-    """Errors and tolerances for loss, logits and the worst gradient. float64: ours against ref
-    within FLOAT64_RTOL; float32: ours against the exact function, bounded by ref's error."""
+def _compare(ours: dict, ref: dict, exact: dict | None) -> dict:
+    """Errors and tolerances for loss, logits and the worst gradient. float64 (exact None): ours
+    against ref within FLOAT64_RTOL; float32: ours against `exact`, the float64 run of the
+    function both compute, bounded by ref's own error."""
     out = {}
     for part in ("loss", "logits", "grad"):
         keys = [k for k in ref if k == part or k.startswith(part + " ")]
         if exact is None:
             errs = [(rel_err(ours[k], ref[k]), FLOAT64_RTOL) for k in keys]
         else:
-            errs = [(rel_err(ours[k], exact[k]), float32_bound(ref[k], ref_exact[k]))
+            errs = [(rel_err(ours[k], exact[k]), float32_bound(ref[k], exact[k]))
                     for k in keys]
         err, tol = max(errs, key=lambda e: e[0] / e[1])
         out[f"{part}_err"], out[f"{part}_tol"] = err, tol
     out["within"] = all(out[f"{p}_err"] <= out[f"{p}_tol"] for p in ("loss", "logits", "grad"))
     return out
+
+
+def _float64(gpt: GPT) -> GPT:
+    """A float64 copy of `gpt`: its exact function, the reference of float32 comparisons."""
+    gpt64 = GPT(gpt.config)
+    gpt64.load_state_dict(gpt.state_dict())
+    return gpt64.double()
 
 
 def _expected_counts(plan, tp, gpt, idx, vocab_parallel):
@@ -85,15 +93,13 @@ def check_plan(gpt: GPT, tp: int, sync: str, idx, targets, vocab_parallel: bool 
                                    vocab_parallel=vocab_parallel)
     ours, observed = _step(model, idx, targets)
     ref, _ = _step(gpt, idx, targets)
-    exact = ref_exact = None
+    exact = None
     if next(gpt.parameters()).dtype != torch.float64:
-        gpt64 = GPT(gpt.config)
-        gpt64.load_state_dict(gpt.state_dict())
-        exact = ref_exact = _step(gpt64.double(), idx, targets)[0]
+        exact = _step(_float64(gpt), idx, targets)[0]
     expected = _expected_counts(model.plan, tp, gpt, idx, vocab_parallel)
-    return {"tp": tp, "sync": sync, "exact": tp == 1 or all(model.plan.bits),
-            "forward_syncs": model.plan.num_syncs if tp > 1 else 0,
-            **_compare(ours, ref, exact, ref_exact),
+    return {"tp": tp, "sync": sync, "exact": model.plan.is_dense_at(tp),
+            "forward_syncs": model.plan.forward_syncs(tp),
+            **_compare(ours, ref, exact),
             "counts_match": observed == expected, "observed": observed, "expected": expected}
 
 
@@ -110,15 +116,13 @@ def check_distributed(gpt: GPT, tp: int, sync: str, idx, targets,
                                        vocab_parallel=vocab_parallel)
         runs[name], counts[name] = _step(model, idx, targets)
         plan = model.plan
-    exact = ref_exact = None
+    exact = None
     if next(gpt.parameters()).dtype != torch.float64:  # the simulated model's exact function
-        gpt64 = GPT(gpt.config)
-        gpt64.load_state_dict(gpt.state_dict())
-        exact = ref_exact = _step(ParallelGPT.from_dense(
-            gpt64.double(), tp=tp, sync=sync, vocab_parallel=vocab_parallel), idx, targets)[0]
+        exact = _step(ParallelGPT.from_dense(_float64(gpt), tp=tp, sync=sync,
+                                             vocab_parallel=vocab_parallel), idx, targets)[0]
     expected = _expected_counts(plan, tp, gpt, idx, vocab_parallel)
     return {"tp": tp, "sync": sync, "exact": True,
-            "forward_syncs": plan.num_syncs if tp > 1 else 0,
-            **_compare(runs["dist"], runs["sim"], exact, ref_exact),
+            "forward_syncs": plan.forward_syncs(tp),
+            **_compare(runs["dist"], runs["sim"], exact),
             "counts_match": all(c == expected for c in counts.values()),
             "observed": counts["dist"], "expected": expected}

@@ -84,7 +84,7 @@ class Loaded:
 
     @property
     def forward_syncs(self) -> int:
-        return self.plan.num_syncs if self.tp > 1 else 0
+        return self.plan.forward_syncs(self.tp)
 
     def describe(self) -> str:
         """'tp=2, sync='tp,spd' (6 of 8 forward syncs), simulated TP in one process'."""
@@ -103,14 +103,9 @@ class Loaded:
         return text
 
 
-def is_dense_function(tp: int, plan: SyncPlan) -> bool:
-    """Whether tp ranks under `plan` compute the dense GPT: every sync on, or one rank."""
-    return tp == 1 or all(plan.bits)
-
-
 def _function_key(tp: int, plan: SyncPlan):
     """Equal keys compute equal functions: any all-sync plan, or tp=1, is the dense GPT."""
-    return ("dense",) if is_dense_function(tp, plan) else (tp, plan.bits)
+    return ("dense",) if plan.is_dense_at(tp) else (tp, plan.bits)
 
 
 def read_checkpoint(path: str) -> dict:
@@ -156,7 +151,7 @@ def load_trained(path: str, tp: int | None = None, sync: str | None = None,
     dtype = _dtype(state)
     common = dict(meta=load_meta(ckpt), path=ckpt, iteration=state.get("iter"), tp=tp,
                   plan=plan, trained_tp=trained_tp, trained_sync=trained_sync)
-    if is_dense_function(tp, plan):
+    if plan.is_dense_at(tp):
         model = GPT(config).to(dtype)
         load_sharded(ckpt, ShardedState(model))
         return Loaded(model=model.to(device).eval(), mode="dense", **common)
@@ -165,9 +160,7 @@ def load_trained(path: str, tp: int | None = None, sync: str | None = None,
         model.to(dtype)
         load_sharded(ckpt, ShardedState(model, None, mesh), distributed=True)
         return Loaded(model=model.to(device).eval(), mode="distributed", **common)
-    with torch.device("meta"):  # no throw-away random weights: the checkpoint fills them
-        dense = GPT(config)
-    model = ParallelGPT(config, tp=tp, sync=plan, dense=dense.to_empty(device="cpu"))
+    model = _unfilled_parallel(config, tp, plan)
     model.to(dtype)
     load_sharded(ckpt, ShardedState(model))
     return Loaded(model=model.to(device).eval(), mode="simulated", **common)
@@ -185,11 +178,15 @@ def _distributed_model(config: GPTConfig, tp: int, plan: SyncPlan, device):
         raise ConfigError(f"tp={tp} cannot be spread over {world} processes: launch a number "
                           f"of processes that divides tp (torchrun --nproc_per_node)")
     mesh = init_device_mesh(dev.type, (world,)) if world > 1 else None
-    comm = DistributedComm(tp, group=dist.group.WORLD)
+    return _unfilled_parallel(config, tp, plan, DistributedComm(tp, group=dist.group.WORLD)), mesh
+
+
+def _unfilled_parallel(config: GPTConfig, tp: int, plan: SyncPlan, comm=None) -> ParallelGPT:
+    """ParallelGPT with uninitialised weights (no throw-away random init: the checkpoint fills
+    them)."""
     with torch.device("meta"):
         dense = GPT(config)
-    return ParallelGPT(config, tp=tp, sync=plan, comm=comm,
-                       dense=dense.to_empty(device="cpu")), mesh
+    return ParallelGPT(config, tp=tp, sync=plan, comm=comm, dense=dense.to_empty(device="cpu"))
 
 
 def load_dense(path: str, state: dict | None = None) -> tuple[GPT, dict, str]:

@@ -82,6 +82,14 @@ class SyncPlan:
         """Forward all-reduces of the residual stream per pass (= regions)."""
         return sum(self.bits)
 
+    def forward_syncs(self, tp: int) -> int:
+        """Forward all-reduces per pass at `tp` ranks: none at tp=1, where there is no sync."""
+        return self.num_syncs if tp > 1 else 0
+
+    def is_dense_at(self, tp: int) -> bool:
+        """Whether tp ranks under this plan compute the dense GPT: every sync on, or one rank."""
+        return tp == 1 or all(self.bits)
+
     def regions(self) -> list[list[int]]:
         """Sublayer indices (2*layer + 0 for attention, + 1 for the MLP) grouped by region."""
         out, cur = [], []
