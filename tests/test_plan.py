@@ -139,3 +139,46 @@ def test_memory_accounting_matches_the_model(tp, vp, bias, capsys):
     mem = r["memory_per_rank"]
     assert mem["param_bytes"] == 4 * per_rank
     assert mem["adamw_bytes"] == 4 * adam
+
+
+INFERENCE_CASES = [(tp, sync, vp) for tp in (2, 4)
+                   for sync in ("tp", "spd", "parallel", "tp,spd", "bits:01001101")
+                   for vp in (False, True)]
+
+
+@pytest.mark.parametrize("tp,sync,vp", INFERENCE_CASES)
+def test_generation_counts_equal_plan_inference_json(capsys, tp, sync, vp):
+    """The collectives of a cached prefill and of one decode step, as the model records them,
+    equal `tpgpt plan --inference --json`, bytes too (logits for the last position only)."""
+    gpt = make_gpt()
+    c = gpt.config
+    model = ParallelGPT.from_dense(gpt, tp=tp, sync=sync, vocab_parallel=vp)
+    B, P = 2, 5
+    prompt = torch.randint(0, c.vocab_size, (B, P), generator=torch.Generator().manual_seed(0))
+    cache = model.new_kv_cache(B)
+    observed = {}
+    with torch.no_grad():
+        for phase, idx in (("prefill", prompt), ("decode", prompt[:, -1:])):
+            model.comm.counter.reset()
+            model(idx, cache=cache)
+            observed[phase] = {k[1:]: v for k, v in model.comm.counter.summary().items()}
+            assert {k[0] for k in model.comm.counter.summary()} == {"fwd"}
+    r = plan_json(capsys, "--inference", f"--n_layer={c.n_layer}", f"--n_head={c.n_head}",
+                  f"--n_embd={c.n_embd}", f"--vocab_size={c.vocab_size}",
+                  f"--block_size={c.block_size}", "--tp", str(tp), "--sync", sync,
+                  f"--vocab_parallel={vp}", "--batch_size", str(B), "--prompt_len", str(P),
+                  "--new_tokens", "3")
+    for phase in ("prefill", "decode"):
+        planned = {(x["op"], x["tag"]): (x["count"], x["count"] * x["bytes_each"])
+                   for x in r[phase]}
+        assert observed[phase] == planned, phase
+    assert r["decode"][0]["count"] == SyncPlan.parse(sync, c.n_layer).num_syncs
+    # the cache one rank holds: keys and values of its heads, every layer, every position
+    per_position = cache.nbytes() // model.comm.local_ranks // c.block_size
+    assert r["kv_cache_bytes_per_rank"] == per_position * (P + 3)
+
+
+def test_generation_at_tp1_communicates_nothing(capsys):
+    r = plan_json(capsys, "--inference", "--tp", "1", "--n_layer", "2", "--block_size", "32")
+    assert r["prefill"] == [] and r["decode"] == [] and r["forward_syncs"] == 0
+    assert r["batch_size"] == 1 and r["prompt_len"] == 16 and r["new_tokens"] == 16

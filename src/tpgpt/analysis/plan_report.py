@@ -1,7 +1,7 @@
 """`tpgpt plan`: what a sync plan communicates, as a per-layer diagram, a table or JSON."""
 from __future__ import annotations
 
-from ..comm.plan import SyncPlan, count_collectives, replicated_per_rank_numel
+from ..comm.plan import SyncPlan, count_collectives, count_inference, replicated_per_rank_numel
 
 
 def memory_per_rank(config, tp: int, vocab_parallel: bool) -> dict:
@@ -126,4 +126,71 @@ def format_predictions(reports: list[dict], ic, achieved_tflops: float) -> str:
                      f"{100 * p['comm_share']:>9.1f}% {-100 * saving + 0.0:>+11.1f}%")
     if ic.source:
         lines.append(f"  profile: {ic.source}")
+    return "\n".join(lines)
+
+
+def inference_report(config, plan: SyncPlan, *, tp: int, batch_size: int, prompt_len: int,
+                     new_tokens: int, vocab_parallel: bool, dtype_bytes: int = 4) -> dict:
+    """Everything `tpgpt plan --inference --json` prints: the collectives of the prefill and
+    of one decode step, and the KV cache one rank holds at the end of the generation."""
+    colls = count_inference(plan, tp=tp, n_embd=config.n_embd, vocab_size=config.vocab_size,
+                            batch_size=batch_size, prompt_len=prompt_len,
+                            vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes)
+    C, L = config.n_embd, config.n_layer
+    return {
+        "model": {k: getattr(config, k) for k in
+                  ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "bias")},
+        "tp": tp, "sync": plan.spec, "bits": plan.bitstring, "vocab_parallel": vocab_parallel,
+        "batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens,
+        "dtype_bytes": dtype_bytes, "forward_syncs": plan.forward_syncs(tp),
+        "forward_syncs_all_on": 2 * L if tp > 1 else 0,
+        **{phase: [{"op": c.op, "tag": c.tag, "count": c.count, "bytes_each": c.nbytes}
+                   for c in cs] for phase, cs in colls.items()},
+        "kv_cache_bytes_per_rank": 2 * L * batch_size * (prompt_len + new_tokens) * C // tp
+        * dtype_bytes,
+    }
+
+
+def format_inference(r: dict) -> str:
+    m = r["model"]
+    n, base = r["forward_syncs"], r["forward_syncs_all_on"]
+    lines = [f"generation: {m['n_layer']} layers, {m['n_head']} heads, n_embd {m['n_embd']}, "
+             f"vocab {m['vocab_size']}{' (vocab-parallel)' if r['vocab_parallel'] else ''}; "
+             f"tp={r['tp']}  sync={r['sync']!r} ({n} of {base} forward syncs)" if base else
+             "generation at tp=1: nothing to communicate",
+             f"batch {r['batch_size']}, prompt {r['prompt_len']} tokens, {r['new_tokens']} new "
+             f"tokens, {r['dtype_bytes']}-byte activations; KV cache per rank at the end "
+             f"{_mb(r['kv_cache_bytes_per_rank'])}"]
+    for phase, what in (("prefill", "prefill (the prompt, first token)"),
+                        ("decode", "each decode step (one new position)")):
+        lines += ["", f"{what}:"]
+        if not r[phase]:
+            lines.append("  no collectives")
+        for c in r[phase]:
+            lines.append(f"  {c['op']:<11} {c['count']:>4} x {_mb(c['bytes_each']):>10}  "
+                         f"{_WHAT_INFERENCE.get(c['tag'], c['tag'])}")
+    return "\n".join(lines)
+
+
+_WHAT_INFERENCE = {"sync": "residual stream, leaving a region (g)",
+                   "embedding": "vocab-parallel embedding lookup",
+                   "logits": "vocab-parallel logits of the last position"}
+
+
+def format_generation_predictions(reports: list[dict]) -> str:
+    """One line per plan: predicted time to first token, per-token decode, and the saving."""
+    base = next((r for r in reports if all(int(b) for b in r["bits"])), None) or max(
+        reports, key=lambda r: r["forward_syncs"])
+    p0 = base["prediction"]
+    lines = [f"predicted generation on {p0['device']} over {p0['interconnect']} (roofline: max "
+             f"of FLOPs/rate and bytes/bandwidth, plus the collectives, no overlap):",
+             f"  {'sync':<22} {'fwd syncs':>9} {'TTFT ms':>9} {'decode ms/token':>15} "
+             f"{'of which comm':>13} {'bound':>6} {'vs ' + base['sync']:>10}"]
+    for r in reports:
+        p, d = r["prediction"], r["prediction"]["decode"]
+        saving = 1 - d["total_s"] / p0["decode"]["total_s"]
+        lines.append(f"  {r['sync']:<22} {r['forward_syncs']:>9} "
+                     f"{1e3 * p['prefill']['total_s']:>9.3f} {1e3 * d['total_s']:>15.3f} "
+                     f"{100 * d['comm_s'] / d['total_s']:>12.1f}% {d['bound']:>6} "
+                     f"{-100 * saving + 0.0:>+9.1f}%")
     return "\n".join(lines)

@@ -21,7 +21,8 @@ def register(sub) -> argparse.ArgumentParser:
                            "tp,spd | bits:0111... (default tp)")
     flag(plan, "vocab_parallel", type=boolean, nargs="?", const=True, default=False,
          help="vocab-parallel embedding/loss")
-    flag(plan, "batch_size", type=int, default=12)
+    flag(plan, "batch_size", type=int, default=None,
+         help="sequences per step (default 12; with --inference 1)")
     flag(plan, "seq_len", type=int, default=None, help="tokens per sequence (default block_size)")
     flag(plan, "dtype_bytes", type=int, default=4,
          help="bytes per activation element: 4 fp32, 2 bf16 (default 4)")
@@ -37,6 +38,18 @@ def register(sub) -> argparse.ArgumentParser:
               "an H100's dense bf16 peak)")
     flag(plan, "grad_clip", type=boolean, nargs="?", const=True, default=False,
          help="count the grad-norm all-reduce of clipping")
+    plan.add_argument("--inference", action="store_true",
+                      help="generation instead of training: the collectives of the prefill and "
+                           "of one decode step; with --interconnect, predicted time to first "
+                           "token and per-token decode latency")
+    flag(plan, "prompt_len", type=int, default=None,
+         help="--inference: prompt tokens (default block_size // 2)")
+    flag(plan, "new_tokens", type=int, default=None,
+         help="--inference: tokens generated (default: the rest of block_size)")
+    plan.add_argument("--device", metavar="NAME|FILE",
+                      help="--inference with --interconnect: the GPU (h100-sxm, a100-sxm, "
+                           "a100-pcie) or a 'tpgpt bench decode' result (default: the GPU the "
+                           "interconnect implies, or the device such a result measured)")
     plan.set_defaults(func=run, prepare=defaults_from_config)
     return plan
 
@@ -68,6 +81,8 @@ def run(args) -> int:
 
     cfg = model_config(args)
     validate_tp(args.tp, cfg.n_head, cfg.vocab_size, args.vocab_parallel)
+    if args.batch_size is None:
+        args.batch_size = 1 if args.inference else 12
     if args.batch_size < 1:
         raise ConfigError(f"batch_size={args.batch_size} is invalid: it must be >= 1")
     seq_len = args.seq_len or cfg.block_size
@@ -76,6 +91,11 @@ def run(args) -> int:
                           f"{cfg.block_size}]")
     if args.dtype_bytes not in (2, 4, 8):
         raise ConfigError(f"dtype_bytes={args.dtype_bytes} is invalid: choose 2, 4 or 8")
+    if args.inference:
+        return _run_inference(args, cfg)
+    if args.device:
+        raise ConfigError("--device is for --inference predictions (training uses "
+                          "--achieved-tflops)")
     reports = [plan_report(cfg, SyncPlan.parse(s, cfg.n_layer), tp=args.tp,
                            batch_size=args.batch_size, seq_len=seq_len,
                            vocab_parallel=args.vocab_parallel, dtype_bytes=args.dtype_bytes,
@@ -118,3 +138,62 @@ def _interconnect(args, cfg):
                f"so a rough guess here")
             + "; --achieved-tflops overrides it")
     return ic, rate, note
+
+
+def _run_inference(args, cfg) -> int:
+    from ..analysis.costmodel import load_interconnect
+    from ..analysis.generation_cost import predict_generation
+    from ..analysis.plan_report import (format_generation_predictions, format_inference,
+                                        inference_report)
+    from ..comm.plan import SyncPlan
+
+    P = cfg.block_size // 2 if args.prompt_len is None else args.prompt_len
+    N = cfg.block_size - P if args.new_tokens is None else args.new_tokens
+    if P < 1 or N < 1:
+        raise ConfigError(f"prompt_len={P} and new_tokens={N} must both be >= 1")
+    if P + N > cfg.block_size:
+        raise ConfigError(f"prompt_len + new_tokens = {P + N} exceeds block_size="
+                          f"{cfg.block_size}: the KV cache holds block_size positions (longer "
+                          f"generation restarts the window, see 'tpgpt sample')")
+    reports = [inference_report(cfg, SyncPlan.parse(s, cfg.n_layer), tp=args.tp,
+                                batch_size=args.batch_size, prompt_len=P, new_tokens=N,
+                                vocab_parallel=args.vocab_parallel, dtype_bytes=args.dtype_bytes)
+               for s in args.sync or ["tp"]]
+    if args.interconnect:
+        ic, device = load_interconnect(args.interconnect), _device(args)
+        for r, s in zip(reports, args.sync or ["tp"]):
+            r["prediction"] = predict_generation(
+                cfg, SyncPlan.parse(s, cfg.n_layer), tp=args.tp, batch=args.batch_size,
+                prompt_len=P, new_tokens=N, vocab_parallel=args.vocab_parallel,
+                dtype_bytes=args.dtype_bytes, device=device, ic=ic)
+    elif args.device:
+        raise ConfigError("--device needs --interconnect (the prediction uses both)")
+    if args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+        return 0
+    print("\n\n".join(format_inference(r) for r in reports))
+    if args.interconnect:
+        print("\n" + format_generation_predictions(reports))
+        for what in (ic, device):
+            if what.source:
+                print(f"  {what.name}: {what.source}")
+    return 0
+
+
+def _device(args):
+    """--device, else the GPU the interconnect implies, else the device its file measured."""
+    import os
+
+    from ..analysis.generation_cost import IMPLIED_DEVICE, load_device
+    if args.device:
+        return load_device(args.device)
+    if args.interconnect in IMPLIED_DEVICE:
+        return load_device(IMPLIED_DEVICE[args.interconnect])
+    if os.path.exists(args.interconnect):
+        with open(args.interconnect) as f:
+            has_device = '"device"' in f.read()
+        if has_device:
+            return load_device(args.interconnect)
+    raise ConfigError(f"--interconnect {args.interconnect} implies no device: name one with "
+                      f"--device (h100-sxm, a100-sxm, a100-pcie or a 'tpgpt bench decode' "
+                      f"result)")

@@ -13,7 +13,8 @@ The last layer's `m` bit is always on: the final LayerNorm needs the whole strea
 The sublayers between two syncs form a *region*. Entering a region costs one all-reduce in the
 backward pass (Megatron's f), leaving it one in the forward pass (Megatron's g). This module
 derives the communication of a whole training step from the plan alone, independently of the
-model code, so that tests can hold the counts the model observes against it.
+model code, so that tests can hold the counts the model observes against it; generation's
+(`count_inference`: a prefill and a decode step, forward only) too.
 """
 from __future__ import annotations
 
@@ -186,6 +187,25 @@ def count_collectives(plan: SyncPlan, *, tp: int, n_embd: int, bias: bool, batch
                                   n * (param_bytes or dtype_bytes)))
         if grad_clip:
             out.append(Collective("grad", "all_reduce", "grad_norm", 1, 8))
+    return out
+
+
+def count_inference(plan: SyncPlan, *, tp: int, n_embd: int, vocab_size: int, batch_size: int,
+                    prompt_len: int, vocab_parallel: bool = False,
+                    dtype_bytes: int = 4) -> dict[str, list[Collective]]:
+    """Every collective of generation: the prefill of `prompt_len` tokens and one decode step
+    (one new position per sequence; every decode step sends the same). Logits are computed for
+    the last position only, so with vocab_parallel the gather of the head's slices is [B, V]."""
+    if tp == 1:
+        return {"prefill": [], "decode": []}
+    out = {}
+    for phase, T in (("prefill", prompt_len), ("decode", 1)):
+        act = batch_size * T * n_embd * dtype_bytes
+        out[phase] = [Collective(phase, "all_reduce", "sync", plan.num_syncs, act)]
+        if vocab_parallel:
+            out[phase] += [Collective(phase, "all_reduce", "embedding", 1, act),
+                           Collective(phase, "all_gather", "logits", 1,
+                                      batch_size * vocab_size * dtype_bytes)]
     return out
 
 

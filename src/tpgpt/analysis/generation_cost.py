@@ -1,0 +1,136 @@
+"""What generation costs under a sync plan: time to first token (the prefill) and per-token
+decode latency, on a device and an interconnect.
+
+One forward pass on one rank costs the larger of its FLOPs / the device's matmul rate and the
+bytes it reads (this rank's weights, then the KV cache of its heads) / the memory bandwidth
+(the roofline; Williams, Waterman & Patterson, CACM 2009), plus every collective of the pass
+(`count_inference`) under the interconnect's alpha-beta model (tpgpt.analysis.costmodel), with
+no overlap: Megatron's all-reduces sit on the critical path. A decode step reads every weight
+to compute one position per sequence, so at small batches it is memory-bound, and its
+all-reduces carry batch x n_embd elements, a few KiB: they cost the link's latency, not its
+bandwidth. That is why dropped syncs are worth more in decoding than in training or prefill.
+
+Built-in devices are datasheet peaks, so the compute time is a lower bound (real kernels reach
+a fraction of both peaks) and the communication share an upper bound. `tpgpt bench decode`
+writes a measured device: the rate and bandwidth that reproduce the compute-only decode steps
+it timed (every collective skipped), at batch 1 (memory-bound, which fixes the bandwidth) and
+at its larger batch (which bounds the rate). On a CPU both include the per-operation overhead
+of eager PyTorch, so they are exact for the measured shape and a rough guide for others.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+
+from ..comm.plan import SyncPlan, count_inference
+from ..errors import ConfigError
+from .costmodel import Interconnect
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    tflops: float  # dense matmul rate in the model's dtype, TFLOP/s
+    mem_bandwidth_Bps: float  # memory bandwidth, bytes/s
+    source: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+DEVICES = {
+    "h100-sxm": Device(
+        "h100-sxm", 989.0, 3.35e12,
+        "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM: 989 TFLOP/s dense BF16 (1,979 with "
+        "sparsity), 3.35 TB/s HBM3"),
+    "a100-sxm": Device(
+        "a100-sxm", 312.0, 2.039e12,
+        "NVIDIA A100 Tensor Core GPU datasheet, A100 80GB SXM: 312 TFLOP/s dense BF16, "
+        "2,039 GB/s HBM2e"),
+    "a100-pcie": Device(
+        "a100-pcie", 312.0, 1.935e12,
+        "NVIDIA A100 Tensor Core GPU datasheet, A100 80GB PCIe: 312 TFLOP/s dense BF16, "
+        "1,935 GB/s HBM2e"),
+}
+# the GPU each built-in interconnect profile describes: NVLink 4 and NDR InfiniBand are H100
+# (DGX H100) systems; PCIe 4.0 is the A100 PCIe's host link
+IMPLIED_DEVICE = {"nvlink-h100": "h100-sxm", "ib-ndr": "h100-sxm", "pcie4": "a100-pcie",
+                  "100gbe": "h100-sxm", "25gbe": "h100-sxm"}
+
+
+def load_device(name_or_file: str) -> Device:
+    """A built-in device by name, or the measured one in a `tpgpt bench decode` result."""
+    if name_or_file in DEVICES:
+        return DEVICES[name_or_file]
+    if not os.path.exists(name_or_file):
+        raise ConfigError(f"device {name_or_file!r} is neither a built-in device "
+                          f"({', '.join(DEVICES)}) nor a file")
+    try:
+        with open(name_or_file) as f:
+            d = json.load(f)
+        d = d.get("device", d)
+        dev = Device(str(d["name"]), float(d["tflops"]), float(d["mem_bandwidth_Bps"]),
+                     str(d.get("source", name_or_file)))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+            AttributeError) as e:
+        raise ConfigError(f"{name_or_file} is not a device profile (name, tflops, "
+                          f"mem_bandwidth_Bps): {e}") from None
+    if not (dev.tflops > 0 and dev.mem_bandwidth_Bps > 0) or \
+            math.isinf(dev.tflops) or math.isinf(dev.mem_bandwidth_Bps):
+        raise ConfigError(f"{name_or_file}: tflops and mem_bandwidth_Bps must be finite and > 0")
+    return dev
+
+
+def pass_work(config, tp: int, *, batch: int, new: int, keys: float, vocab_parallel: bool,
+              dtype_bytes: int) -> tuple[float, float]:
+    """(FLOPs, bytes read) of one forward pass on one rank: `new` positions per sequence that
+    attend to `keys` cached-or-new keys on average, logits for the last position only."""
+    C, L, V = config.n_embd, config.n_layer, config.vocab_size
+    head = V * C // (tp if vocab_parallel else 1)
+    matmul = 12 * L * C * C // tp  # c_attn, attention c_proj, c_fc, MLP c_proj: this rank's
+    flops = 2 * batch * (new * matmul + head) + 4 * L * batch * new * keys * C / tp  # QK^T, AV
+    kv_read = 2 * L * batch * keys * C / tp  # this rank's heads' keys and values
+    return flops, (matmul + head + kv_read) * dtype_bytes
+
+
+def _pass(work: tuple[float, float], colls, device: Device, ic: Interconnect, tp: int) -> dict:
+    flops, nbytes = work
+    t_flops, t_bytes = flops / (device.tflops * 1e12), nbytes / device.mem_bandwidth_Bps
+    comm = sum(c.count * ic.collective_time(c.op, c.nbytes, tp) for c in colls)
+    compute = max(t_flops, t_bytes)
+    return {"compute_s": compute, "comm_s": comm, "total_s": compute + comm,
+            "bound": "memory" if t_bytes >= t_flops else "compute",
+            "collectives": sum(c.count for c in colls)}
+
+
+def predict_generation(config, plan: SyncPlan, *, tp: int, batch: int, prompt_len: int,
+                       new_tokens: int, vocab_parallel: bool, dtype_bytes: int, device: Device,
+                       ic: Interconnect) -> dict:
+    """Predicted prefill (time to first token) and mean per-token decode latency. The first
+    new token comes from the prefill; the other new_tokens - 1 from decode steps whose keys
+    grow from prompt_len + 1 to prompt_len + new_tokens - 1 (mean prompt_len + new_tokens/2)."""
+    colls = count_inference(plan, tp=tp, n_embd=config.n_embd, vocab_size=config.vocab_size,
+                            batch_size=batch, prompt_len=prompt_len,
+                            vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes)
+    kw = dict(batch=batch, vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes)
+    prefill = _pass(pass_work(config, tp, new=prompt_len, keys=(prompt_len + 1) / 2, **kw),
+                    colls["prefill"], device, ic, tp)
+    decode = _pass(pass_work(config, tp, new=1, keys=prompt_len + new_tokens / 2, **kw),
+                   colls["decode"], device, ic, tp)
+    total = prefill["total_s"] + (new_tokens - 1) * decode["total_s"]
+    return {"device": device.name, "interconnect": ic.name, "prefill": prefill,
+            "decode": decode, "generation_s": total}
+
+
+def measured_device(config, tp: int, *, batch: int, t_batch: float, t_one: float,
+                    keys: float, dtype_bytes: int, vocab_parallel: bool = False,
+                    name: str = "measured") -> Device:
+    """The device that reproduces measured compute-only decode steps: t_one at batch 1 fixes
+    the bandwidth (memory-bound there), t_batch at `batch` the rate (a lower bound on it)."""
+    f1, b1 = pass_work(config, tp, batch=1, new=1, keys=keys, vocab_parallel=vocab_parallel,
+                       dtype_bytes=dtype_bytes)
+    fb, _ = pass_work(config, tp, batch=batch, new=1, keys=keys, vocab_parallel=vocab_parallel,
+                      dtype_bytes=dtype_bytes)
+    return Device(name, max(fb / t_batch, f1 / t_one) / 1e12, b1 / t_one)
