@@ -358,6 +358,29 @@ def _(root):
     return ["sample", "--ckpt", str(root / "nothing")]
 
 
+@case("plan --inference: a cache past block_size", "prompt_len + new_tokens = 70 exceeds "
+                                                   "block_size=64")
+def _(root):
+    return ["plan", "--inference", "--block_size", "64", "--prompt_len", "60", "--new_tokens",
+            "10"]
+
+
+@case("bench decode: a cache past block_size", "= 74 exceeds the KV cache's block_size=64")
+def _(root):
+    return ["bench", "decode", "--shapes", "cpu-preset", "--prompt-len", "60", "--new-tokens",
+            "14"]
+
+
+@case("bench decode: a shape it does not have", "bench decode shapes are cpu-preset, 12-layer")
+def _(root):
+    return ["bench", "decode", "--shapes", "gpt2-small"]
+
+
+@case("plan --inference: an unknown device", "'tpu' is neither a built-in device")
+def _(root):
+    return ["plan", "--inference", "--interconnect", "pcie4", "--device", "tpu"]
+
+
 @case("export of a checkpoint that drops syncs", "drops 2 of 4 syncs")
 def _(root):
     return ["export", "--ckpt", trained(root, tp=2, sync="spd"), "--out", str(root / "hf")]

@@ -1,0 +1,227 @@
+"""`tpgpt bench decode`: generation latency of every sync plan under torchrun, beside the
+one-process references on the same weights, against the generation cost model.
+
+For each shape and batch, one run measures, interleaved token by token (a barrier before each
+model's step, so a noisy machine's slow spells hit every plan alike):
+  - every plan's greedy generation with its KV cache: the first `next` is the prefill and the
+    first token (time to first token, TTFT), each later one a decode step; the start and end of
+    every collective inside a decode step are recorded (as `bench plans` does);
+  - the same generation with every collective skipped ("compute only"), from which the measured
+    device (rate and bandwidth, tpgpt.analysis.generation_cost) comes;
+then, on rank 0 alone, the one-process references: tpgpt's dense GPT with its cache, Hugging
+Face transformers' `GPT2LMHeadModel.generate` with its cache (timed per token by a streamer),
+both checked to give the dense tokens first, and the dense GPT without its cache for the first
+tokens after the prompt. Times are of the slowest rank, step by step. The cost model's in-step
+overhead per collective is calibrated on one plan per shape and batch (default: the one with
+the most syncs); every other plan is a held-out check.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+
+from ..analysis.costmodel import Interconnect
+from ..analysis.generation_cost import measured_device, predict_generation
+from ..comm.plan import SyncPlan, count_inference
+from ..inference.generate import decode
+from ..model import GPT, GPTConfig
+from .plans import TimedComm, _slope
+from .timing import slowest_rank
+
+DECODE_SHAPES = {
+    # nanoGPT's CPU Shakespeare model: 4 layers, 4 heads, 128 wide, block 64
+    "cpu-preset": GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128),
+    # 12 layers, 12 heads, 384 wide; block 512 so that a 256-token prompt leaves 128 to decode
+    "12-layer": GPTConfig(block_size=512, vocab_size=512, n_layer=12, n_head=12, n_embd=384),
+}
+
+
+def quantiles(times: list[float]) -> dict:
+    """Median, p90 and mean (what a sum of tokens costs) of per-token times."""
+    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
+    return {"median_s": statistics.median(times), "p90_s": q[8],
+            "mean_s": statistics.fmean(times), "n": len(times)}
+
+
+def _time_generations(models: dict, prompt, new_tokens: int, rounds: int, warmup: int = 1):
+    """Greedy generation of every model, interleaved step by step: per model the TTFT of each
+    round and the time of each decode step (this rank), and the collective spans of the
+    decode steps (TimedComm models only)."""
+    ttft = {k: [] for k in models}
+    steps = {k: [] for k in models}
+    spans = {k: [] for k in models}
+    tokens = {}
+    for r in range(warmup + rounds):
+        gens = {k: decode(m, prompt, new_tokens, temperature=0) for k, m in models.items()}
+        out = {k: [] for k in models}
+        for i in range(new_tokens):
+            for k, gen in gens.items():
+                comm = getattr(models[k], "comm", None)
+                n0 = len(comm.spans) if isinstance(comm, TimedComm) else 0
+                dist.barrier()
+                t0 = time.perf_counter()
+                _, tok = next(gen)
+                dt = time.perf_counter() - t0
+                out[k].append(tok)
+                if r < warmup:
+                    continue
+                (ttft[k] if i == 0 else steps[k]).append(dt)
+                if i and isinstance(comm, TimedComm):
+                    spans[k] += comm.span_seconds()[n0:]
+        tokens = {k: torch.cat(v, dim=1) for k, v in out.items()}
+    return ttft, steps, spans, tokens
+
+
+def _reference_times(dense: GPT, prompt, new_tokens: int, rounds: int, no_cache_tokens: int):
+    """Rank 0 only: per-token times of tpgpt's dense GPT with its cache and of transformers'
+    GPT-2 `generate` on the same weights, interleaved by generation, tokens checked equal; and
+    the dense GPT without a cache for the first `no_cache_tokens` tokens."""
+    from .hf_reference import hf_generate_timed
+    want = None
+    out = {"tpgpt dense, KV cache": {"ttft": [], "steps": []},
+           "transformers GPT-2 generate, KV cache": {"ttft": [], "steps": []},
+           "tpgpt dense, no cache": {"ttft": [], "steps": []}}
+    for r in range(1 + rounds):
+        stamps, toks = [time.perf_counter()], []
+        for _, tok in decode(dense, prompt, new_tokens, temperature=0):
+            stamps.append(time.perf_counter())
+            toks.append(tok)
+        want = torch.cat(toks, dim=1)
+        hf = hf_generate_timed(dense, prompt, new_tokens)
+        if hf is not None and not torch.equal(hf[1], want):
+            raise RuntimeError("transformers' GPT-2 generate gave other tokens than tpgpt's "
+                               "dense GPT on the same weights")
+        stamps_nc = [time.perf_counter()]
+        for _ in decode(dense, prompt, no_cache_tokens, temperature=0, kv_cache=False):
+            stamps_nc.append(time.perf_counter())
+        stamps_nc = stamps_nc if no_cache_tokens > 1 else None
+        if r == 0:
+            continue  # warm-up round
+        for key, st in (("tpgpt dense, KV cache", stamps),
+                        ("transformers GPT-2 generate, KV cache", hf and hf[0]),
+                        ("tpgpt dense, no cache", stamps_nc)):
+            if st:
+                d = [b - a for a, b in zip(st, st[1:])]
+                out[key]["ttft"].append(d[0])
+                out[key]["steps"] += d[1:]
+    return {k: v for k, v in out.items() if v["steps"]}, want
+
+
+def bench_one(config: GPTConfig, plans: list[str], batch: int, prompt_len: int,
+              new_tokens: int, rounds: int, no_cache_tokens: int) -> dict:
+    """Every plan at tp = world size on one shape and batch, and the references (rank 0)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    from ..model.parallel_gpt import ParallelGPT
+    torch.manual_seed(0)
+    dense = GPT(config).eval()
+    prompt = torch.randint(0, config.vocab_size, (batch, prompt_len),
+                           generator=torch.Generator().manual_seed(1))
+    compute_key = f"compute only ({plans[0]}, no collectives)"
+    models = {}
+    for key, plan, only in [(p, p, False) for p in plans] + [(compute_key, plans[0], True)]:
+        models[key] = ParallelGPT.from_dense(dense, tp=world, sync=plan,
+                                             comm=TimedComm(world, compute_only=only)).eval()
+    ttft, steps, spans, tokens = _time_generations(models, prompt, new_tokens, rounds)
+    refs, want = (None, None)
+    if rank == 0:
+        refs, want = _reference_times(dense, prompt, new_tokens, rounds, no_cache_tokens)
+    dist.barrier()
+    keys = list(models)
+    slow_steps = {k: slowest_rank(steps[k]) for k in keys}
+    slow_ttft = {k: slowest_rank(ttft[k]) for k in keys}
+    gathered = [None] * world
+    dist.all_gather_object(gathered, {k: spans[k] for k in plans})
+    same_host = int(os.environ.get("LOCAL_WORLD_SIZE", -1)) == world
+    sync_count = {p: count_inference(SyncPlan.parse(p, config.n_layer), tp=world,
+                                     n_embd=config.n_embd, vocab_size=config.vocab_size,
+                                     batch_size=batch, prompt_len=prompt_len)["decode"][0].count
+                  for p in plans}
+    rows = [_row(p, config, world, batch, prompt_len, new_tokens, slow_ttft[p], slow_steps[p],
+                 [g[p] for g in gathered], same_host, sync_count[p]) for p in plans]
+    return {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "rows": rows,
+            "compute_only": {"ttft": quantiles(slow_ttft[compute_key]),
+                             "decode": quantiles(slow_steps[compute_key])},
+            "dense_tokens_equal_tp": _tp_equal(tokens, want),
+            "references": None if refs is None else {
+                k: {"ttft": quantiles(v["ttft"]), "decode": quantiles(v["steps"])}
+                for k, v in refs.items()}}
+
+
+def _tp_equal(tokens: dict, want) -> bool | None:
+    """Whether the all-sync plan's distributed tokens are the dense GPT's (rank 0 knows)."""
+    return None if want is None or "tp" not in tokens else bool(torch.equal(tokens["tp"], want))
+
+
+def _row(plan, config, world, batch, prompt_len, new_tokens, ttft, steps, rank_spans,
+         same_host, n_sync) -> dict:
+    durations = [statistics.fmean(e - s for s, e in sp) if sp else 0.0 for sp in rank_spans]
+    skew = None
+    if same_host and rank_spans[0]:
+        skew = statistics.fmean(max(t) - min(t) for t in zip(*[[s for s, _ in sp]
+                                                               for sp in rank_spans]))
+    return {"plan": plan, "forward_syncs": SyncPlan.parse(plan, config.n_layer).forward_syncs(
+                world), "collectives_per_step": n_sync,
+            "collectives_timed": len(rank_spans[0]) // max(len(steps), 1),
+            "ttft": quantiles(ttft), "decode": quantiles(steps),
+            "collective_mean_s": max(durations), "skew_mean_s": skew}
+
+
+def fit_device(runs: list[dict], config: GPTConfig, world: int):
+    """The measured device of one shape (generation_cost.measured_device) from its runs'
+    compute-only timings: the smallest batch's decode and prefill, the largest batch's decode."""
+    small, large = min(runs, key=lambda r: r["batch"]), max(runs, key=lambda r: r["batch"])
+    P, N = small["prompt_len"], small["new_tokens"]
+    mean = lambda r: r["compute_only"]["decode"]["mean_s"]  # noqa: E731
+    batches = sorted({r["batch"] for r in runs})
+    dev = measured_device(
+        config, world, prompt_len=P, keys=P + N / 2, dtype_bytes=4,
+        small=(small["batch"], mean(small)),
+        large=(large["batch"], mean(large)) if large is not small else None,
+        t_prefill=small["compute_only"]["ttft"]["mean_s"])
+    return dataclasses.replace(dev, source=(
+        f"tpgpt bench decode compute-only timings, {config.n_layer} layers, n_embd "
+        f"{config.n_embd}, tp={world}, batches {', '.join(map(str, batches))}, "
+        f"{time.strftime('%Y-%m-%d')}"))
+
+
+def calibrate(result: dict, config: GPTConfig, world: int, idle: Interconnect, dev,
+              calibrate_on: str | None) -> None:
+    """Fit the in-step overhead per collective on one plan (the device is fitted already);
+    add the predictions of every plan to the rows."""
+    P, N, B = result["prompt_len"], result["new_tokens"], result["batch"]
+    rows = {r["plan"]: r for r in result["rows"]}
+    cal = calibrate_on or max(rows, key=lambda p: rows[p]["collectives_per_step"])
+
+    def predict(ic, p):
+        return predict_generation(config, SyncPlan.parse(p, config.n_layer), tp=world, batch=B,
+                                  prompt_len=P, new_tokens=N, vocab_parallel=False,
+                                  dtype_bytes=4, device=dev, ic=ic)
+    base = predict(idle, cal)["decode"]
+    n = rows[cal]["collectives_per_step"]
+    overhead = max((rows[cal]["decode"]["mean_s"] - base["total_s"]) / n, 0.0) if n else 0.0
+    ic = dataclasses.replace(idle, name=f"{idle.name}-in-decode", sync_overhead_s=overhead,
+                             source=f"{idle.source}; in-step overhead calibrated by tpgpt bench "
+                                    f"decode on {cal!r}, {time.strftime('%Y-%m-%d')}")
+    co = predict(ic, cal)
+    result["compute_only"]["predicted_decode_s"] = co["decode"]["compute_s"]
+    result["compute_only"]["predicted_ttft_s"] = co["prefill"]["compute_s"]
+    for p, r in rows.items():
+        pr = predict(ic, p)
+        r["role"] = "calibration" if p == cal else "validation"
+        r["predicted_decode_s"] = pr["decode"]["total_s"]
+        r["predicted_ttft_s"] = pr["prefill"]["total_s"]
+        r["error"] = pr["decode"]["total_s"] / r["decode"]["mean_s"] - 1
+    xs = [r["forward_syncs"] for r in result["rows"]]
+    result["saving_per_forward_sync"] = {
+        "measured_s": _slope(xs, [r["decode"]["mean_s"] for r in result["rows"]]),
+        "predicted_s": _slope(xs, [r["predicted_decode_s"] for r in result["rows"]]),
+        # the mean in-step collective of the decode steps, pooled over the plans
+        "in_step_collective_s": sum(r["collective_mean_s"] * r["collectives_per_step"]
+                                    for r in result["rows"]) /
+        max(sum(r["collectives_per_step"] for r in result["rows"]), 1)}
+    result.update(calibrated_on=cal, profile=ic.to_json(), device=dev.to_json())
