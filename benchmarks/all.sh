@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every CPU figure of BENCHMARKS.md, in one go (about 20 minutes on the 2-core machine):
+# Every CPU figure of BENCHMARKS.md, in one go (about 30 minutes on the 2-core machine):
 # throughput (simulated vs dense vs transformers' GPT-2), the gloo profile and the sync-plan
-# cost model, distributed TP against DTensor, memory per rank, the dense step in parts, and the
+# cost model, distributed TP against DTensor, decode latency per plan (with the generation
+# cost model and its 70B-class predictions), memory per rank, the dense step in parts, and the
 # room the numerical tolerances leave on this CPU's kernel sets.
 #   bash benchmarks/all.sh [results-dir]        (default out/bench: the committed
 #                                                benchmarks/results/ stay as they are)
@@ -19,6 +20,8 @@ $TR bench dist --shapes cpu-preset --plans tp spd parallel --steps 20 \
     --out "$R/dist_gloo_tp2_cpu_preset" --overwrite
 $TR bench dist --shapes 12-layer --plans tp spd parallel --steps 10 \
     --out "$R/dist_gloo_tp2_12_layer" --overwrite
+$TR bench decode --out "$R/decode_gloo_tp2" --overwrite
+bash benchmarks/decode_70b.sh | tee "$R/decode_70b.txt"
 MEM="shakespeare_char_cpu --max_iters=50 --lr_decay_iters=50 --eval_interval=50 --eval_iters=5"
 MEM="$MEM --progress=false --tensorboard=false --overwrite"
 tpgpt train $MEM --out_dir="$R/mem_dense" > /dev/null

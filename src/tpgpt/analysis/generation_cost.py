@@ -10,14 +10,15 @@ to compute one position per sequence, so at small batches it is memory-bound, an
 all-reduces carry batch x n_embd elements, a few KiB: they cost the link's latency, not its
 bandwidth. That is why dropped syncs are worth more in decoding than in training or prefill.
 
-A device may add a fixed cost per forward pass (dispatch and kernel launches: on a CPU running
-eager PyTorch it is most of a small model's decode step). Built-in devices are datasheet peaks
-with no such cost (as if the decode step were captured in a CUDA graph), so their compute
-time is a lower bound (real kernels reach a fraction of both peaks) and the communication
-share an upper bound. `tpgpt bench decode` writes a measured device, fitted on compute-only
-timings (every collective skipped): see `measured_device`. It is fitted on one shape; the
-bandwidth and rate it finds include effects of that shape (caches, kernel choice), so it is
-exact there and a guide elsewhere.
+Built-in devices are datasheet peaks with no fixed cost per kernel (as if the decode step were
+captured in a CUDA graph), so their compute time is a lower bound (real kernels reach a
+fraction of both peaks) and the communication share an upper bound. `tpgpt bench decode`
+writes a measured device, fitted on compute-only timings (every collective skipped) of one
+shape and batch: see `measured_device`. On a CPU running eager PyTorch a small model's step is
+mostly dispatch overhead, which the fitted rate and bandwidth absorb: exact for the measured
+shape and batch, a rough guide for others. (A fixed per-pass term fitted across batches was
+tried: on the 4-layer model, whose batch-1 and batch-8 steps take the same time within noise,
+the fit is ill-conditioned.)
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ class Device:
     tflops: float  # dense matmul rate in the model's dtype, TFLOP/s
     mem_bandwidth_Bps: float  # memory bandwidth, bytes/s
     source: str = ""
-    pass_overhead_s: float = 0.0  # fixed cost of one forward pass (dispatch, launches)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -75,15 +75,14 @@ def load_device(name_or_file: str) -> Device:
             d = json.load(f)
         d = d.get("device", d)
         dev = Device(str(d["name"]), float(d["tflops"]), float(d["mem_bandwidth_Bps"]),
-                     str(d.get("source", name_or_file)), float(d.get("pass_overhead_s", 0.0)))
+                     str(d.get("source", name_or_file)))
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError,
             AttributeError) as e:
         raise ConfigError(f"{name_or_file} is not a device profile (name, tflops, "
                           f"mem_bandwidth_Bps): {e}") from None
-    if not (dev.tflops > 0 and dev.mem_bandwidth_Bps > 0 and dev.pass_overhead_s >= 0) or \
-            any(math.isinf(v) for v in (dev.tflops, dev.mem_bandwidth_Bps, dev.pass_overhead_s)):
-        raise ConfigError(f"{name_or_file}: tflops and mem_bandwidth_Bps must be finite and > 0, "
-                          f"pass_overhead_s finite and >= 0")
+    if not (dev.tflops > 0 and dev.mem_bandwidth_Bps > 0) or \
+            math.isinf(dev.tflops) or math.isinf(dev.mem_bandwidth_Bps):
+        raise ConfigError(f"{name_or_file}: tflops and mem_bandwidth_Bps must be finite and > 0")
     return dev
 
 
@@ -103,7 +102,7 @@ def _pass(work: tuple[float, float], colls, device: Device, ic: Interconnect, tp
     flops, nbytes = work
     t_flops, t_bytes = flops / (device.tflops * 1e12), nbytes / device.mem_bandwidth_Bps
     comm = sum(c.count * ic.collective_time(c.op, c.nbytes, tp) for c in colls)
-    compute = device.pass_overhead_s + max(t_flops, t_bytes)
+    compute = max(t_flops, t_bytes)
     return {"compute_s": compute, "comm_s": comm, "total_s": compute + comm,
             "bound": "memory" if t_bytes >= t_flops else "compute",
             "collectives": sum(c.count for c in colls)}
@@ -128,24 +127,13 @@ def predict_generation(config, plan: SyncPlan, *, tp: int, batch: int, prompt_le
             "decode": decode, "generation_s": total}
 
 
-def measured_device(config, tp: int, *, prompt_len: int, keys: float, dtype_bytes: int,
-                    small: tuple[int, float], large: tuple[int, float] | None,
-                    t_prefill: float, name: str = "measured") -> Device:
-    """The device that reproduces compute-only timings (every collective skipped) of one shape:
-    decode steps at a small and a larger batch (bytes-bound: their difference in bytes over
-    their difference in time is the bandwidth, what is left of the small one's time the
-    per-pass overhead) and the small batch's prefill (compute-bound: its FLOPs over its time
-    less the overhead is the rate). Without a larger batch, or if it was not slower, the
-    overhead is 0 and the small batch alone fixes the bandwidth."""
-    kw = dict(new=1, keys=keys, vocab_parallel=False, dtype_bytes=dtype_bytes)
-    b_s = pass_work(config, tp, batch=small[0], **kw)[1]
-    bw, t0 = b_s / small[1], 0.0
-    if large is not None:
-        b_l = pass_work(config, tp, batch=large[0], **kw)[1]
-        if large[1] > small[1] and b_l > b_s:
-            bw = (b_l - b_s) / (large[1] - small[1])
-            t0 = max(small[1] - b_s / bw, 0.0)
-    f_p = pass_work(config, tp, batch=small[0], new=prompt_len, keys=(prompt_len + 1) / 2,
-                    vocab_parallel=False, dtype_bytes=dtype_bytes)[0]
-    rate = f_p / max(t_prefill - t0, 1e-9)
-    return Device(name, rate / 1e12, bw, pass_overhead_s=t0)
+def measured_device(config, tp: int, *, batch: int, prompt_len: int, keys: float,
+                    t_decode: float, t_prefill: float, dtype_bytes: int,
+                    name: str = "measured") -> Device:
+    """The device that reproduces compute-only timings (every collective skipped) of one shape
+    and batch: the decode step, memory-bound, fixes the bandwidth (its bytes over its time),
+    the prefill, compute-bound, the rate (its FLOPs over its time)."""
+    kw = dict(batch=batch, vocab_parallel=False, dtype_bytes=dtype_bytes)
+    b_d = pass_work(config, tp, new=1, keys=keys, **kw)[1]
+    f_p = pass_work(config, tp, new=prompt_len, keys=(prompt_len + 1) / 2, **kw)[0]
+    return Device(name, f_p / t_prefill / 1e12, b_d / t_decode)

@@ -171,28 +171,22 @@ def _row(plan, config, world, batch, prompt_len, new_tokens, ttft, steps, rank_s
             "collective_mean_s": max(durations), "skew_mean_s": skew}
 
 
-def fit_device(runs: list[dict], config: GPTConfig, world: int):
-    """The measured device of one shape (generation_cost.measured_device) from its runs'
-    compute-only timings: the smallest batch's decode and prefill, the largest batch's decode."""
-    small, large = min(runs, key=lambda r: r["batch"]), max(runs, key=lambda r: r["batch"])
-    P, N = small["prompt_len"], small["new_tokens"]
-    mean = lambda r: r["compute_only"]["decode"]["mean_s"]  # noqa: E731
-    batches = sorted({r["batch"] for r in runs})
-    dev = measured_device(
-        config, world, prompt_len=P, keys=P + N / 2, dtype_bytes=4,
-        small=(small["batch"], mean(small)),
-        large=(large["batch"], mean(large)) if large is not small else None,
-        t_prefill=small["compute_only"]["ttft"]["mean_s"])
+def fit_device(result: dict, config: GPTConfig, world: int):
+    """The measured device of one shape and batch (generation_cost.measured_device), from the
+    compute-only decode steps and prefills of `result`."""
+    P, N, B = result["prompt_len"], result["new_tokens"], result["batch"]
+    co = result["compute_only"]
+    dev = measured_device(config, world, batch=B, prompt_len=P, keys=P + N / 2, dtype_bytes=4,
+                          t_decode=co["decode"]["mean_s"], t_prefill=co["ttft"]["mean_s"])
     return dataclasses.replace(dev, source=(
         f"tpgpt bench decode compute-only timings, {config.n_layer} layers, n_embd "
-        f"{config.n_embd}, tp={world}, batches {', '.join(map(str, batches))}, "
-        f"{time.strftime('%Y-%m-%d')}"))
+        f"{config.n_embd}, tp={world}, batch {B}, {time.strftime('%Y-%m-%d')}"))
 
 
 def calibrate(result: dict, config: GPTConfig, world: int, idle: Interconnect, dev,
               calibrate_on: str | None) -> None:
-    """Fit the in-step overhead per collective on one plan (the device is fitted already);
-    add the predictions of every plan to the rows."""
+    """Fit the in-step overhead per collective on one plan (`dev` from `fit_device`); add the
+    predictions of every plan to the rows."""
     P, N, B = result["prompt_len"], result["new_tokens"], result["batch"]
     rows = {r["plan"]: r for r in result["rows"]}
     cal = calibrate_on or max(rows, key=lambda p: rows[p]["collectives_per_step"])

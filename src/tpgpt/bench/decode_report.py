@@ -32,10 +32,8 @@ def bench_decode(shapes: list[str], plans: list[str], batches: list[int], rounds
             if rank == 0 and r["dense_tokens_equal_tp"] is False:
                 raise RuntimeError(f"{name}, batch {b}: the distributed all-sync plan gave "
                                    f"other tokens than the dense GPT")
+            calibrate(r, cfg, world, idle, fit_device(r, cfg, world), calibrate_on)
             runs.append(r)
-        dev = fit_device(runs, cfg, world)
-        for r in runs:
-            calibrate(r, cfg, world, idle, dev, calibrate_on)
         out["shapes"][name] = {"config": {k: getattr(cfg, k) for k in (
             "n_layer", "n_head", "n_embd", "block_size", "vocab_size")}, "runs": runs}
     # for `tpgpt plan --inference --interconnect NAME.json`: the last shape's smallest batch
@@ -67,12 +65,11 @@ def format_decode(r: dict) -> str:
              f"idle-link profile: alpha {r['idle_profile']['alpha_s'] * 1e6:.0f} us, B "
              f"{r['idle_profile']['bandwidth_Bps'] / 1e9:.2f} GB/s"]
     for name, s in r["shapes"].items():
-        d = s["runs"][0]["device"]
-        per = ", ".join(f"{1e6 * x['profile']['sync_overhead_s']:.0f} us at batch {x['batch']}"
-                        for x in s["runs"])
-        lines.append(f"{name}: measured device {d['tflops'] * 1e3:.1f} GFLOP/s, "
-                     f"{d['mem_bandwidth_Bps'] / 1e9:.2f} GB/s, {1e3 * d['pass_overhead_s']:.2f} "
-                     f"ms per forward pass; in-step overhead per collective {per}")
+        for x in s["runs"]:
+            d = x["device"]
+            lines.append(f"{name}, batch {x['batch']}: measured device {d['tflops'] * 1e3:.1f} "
+                         f"GFLOP/s, {d['mem_bandwidth_Bps'] / 1e9:.2f} GB/s; in-step overhead "
+                         f"per collective {1e6 * x['profile']['sync_overhead_s']:.0f} us")
     for name, s in r["shapes"].items():
         c = s["config"]
         for x in s["runs"]:

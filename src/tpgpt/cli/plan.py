@@ -69,8 +69,10 @@ def defaults_from_config(plan: argparse.ArgumentParser, argv: list[str]) -> None
     # GPT-2's padded vocabulary when neither the config nor its data says; it sets the head's
     # FLOPs (and so --interconnect's compute time): pass --vocab_size to be exact
     model["vocab_size"] = resolve_vocab_size(cfg, 50304)
+    # a training batch is no generation batch: --inference keeps its own default (1)
+    batch = {} if "--inference" in argv else {"batch_size": cfg.batch_size}
     plan.set_defaults(**model, tp=cfg.tp, sync=[cfg.sync], vocab_parallel=cfg.vocab_parallel,
-                      batch_size=cfg.batch_size, seq_len=cfg.block_size,
+                      **batch, seq_len=cfg.block_size,
                       grad_clip=cfg.grad_clip > 0,
                       dtype_bytes={"float64": 8, "float32": 4}.get(cfg.dtype, 2))
 
