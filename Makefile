@@ -49,7 +49,7 @@ test: setup
 			$(BIN)/python -m pytest -q -m numerics || exit 1; \
 	done
 
-# Every CPU figure of BENCHMARKS.md (about 20 minutes), into out/bench.
+# Every CPU figure of BENCHMARKS.md (about 30 minutes), into out/bench.
 bench: setup
 	@test -f data/shakespeare_char/train.bin || $(BIN)/tpgpt prepare shakespeare_char \
 		--out data/shakespeare_char $(if $(TPGPT_SHAKESPEARE),--input $(TPGPT_SHAKESPEARE))

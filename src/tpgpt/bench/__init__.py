@@ -7,6 +7,9 @@
                                      step time of every sync plan against the cost model
     torchrun --nproc_per_node=2 -m tpgpt bench dist --out dist
                                      tpgpt's distributed TP against PyTorch's DTensor TP
+    torchrun --nproc_per_node=2 -m tpgpt bench decode --out decode
+                                     TTFT and per-token decode latency of every plan, beside
+                                     the dense GPT and transformers' generate; NAME.png too
 
 With `--out NAME` each writes NAME.json (every number) and NAME.md (the tables printed).
 """
