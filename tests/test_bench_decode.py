@@ -17,7 +17,7 @@ def test_bench_decode_times_every_collective_and_feeds_plan_inference(tmp_path, 
     pytest.importorskip("transformers")
     out = tmp_path / "decode"
     torchrun(2, "-m", ["tpgpt", "bench", "decode", "--shapes", "cpu-preset", "--plans", *PLANS,
-                       "--batches", "1", "3", "--rounds", "1", "--prompt-len", "8",
+                       "tp", "--batches", "3", "1", "1", "--rounds", "1", "--prompt-len", "8",
                        "--new-tokens", "5", "--no-cache-tokens", "3", "--repeats", "2",
                        "--out", str(out)], timeout=240)
     r = json.loads((tmp_path / "decode.json").read_text())
@@ -33,11 +33,14 @@ def test_bench_decode_times_every_collective_and_feeds_plan_inference(tmp_path, 
                {p: x["collectives_per_step"] for p, x in rows.items()} == \
                {"tp": 8, "spd": 4, "parallel": 1, "bits:01000111": 4}
         assert all(x["decode"]["n"] == 4 and x["ttft"]["n"] == 1 for x in rows.values())
-        assert run["calibrated_on"] == "tp" and run["dense_tokens_equal_tp"] is True
-        if run["profile"]["sync_overhead_s"] > 0:
-            assert rows["tp"]["error"] == pytest.approx(0, abs=1e-9)
+        assert run["calibrated_on"] == "tp" and run["tokens_checked"] is True
+        # on gloo a collective inside a step costs more than on the idle link: the overhead
+        # is fitted, not clipped at 0, and reproduces the calibration plan exactly
+        assert run["profile"]["sync_overhead_s"] > 0
+        assert rows["tp"]["error"] == pytest.approx(0, abs=1e-9)
         assert [x["role"] for x in run["rows"]] == ["calibration"] + ["validation"] * 3
-    # the references (rank 0), on the same weights, tokens checked inside the run
+    # a repeated plan or batch is measured once (above); the references (rank 0), on the same
+    # weights, tokens checked inside the run
     assert set(one["references"]) == {"tpgpt dense, KV cache", "tpgpt dense, no cache",
                                       "transformers GPT-2 generate, KV cache"}
     assert one["references"]["tpgpt dense, no cache"]["decode"]["n"] == 2

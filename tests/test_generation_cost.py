@@ -116,13 +116,18 @@ def test_70b_class_spd_saving_on_three_interconnects(capsys):
     assert "a100-pcie: NVIDIA A100" in out and "PCI-SIG" in out and "vs tp" in out
 
 
-def test_inference_flags_are_checked(capsys):
+def test_inference_flags_are_checked(capsys, tmp_path):
+    link = tmp_path / "link.json"  # a `bench comm` profile: a link, no device
+    link.write_text(json.dumps({"name": "l", "alpha_s": 1e-4, "bandwidth_Bps": 1e9}))
     for args, msg in ((["--prompt_len", "10", "--new_tokens", "7", "--block_size", "16"],
                        "exceeds block_size=16"),
                       (["--prompt_len", "0"], "must both be >= 1"),
                       (["--interconnect", "pcie4", "--device", "tpu"], "neither a built-in"),
-                      (["--device", "h100-sxm"], "needs --interconnect")):
+                      (["--device", "h100-sxm"], "needs --interconnect"),
+                      (["--interconnect", str(link)], "implies no device: name one")):
         assert main(["plan", "--inference", *args]) == 2
         assert msg in capsys.readouterr().err
     assert main(["plan", "--device", "h100-sxm"]) == 2
     assert "--device is for --inference" in capsys.readouterr().err
+    assert main(["plan", "--inference", "--interconnect", "pcie4", "--achieved-tflops", "9"]) == 2
+    assert "--achieved-tflops is for training steps" in capsys.readouterr().err

@@ -167,15 +167,16 @@ def test_generation_counts_equal_plan_inference_json(capsys, tp, sync, vp):
                   f"--n_embd={c.n_embd}", f"--vocab_size={c.vocab_size}",
                   f"--block_size={c.block_size}", "--tp", str(tp), "--sync", sync,
                   f"--vocab_parallel={vp}", "--batch_size", str(B), "--prompt_len", str(P),
-                  "--new_tokens", "3")
+                  "--new_tokens", "2")
     for phase in ("prefill", "decode"):
         planned = {(x["op"], x["tag"]): (x["count"], x["count"] * x["bytes_each"])
                    for x in r[phase]}
         assert observed[phase] == planned, phase
     assert r["decode"][0]["count"] == SyncPlan.parse(sync, c.n_layer).num_syncs
-    # the cache one rank holds: keys and values of its heads, every layer, every position
+    # the cache one rank has filled after a prefill and one decode step (2 new tokens: the
+    # second is drawn, not fed back): keys and values of its heads, every layer
     per_position = cache.nbytes() // model.comm.local_ranks // c.block_size
-    assert r["kv_cache_bytes_per_rank"] == per_position * (P + 3)
+    assert cache.length == P + 1 and r["kv_cache_bytes_per_rank"] == per_position * (P + 1)
 
 
 def test_generation_at_tp1_communicates_nothing(capsys):

@@ -132,7 +132,7 @@ def format_predictions(reports: list[dict], ic, achieved_tflops: float) -> str:
 def inference_report(config, plan: SyncPlan, *, tp: int, batch_size: int, prompt_len: int,
                      new_tokens: int, vocab_parallel: bool, dtype_bytes: int = 4) -> dict:
     """Everything `tpgpt plan --inference --json` prints: the collectives of the prefill and
-    of one decode step, and the KV cache one rank holds at the end of the generation."""
+    of one decode step, and the KV cache one rank has filled at the end of the generation."""
     colls = count_inference(plan, tp=tp, n_embd=config.n_embd, vocab_size=config.vocab_size,
                             batch_size=batch_size, prompt_len=prompt_len,
                             vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes)
@@ -146,7 +146,8 @@ def inference_report(config, plan: SyncPlan, *, tp: int, batch_size: int, prompt
         "forward_syncs_all_on": 2 * L if tp > 1 else 0,
         **{phase: [{"op": c.op, "tag": c.tag, "count": c.count, "bytes_each": c.nbytes}
                    for c in cs] for phase, cs in colls.items()},
-        "kv_cache_bytes_per_rank": 2 * L * batch_size * (prompt_len + new_tokens) * C // tp
+        # filled at the end: the last new token is drawn, never fed back
+        "kv_cache_bytes_per_rank": 2 * L * batch_size * (prompt_len + new_tokens - 1) * C // tp
         * dtype_bytes,
     }
 
@@ -159,7 +160,7 @@ def format_inference(r: dict) -> str:
              f"tp={r['tp']}  sync={r['sync']!r} ({n} of {base} forward syncs)" if base else
              "generation at tp=1: nothing to communicate",
              f"batch {r['batch_size']}, prompt {r['prompt_len']} tokens, {r['new_tokens']} new "
-             f"tokens, {r['dtype_bytes']}-byte activations; KV cache per rank at the end "
+             f"tokens, {r['dtype_bytes']}-byte activations; KV cache per rank filled at the end "
              f"{_mb(r['kv_cache_bytes_per_rank'])}"]
     for phase, what in (("prefill", "prefill (the prompt, first token)"),
                         ("decode", "each decode step (one new position)")):

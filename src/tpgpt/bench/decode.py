@@ -48,6 +48,13 @@ def quantiles(times: list[float]) -> dict:
             "mean_s": statistics.fmean(times), "n": len(times)}
 
 
+def _done(tok: torch.Tensor) -> float:
+    """The time once `tok` exists (on a GPU: once the kernels that make it have run)."""
+    if tok.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def _time_generations(models: dict, prompt, new_tokens: int, rounds: int, warmup: int = 1):
     """Greedy generation of every model, interleaved step by step: per model the TTFT of each
     round and the time of each decode step (this rank), and the collective spans of the
@@ -66,7 +73,7 @@ def _time_generations(models: dict, prompt, new_tokens: int, rounds: int, warmup
                 dist.barrier()
                 t0 = time.perf_counter()
                 _, tok = next(gen)
-                dt = time.perf_counter() - t0
+                dt = _done(tok) - t0
                 out[k].append(tok)
                 if r < warmup:
                     continue
@@ -80,7 +87,8 @@ def _time_generations(models: dict, prompt, new_tokens: int, rounds: int, warmup
 def _reference_times(dense: GPT, prompt, new_tokens: int, rounds: int, no_cache_tokens: int):
     """Rank 0 only: per-token times of tpgpt's dense GPT with its cache and of transformers'
     GPT-2 `generate` on the same weights, interleaved by generation, tokens checked equal; and
-    the dense GPT without a cache for the first `no_cache_tokens` tokens."""
+    the dense GPT without a cache for the first `no_cache_tokens` tokens. Returns (times, the
+    dense tokens, None), or a failed check's message last."""
     from .hf_reference import hf_generate_timed
     want = None
     out = {"tpgpt dense, KV cache": {"ttft": [], "steps": []},
@@ -89,16 +97,16 @@ def _reference_times(dense: GPT, prompt, new_tokens: int, rounds: int, no_cache_
     for r in range(1 + rounds):
         stamps, toks = [time.perf_counter()], []
         for _, tok in decode(dense, prompt, new_tokens, temperature=0):
-            stamps.append(time.perf_counter())
+            stamps.append(_done(tok))
             toks.append(tok)
         want = torch.cat(toks, dim=1)
         hf = hf_generate_timed(dense, prompt, new_tokens)
         if hf is not None and not torch.equal(hf[1], want):
-            raise RuntimeError("transformers' GPT-2 generate gave other tokens than tpgpt's "
-                               "dense GPT on the same weights")
+            return None, want, ("transformers' GPT-2 generate gave other tokens than tpgpt's "
+                                "dense GPT on the same weights")
         stamps_nc = [time.perf_counter()]
-        for _ in decode(dense, prompt, no_cache_tokens, temperature=0, kv_cache=False):
-            stamps_nc.append(time.perf_counter())
+        for _, tok in decode(dense, prompt, no_cache_tokens, temperature=0, kv_cache=False):
+            stamps_nc.append(_done(tok))
         stamps_nc = stamps_nc if no_cache_tokens > 1 else None
         if r == 0:
             continue  # warm-up round
@@ -109,34 +117,40 @@ def _reference_times(dense: GPT, prompt, new_tokens: int, rounds: int, no_cache_
                 d = [b - a for a, b in zip(st, st[1:])]
                 out[key]["ttft"].append(d[0])
                 out[key]["steps"] += d[1:]
-    return {k: v for k, v in out.items() if v["steps"]}, want
+    return {k: v for k, v in out.items() if v["steps"]}, want, None
 
 
 def bench_one(config: GPTConfig, plans: list[str], batch: int, prompt_len: int,
-              new_tokens: int, rounds: int, no_cache_tokens: int) -> dict:
+              new_tokens: int, rounds: int, no_cache_tokens: int, device: torch.device) -> dict:
     """Every plan at tp = world size on one shape and batch, and the references (rank 0)."""
     world, rank = dist.get_world_size(), dist.get_rank()
     from ..model.parallel_gpt import ParallelGPT
     torch.manual_seed(0)
-    dense = GPT(config).eval()
+    dense = GPT(config).to(device).eval()
     prompt = torch.randint(0, config.vocab_size, (batch, prompt_len),
-                           generator=torch.Generator().manual_seed(1))
+                           generator=torch.Generator().manual_seed(1)).to(device)
     compute_key = f"compute only ({plans[0]}, no collectives)"
     models = {}
     for key, plan, only in [(p, p, False) for p in plans] + [(compute_key, plans[0], True)]:
         models[key] = ParallelGPT.from_dense(dense, tp=world, sync=plan,
                                              comm=TimedComm(world, compute_only=only)).eval()
     ttft, steps, spans, tokens = _time_generations(models, prompt, new_tokens, rounds)
-    refs, want = (None, None)
+    refs, want, failure = None, None, [None]
     if rank == 0:
-        refs, want = _reference_times(dense, prompt, new_tokens, rounds, no_cache_tokens)
-    dist.barrier()
+        refs, want, failure[0] = _reference_times(dense, prompt, new_tokens, rounds,
+                                                  no_cache_tokens)
+        if failure[0] is None and "tp" in tokens and not torch.equal(tokens["tp"], want):
+            failure[0] = "the distributed all-sync plan gave other tokens than the dense GPT"
+    dist.broadcast_object_list(failure, src=0)  # every rank stops on a failed check
+    if failure[0]:
+        raise RuntimeError(f"batch {batch}: {failure[0]}")
     keys = list(models)
     slow_steps = {k: slowest_rank(steps[k]) for k in keys}
     slow_ttft = {k: slowest_rank(ttft[k]) for k in keys}
     gathered = [None] * world
     dist.all_gather_object(gathered, {k: spans[k] for k in plans})
-    same_host = int(os.environ.get("LOCAL_WORLD_SIZE", -1)) == world
+    # skew compares start times across ranks: wall clocks of one host only
+    same_host = int(os.environ.get("LOCAL_WORLD_SIZE", -1)) == world and device.type == "cpu"
     sync_count = {p: count_inference(SyncPlan.parse(p, config.n_layer), tp=world,
                                      n_embd=config.n_embd, vocab_size=config.vocab_size,
                                      batch_size=batch, prompt_len=prompt_len)["decode"][0].count
@@ -146,15 +160,10 @@ def bench_one(config: GPTConfig, plans: list[str], batch: int, prompt_len: int,
     return {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "rows": rows,
             "compute_only": {"ttft": quantiles(slow_ttft[compute_key]),
                              "decode": quantiles(slow_steps[compute_key])},
-            "dense_tokens_equal_tp": _tp_equal(tokens, want),
+            "tokens_checked": rank == 0 and ("tp" in tokens),
             "references": None if refs is None else {
                 k: {"ttft": quantiles(v["ttft"]), "decode": quantiles(v["steps"])}
                 for k, v in refs.items()}}
-
-
-def _tp_equal(tokens: dict, want) -> bool | None:
-    """Whether the all-sync plan's distributed tokens are the dense GPT's (rank 0 knows)."""
-    return None if want is None or "tp" not in tokens else bool(torch.equal(tokens["tp"], want))
 
 
 def _row(plan, config, world, batch, prompt_len, new_tokens, ttft, steps, rank_spans,
@@ -166,7 +175,7 @@ def _row(plan, config, world, batch, prompt_len, new_tokens, ttft, steps, rank_s
                                                                for sp in rank_spans]))
     return {"plan": plan, "forward_syncs": SyncPlan.parse(plan, config.n_layer).forward_syncs(
                 world), "collectives_per_step": n_sync,
-            "collectives_timed": len(rank_spans[0]) // max(len(steps), 1),
+            "collectives_timed": len(rank_spans[0]) / max(len(steps), 1),
             "ttft": quantiles(ttft), "decode": quantiles(steps),
             "collective_mean_s": max(durations), "skew_mean_s": skew}
 

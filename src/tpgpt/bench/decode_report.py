@@ -18,7 +18,7 @@ def bench_decode(shapes: list[str], plans: list[str], batches: list[int], rounds
     from ..comm.distributed import init_distributed
     from .comm import bench_comm
 
-    rank, world, _ = init_distributed()
+    rank, world, device = init_distributed(timeout_s=3600)  # rank 0's references take a while
     comm = bench_comm(repeats=repeats)
     idle = Interconnect.from_json(comm["profile"])
     out = {"rank": rank, "world": world, "backend": dist.get_backend(), "rounds": rounds,
@@ -28,10 +28,7 @@ def bench_decode(shapes: list[str], plans: list[str], batches: list[int], rounds
         P, N = lengths(cfg, prompt_len, new_tokens)
         runs = []
         for b in batches:
-            r = bench_one(cfg, plans, b, P, N, rounds, no_cache_tokens if b == 1 else 0)
-            if rank == 0 and r["dense_tokens_equal_tp"] is False:
-                raise RuntimeError(f"{name}, batch {b}: the distributed all-sync plan gave "
-                                   f"other tokens than the dense GPT")
+            r = bench_one(cfg, plans, b, P, N, rounds, no_cache_tokens if b == 1 else 0, device)
             calibrate(r, cfg, world, idle, fit_device(r, cfg, world), calibrate_on)
             runs.append(r)
         out["shapes"][name] = {"config": {k: getattr(cfg, k) for k in (
@@ -77,10 +74,10 @@ def format_decode(r: dict) -> str:
                           f"{c['n_embd']}, vocab {c['vocab_size']}; batch {x['batch']}, prompt "
                           f"{x['prompt_len']}, {x['new_tokens']} new tokens", "",
                       "| plan | fwd syncs | collectives per decode step (timed) | TTFT ms "
-                      "median (model) | decode ms/token median | p90 | mean | in-step "
+                      "mean (model) | decode ms/token median | p90 | mean | in-step "
                       "collective ms (skew) | model ms/token (error) |", "|---" * 9 + "|"]
             co = x["compute_only"]
-            lines.append(f"| compute only (no collectives) | - | 0 | {_ms(co['ttft'])} "
+            lines.append(f"| compute only (no collectives) | - | 0 | {_ms(co['ttft'], 'mean_s')} "
                          f"({1e3 * co['predicted_ttft_s']:.2f}) | {_ms(co['decode'])} | "
                          f"{_ms(co['decode'], 'p90_s')} | {_ms(co['decode'], 'mean_s')} | - | "
                          f"{1e3 * co['predicted_decode_s']:.2f} "
@@ -91,7 +88,7 @@ def format_decode(r: dict) -> str:
                 role = " (calibration)" if w["role"] == "calibration" else ""
                 lines.append(
                     f"| `{w['plan']}`{role} | {w['forward_syncs']} | {w['collectives_per_step']} "
-                    f"({w['collectives_timed']}) | {_ms(w['ttft'])} "
+                    f"({w['collectives_timed']:g}) | {_ms(w['ttft'], 'mean_s')} "
                     f"({1e3 * w['predicted_ttft_s']:.2f}) | {_ms(w['decode'])} | "
                     f"{_ms(w['decode'], 'p90_s')} | {_ms(w['decode'], 'mean_s')} | "
                     f"{1e3 * w['collective_mean_s']:.3f}{skew} | "
@@ -134,7 +131,7 @@ def _summary(x: dict) -> list[str]:
     return out
 
 
-def plot_decode(r: dict, path: str) -> None:
+def plot_decode(r: dict, path: str, overwrite: bool = False) -> None:
     """Per-token decode latency against forward syncs, a panel per shape, a line per batch."""
     import matplotlib
     matplotlib.use("Agg")
@@ -161,8 +158,19 @@ def plot_decode(r: dict, path: str) -> None:
         ax.set_ylabel("decode ms per token")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:  # as write_results: a file that appeared while measuring is kept, never replaced
+        os.link(tmp, path)
+    except FileExistsError:
+        raise ConfigError(f"{path} appeared while measuring: kept it; rerun with another "
+                          f"--out or --overwrite") from None
+    finally:
+        os.remove(tmp)
 
 
 def run_decode_cli(args) -> int:
@@ -173,25 +181,26 @@ def run_decode_cli(args) -> int:
     if png and os.path.exists(png) and not args.overwrite:
         raise ConfigError(f"{png} exists: choose another --out or pass --overwrite")
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    shapes = list(dict.fromkeys(args.shapes))
+    shapes, plans = list(dict.fromkeys(args.shapes)), list(dict.fromkeys(args.plans))
     for name in shapes:
         if name not in DECODE_SHAPES:
             raise ConfigError(f"bench decode shapes are {', '.join(DECODE_SHAPES)}, not {name!r}")
         cfg = DECODE_SHAPES[name]
         validate_tp(world, cfg.n_head, cfg.vocab_size, False)
         lengths(cfg, args.prompt_len, args.new_tokens)
-        for p in args.plans:
+        for p in plans:
             SyncPlan.parse(p, cfg.n_layer)
-    if args.calibrate_on is not None and args.calibrate_on not in args.plans:
+    if args.calibrate_on is not None and args.calibrate_on not in plans:
         raise ConfigError(f"--calibrate-on {args.calibrate_on!r} is not one of --plans")
-    if "RANK" not in os.environ:
-        raise ConfigError("bench decode runs distributed TP: use torchrun --nproc_per_node=TP")
-    result = bench_decode(shapes, args.plans, sorted(set(args.batches)), args.rounds,
+    if "RANK" not in os.environ or world < 2:
+        raise ConfigError("bench decode runs distributed TP: use torchrun --nproc_per_node=TP "
+                          "with TP >= 2")
+    result = bench_decode(shapes, plans, sorted(set(args.batches)), args.rounds,
                           args.prompt_len, args.new_tokens, args.no_cache_tokens, args.repeats,
                           args.calibrate_on)
     report_and_finish(result, format_decode(result), args.out, args.overwrite,
                       " (its profile and device: tpgpt plan --inference --interconnect {path})")
     if png and result["rank"] == 0:
-        plot_decode(result, png)
+        plot_decode(result, png, args.overwrite)
         print(f"wrote {png}")
     return 0

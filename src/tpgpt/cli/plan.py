@@ -94,6 +94,11 @@ def run(args) -> int:
     if args.dtype_bytes not in (2, 4, 8):
         raise ConfigError(f"dtype_bytes={args.dtype_bytes} is invalid: choose 2, 4 or 8")
     if args.inference:
+        for name, given in (("--achieved-tflops", args.achieved_tflops is not None),
+                            ("--grad-clip", args.grad_clip)):
+            if given:
+                raise ConfigError(f"{name} is for training steps; --inference takes the "
+                                  f"device's rate from --device")
         return _run_inference(args, cfg)
     if args.device:
         raise ConfigError("--device is for --inference predictions (training uses "
@@ -184,18 +189,17 @@ def _run_inference(args, cfg) -> int:
 
 def _device(args):
     """--device, else the GPU the interconnect implies, else the device its file measured."""
-    import os
-
     from ..analysis.generation_cost import IMPLIED_DEVICE, load_device
     if args.device:
         return load_device(args.device)
     if args.interconnect in IMPLIED_DEVICE:
         return load_device(IMPLIED_DEVICE[args.interconnect])
-    if os.path.exists(args.interconnect):
+    try:  # a `bench decode` result holds the device it measured
         with open(args.interconnect) as f:
-            has_device = '"device"' in f.read()
-        if has_device:
-            return load_device(args.interconnect)
+            if isinstance(json.load(f).get("device"), dict):
+                return load_device(args.interconnect)
+    except (OSError, ValueError, AttributeError):
+        pass  # load_interconnect has read it already: a profile without a device
     raise ConfigError(f"--interconnect {args.interconnect} implies no device: name one with "
                       f"--device (h100-sxm, a100-sxm, a100-pcie or a 'tpgpt bench decode' "
                       f"result)")
