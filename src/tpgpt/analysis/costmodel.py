@@ -74,24 +74,36 @@ BUILTIN = {
 }
 
 
-def load_interconnect(name_or_file: str) -> Interconnect:
-    """A built-in profile by name, or a JSON profile (or a result holding one under "profile")
-    written by `tpgpt bench comm` or `tpgpt bench plans`."""
-    if name_or_file in BUILTIN:
-        return BUILTIN[name_or_file]
+def read_profile(name_or_file: str, builtin: dict, what: str, noun: str, key: str,
+                 fields: str, build):
+    """A built-in profile by name, or `build(dict)` of a JSON file: the profile itself or a
+    whole benchmark result holding it under `key`. Unreadable files are one-line errors."""
+    if name_or_file in builtin:
+        return builtin[name_or_file]
     if not os.path.exists(name_or_file):
-        raise ConfigError(f"interconnect {name_or_file!r} is neither a built-in profile "
-                          f"({', '.join(BUILTIN)}) nor a file")
+        raise ConfigError(f"{what} {name_or_file!r} is neither a built-in {noun} "
+                          f"({', '.join(builtin)}) nor a file")
     try:
         with open(name_or_file) as f:
             d = json.load(f)
-        if isinstance(d, dict) and isinstance(d.get("profile"), dict):
-            d = d["profile"]  # a whole `tpgpt bench comm|plans` result
-        ic = Interconnect.from_json(d, source=name_or_file)
+        if isinstance(d, dict) and isinstance(d.get(key), dict):
+            d = d[key]
+        return build(d)
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError,
             AttributeError) as e:
-        raise ConfigError(f"{name_or_file} is not an interconnect profile (name, alpha_s, "
-                          f"bandwidth_Bps): {e}") from None
+        article = "an" if what[0] in "aeiou" else "a"
+        raise ConfigError(f"{name_or_file} is not {article} {what} profile ({fields}): "
+                          f"{e}") from None
+
+
+def load_interconnect(name_or_file: str) -> Interconnect:
+    """A built-in profile by name, or a JSON profile (or a result holding one under "profile")
+    written by `tpgpt bench comm`, `plans` or `decode`."""
+    ic = read_profile(name_or_file, BUILTIN, "interconnect", "profile", "profile",
+                      "name, alpha_s, bandwidth_Bps",
+                      lambda d: Interconnect.from_json(d, source=name_or_file))
+    if name_or_file in BUILTIN:
+        return ic
     if not (ic.alpha_s >= 0 and ic.bandwidth_Bps > 0 and ic.sync_overhead_s >= 0) or \
             any(math.isinf(v) for v in (ic.alpha_s, ic.sync_overhead_s)):
         raise ConfigError(f"{name_or_file}: alpha_s and sync_overhead_s must be finite and >= 0, "

@@ -22,14 +22,12 @@ the fit is ill-conditioned.)
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass
 
 from ..comm.plan import SyncPlan, count_inference
 from ..errors import ConfigError
-from .costmodel import Interconnect
+from .costmodel import Interconnect, read_profile
 
 
 @dataclass(frozen=True)
@@ -65,21 +63,11 @@ IMPLIED_DEVICE = {"nvlink-h100": "h100-sxm", "ib-ndr": "h100-sxm", "pcie4": "a10
 
 def load_device(name_or_file: str) -> Device:
     """A built-in device by name, or the measured one in a `tpgpt bench decode` result."""
-    if name_or_file in DEVICES:
-        return DEVICES[name_or_file]
-    if not os.path.exists(name_or_file):
-        raise ConfigError(f"device {name_or_file!r} is neither a built-in device "
-                          f"({', '.join(DEVICES)}) nor a file")
-    try:
-        with open(name_or_file) as f:
-            d = json.load(f)
-        d = d.get("device", d)
-        dev = Device(str(d["name"]), float(d["tflops"]), float(d["mem_bandwidth_Bps"]),
-                     str(d.get("source", name_or_file)))
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError,
-            AttributeError) as e:
-        raise ConfigError(f"{name_or_file} is not a device profile (name, tflops, "
-                          f"mem_bandwidth_Bps): {e}") from None
+    dev = read_profile(name_or_file, DEVICES, "device", "device", "device",
+                       "name, tflops, mem_bandwidth_Bps",
+                       lambda d: Device(str(d["name"]), float(d["tflops"]),
+                                        float(d["mem_bandwidth_Bps"]),
+                                        str(d.get("source", name_or_file))))
     if not (dev.tflops > 0 and dev.mem_bandwidth_Bps > 0) or \
             math.isinf(dev.tflops) or math.isinf(dev.mem_bandwidth_Bps):
         raise ConfigError(f"{name_or_file}: tflops and mem_bandwidth_Bps must be finite and > 0")
