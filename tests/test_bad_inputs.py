@@ -381,6 +381,27 @@ def _(root):
     return ["plan", "--inference", "--interconnect", "pcie4", "--device", "tpu"]
 
 
+@case("sensitivity: no checkpoint there", "nothing does not exist")
+def _(root):
+    return ["sensitivity", "--ckpt", str(root / "nothing")]
+
+
+@case("sensitivity: tp that does not divide the heads", "tp=3 does not divide n_head=2")
+def _(root):
+    return ["sensitivity", "--ckpt", trained(root), "--tp", "3"]
+
+
+@case("sensitivity: a budget out of range", "--budget 5 is out of range: the trained plan "
+                                            "has 4 forward syncs")
+def _(root):
+    return ["sensitivity", "--ckpt", trained(root), "--budget", "5", "--out", str(root / "s")]
+
+
+@case("sensitivity: tp 1", "--tp 1 has no syncs to drop")
+def _(root):
+    return ["sensitivity", "--ckpt", trained(root), "--tp", "1"]
+
+
 @case("export of a checkpoint that drops syncs", "drops 2 of 4 syncs")
 def _(root):
     return ["export", "--ckpt", trained(root, tp=2, sync="spd"), "--out", str(root / "hf")]

@@ -65,17 +65,7 @@ def evaluate_checkpoint(path: str, tp: int | None = None, sync: str | None = Non
         raise ConfigError(f"batch_size={batch_size} is invalid: it must be >= 1")
     state = read_checkpoint(path)
     config = model_config(state)
-    data_dir = data_dir or _trained_data_dir(state)
-    meta = load_meta(data_dir)
-    ours = checkpoint_meta(state["path"])
-    if {k: meta.get(k) for k in TOKENIZER_KEYS} != {k: ours.get(k) for k in TOKENIZER_KEYS}:
-        raise ConfigError(f"{data_dir} is tokenized differently from the checkpoint "
-                          f"({meta.get('tokenizer')}, vocab {meta.get('vocab_size')} vs "
-                          f"{ours.get('tokenizer')}, vocab {ours.get('vocab_size')}): evaluate "
-                          f"on the data the model was trained on")
-    file = TokenFile(os.path.join(data_dir, f"{split}.bin"), config.block_size,
-                     config.vocab_size)
-    check_tokens_in_vocab(file.path, meta["vocab_size"])
+    file = checkpoint_split(state, split, data_dir)
     loaded = load_trained(path, tp=tp, sync=sync, device=device, distributed=distributed,
                           state=state)
     element = next(loaded.model.parameters()).element_size()
@@ -88,6 +78,24 @@ def evaluate_checkpoint(path: str, tp: int | None = None, sync: str | None = Non
             "converted": loaded.converted, "mode": loaded.mode, "description": loaded.describe(),
             "split": split, "data": file.path, "tokens": split_tokens(file),
             "block_size": config.block_size, "batch_size": batch_size, "loss": loss}
+
+
+def checkpoint_split(state: dict, split: str, data_dir: str | None = None) -> TokenFile:
+    """A split of the data the checkpoint was trained on (or of `data_dir`, which must be
+    tokenized as the checkpoint is), checked against its vocabulary."""
+    config = model_config(state)
+    data_dir = data_dir or _trained_data_dir(state)
+    meta = load_meta(data_dir)
+    ours = checkpoint_meta(state["path"])
+    if {k: meta.get(k) for k in TOKENIZER_KEYS} != {k: ours.get(k) for k in TOKENIZER_KEYS}:
+        raise ConfigError(f"{data_dir} is tokenized differently from the checkpoint "
+                          f"({meta.get('tokenizer')}, vocab {meta.get('vocab_size')} vs "
+                          f"{ours.get('tokenizer')}, vocab {ours.get('vocab_size')}): evaluate "
+                          f"on the data the model was trained on")
+    file = TokenFile(os.path.join(data_dir, f"{split}.bin"), config.block_size,
+                     config.vocab_size)
+    check_tokens_in_vocab(file.path, meta["vocab_size"])
+    return file
 
 
 def _trained_data_dir(state: dict) -> str:

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from ..analysis.costmodel import Interconnect
 from ..errors import ConfigError
 from .decode import DECODE_SHAPES, bench_one, calibrate, fit_device
-from .timing import _base, check_out, report_and_finish
+from .timing import _base, check_out, report_and_finish, save_figure
 
 
 def bench_decode(shapes: list[str], plans: list[str], batches: list[int], rounds: int,
@@ -158,19 +158,7 @@ def plot_decode(r: dict, path: str, overwrite: bool = False) -> None:
         ax.set_ylabel("decode ms per token")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    try:  # as write_results: a file that appeared while measuring is kept, never replaced
-        os.link(tmp, path)
-    except FileExistsError:
-        raise ConfigError(f"{path} appeared while measuring: kept it; rerun with another "
-                          f"--out or --overwrite") from None
-    finally:
-        os.remove(tmp)
+    save_figure(fig, path, overwrite)
 
 
 def run_decode_cli(args) -> int:

@@ -104,6 +104,27 @@ def write_results(out: str, result: dict, markdown: str, overwrite: bool = False
     return paths
 
 
+def save_figure(fig, path: str, overwrite: bool = False) -> None:
+    """A matplotlib figure written whole (through a temporary file) and, as `write_results`
+    does, never over a file that appeared since `check_out` unless `overwrite`."""
+    import matplotlib.pyplot as plt
+
+    from ..errors import ConfigError
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise ConfigError(f"{path} appeared while measuring: kept it; rerun with another "
+                          f"--out or --overwrite") from None
+    finally:
+        os.remove(tmp)
+
+
 def _machine() -> dict:
     import platform
 

@@ -1,0 +1,103 @@
+"""`tpgpt sensitivity`: the measurements of sensitivity.py on a checkpoint, as a table, JSON and a
+heat map (layer x {attn, mlp})."""
+from __future__ import annotations
+
+from ..bench.timing import save_figure
+from ..checkpoint.load import load_dense, model_config, read_checkpoint, trained_plan
+from ..comm.plan import SyncPlan, validate_tp
+from ..errors import ConfigError
+from .evaluate import auto_batch_size, checkpoint_split
+from .sensitivity import (PlanLoss, backward_cumulative, calibration_set, greedy_budget,
+                          point_name, single_drop)
+
+
+def sensitivity(path: str, tp: int, tokens: int = 8192, split: str = "val",
+                data_dir: str | None = None, budget: int | None = None,
+                batch_size: int | None = None) -> dict:
+    """Single-drop and backward cumulative sensitivities of a checkpoint at `tp`, from its
+    trained plan; with `budget`, the greedy plan of that many forward syncs and its path."""
+    if tokens < 1:
+        raise ConfigError(f"--tokens {tokens} is invalid: it must be >= 1")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size} is invalid: it must be >= 1")
+    state = read_checkpoint(path)
+    config = model_config(state)
+    validate_tp(tp, config.n_head, config.vocab_size, False)
+    if tp < 2:
+        raise ConfigError("--tp 1 has no syncs to drop: give the tp you will serve at (>= 2)")
+    _, trained_sync = trained_plan(state)
+    base = SyncPlan.parse(trained_sync, config.n_layer).bits
+    if budget is not None and not 1 <= budget <= sum(base):
+        raise ConfigError(f"--budget {budget} is out of range: the trained plan has "
+                          f"{sum(base)} forward syncs, a plan keeps at least 1 (the last)")
+    calib = calibration_set(checkpoint_split(state, split, data_dir), tokens)
+    dense, _, ckpt = load_dense(path, state)
+    element = next(dense.parameters()).element_size()
+    loss = PlanLoss(dense, tp, calib,
+                    batch_size or auto_batch_size(config.block_size, config.vocab_size, element))
+    single = single_drop(loss, base)
+    cumulative = backward_cumulative(loss, base)
+    out = {"checkpoint": ckpt, "tp": tp, "trained_sync": trained_sync,
+           "base_bits": "".join(map(str, base)), "n_layer": config.n_layer,
+           "calibration": {"data": calib.path, "split": split, "tokens": calib.tokens},
+           "base_loss": loss(base),
+           "single_drop": [{"point": s, "name": point_name(s), "delta": d}
+                           for s, d in single.items()],
+           "backward_cumulative": [{"layer": i, "delta": d} for i, d in
+                                   sorted(cumulative.items())]}
+    if budget is not None:
+        path_ = greedy_budget(loss, base, budget)
+        out["greedy_path"] = [{**p, "bits": "".join(map(str, p["bits"])),
+                               "dropped": None if p["dropped"] is None else
+                               point_name(p["dropped"])} for p in path_]
+        out["budget"] = budget
+        out["plan"] = "bits:" + out["greedy_path"][-1]["bits"]
+    out["plans_measured"] = len(loss.measured)
+    return out
+
+
+def format_sensitivity(r: dict) -> str:
+    single = {x["point"]: x["delta"] for x in r["single_drop"]}
+    cum = {x["layer"]: x["delta"] for x in r["backward_cumulative"]}
+    cell = lambda v: "     -" if v is None else f"{v:+.4f}"  # noqa: E731
+    lines = [f"sensitivity of {r['checkpoint']} at tp={r['tp']} (from its trained plan "
+             f"{r['trained_sync']!r}), zero-shot, on the first {r['calibration']['tokens']:,} "
+             f"tokens of {r['calibration']['data']}: base loss {r['base_loss']:.4f}", "",
+             "loss increase when one sync is dropped alone; cumulative: the SPD paper's, the "
+             "attention sync dropped with every later one dropped already", "",
+             "layer  attn (alone)  mlp (alone)  attn (cumulative)"]
+    for i in range(r["n_layer"]):
+        lines.append(f"{i:5d}  {cell(single.get(2 * i)):>12}  {cell(single.get(2 * i + 1)):>11}"
+                     f"  {cell(cum.get(i)):>17}")
+    order = sorted(single, key=single.get)
+    lines += ["", "least harmful first: " + ", ".join(
+        f"L{s // 2}{'a' if s % 2 == 0 else 'm'}" for s in order)]
+    if "greedy_path" in r:
+        lines += ["", f"greedy selection down to {r['budget']} forward syncs (drop the least "
+                      f"harmful, re-measure, repeat):", "  syncs  loss     dropped"]
+        lines += [f"  {p['forward_syncs']:5d}  {p['loss']:.4f}  {p['dropped'] or '-'}"
+                  for p in r["greedy_path"]]
+        lines += ["", f"plan with {r['budget']} forward syncs: {r['plan']}  (use it as --sync "
+                      f"with train, eval, sample, plan, bench)"]
+    return "\n".join(lines)
+
+
+def plot_sensitivity(r: dict, path: str, overwrite: bool = False) -> None:
+    """Heat map of the single-drop loss increases, layer x {attn, mlp} (blank: already off)."""
+    import math
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = [[math.nan, math.nan] for _ in range(r["n_layer"])]
+    for x in r["single_drop"]:
+        grid[x["point"] // 2][x["point"] % 2] = x["delta"]
+    fig, ax = plt.subplots(figsize=(3.6, 0.35 * r["n_layer"] + 1.6))
+    im = ax.imshow(grid, cmap="magma_r", aspect="auto")
+    ax.set_xticks([0, 1], ["attn", "mlp"])
+    ax.set_ylabel("layer")
+    ax.set_title(f"loss increase, one sync dropped\ntp={r['tp']}", fontsize=9)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    save_figure(fig, path, overwrite)

@@ -1,0 +1,57 @@
+"""`tpgpt sensitivity`: which syncs a trained model can drop, measured, and the plan a budget of
+forward syncs gets."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import flag
+
+
+def register(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("sensitivity", help="loss increase per dropped sync; a plan for a budget",
+                       description="On a fixed held-out set (the first --tokens tokens of a "
+                                   "split), the loss increase of the checkpoint at --tp when "
+                                   "each sync point alone is dropped (zero-shot), and the SPD "
+                                   "paper's backward cumulative sensitivity of the attention "
+                                   "syncs. With --budget K, the plan of K forward syncs found "
+                                   "greedily (drop the least harmful sync, re-measure, repeat), "
+                                   "as a bits: plan for --sync.")
+    p.add_argument("--ckpt", required=True, help="a checkpoint dir or a run's out_dir")
+    p.add_argument("--tp", type=int, default=2, help="tensor-parallel degree (default 2)")
+    flag(p, "tokens", type=int, default=8192,
+         help="calibration tokens, from the start of the split (default 8192)")
+    p.add_argument("--split", choices=["val", "train"], default="val")
+    flag(p, "data_dir", default=None,
+         help="the prepared dataset (default: the one the checkpoint was trained on)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="forward syncs to keep: print the greedy plan with that many")
+    flag(p, "batch_size", type=int, default=None, help="windows per forward pass")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p.add_argument("--out", metavar="NAME", help="write NAME.json, NAME.md and NAME.png")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier --out results")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    from ..analysis.sensitivity_report import (format_sensitivity, plot_sensitivity,
+                                               sensitivity)
+    from ..bench.timing import _base, check_out, write_results
+    from ..errors import ConfigError
+    import os
+
+    check_out(args.out, args.overwrite)
+    png = _base(args.out) + ".png" if args.out else None
+    if png and os.path.exists(png) and not args.overwrite:
+        raise ConfigError(f"{png} exists: choose another --out or pass --overwrite")
+    r = sensitivity(args.ckpt, args.tp, args.tokens, args.split, args.data_dir, args.budget,
+                    args.batch_size)
+    text = format_sensitivity(r)
+    print(json.dumps(r, indent=2) if args.json else text)
+    if args.out:
+        path = write_results(args.out, r, text, args.overwrite)[0]
+        plot_sensitivity(r, png, args.overwrite)
+        if not args.json:
+            print(f"\nwrote {path} and {png}")
+    return 0

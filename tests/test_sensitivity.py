@@ -1,0 +1,78 @@
+"""`tpgpt sensitivity`: per-sync loss increases equal `tpgpt eval` under the same plan, the SPD
+paper's backward cumulative procedure, and greedy plans for a budget."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import synthetic_text, tiny_train_overrides
+from tpgpt.analysis.numerics import FLOAT64_RTOL
+from tpgpt.cli import main
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A 3-layer model trained with every sync on (dense), 60 iterations, in float64 so that
+    two orders of summation agree to FLOAT64_RTOL (eval runs an all-on plan as the dense GPT,
+    sensitivity as tp=2 shards)."""
+    from tpgpt.data import prepare_text
+    root = tmp_path_factory.mktemp("sens")
+    (root / "input.txt").write_text(synthetic_text(6000))  # a val split of ~3,000 tokens
+    data = str(root / "data")
+    prepare_text(data, str(root / "input.txt"), "char")
+    out = root / "out"
+    kw = tiny_train_overrides(data, out, n_layer=3, max_iters=60, lr_decay_iters=60,
+                              dtype="float64")
+    assert main(["train", "shakespeare_char_cpu", *[f"--{k}={v}" for k, v in kw.items()]]) == 0
+    return str(out)
+
+
+def run_json(capsys, *args) -> dict:
+    assert main([*map(str, args), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def eval_loss(capsys, ckpt, bits: str) -> float:
+    return run_json(capsys, "eval", "--ckpt", ckpt, "--tp", "2", "--sync", f"bits:{bits}",
+                    "--batch-size", "7")["loss"]
+
+
+def test_single_drop_and_cumulative_equal_eval_by_hand(ckpt, capsys):
+    """With the whole split as calibration set, each loss is `tpgpt eval --sync bits:...`'s:
+    the sensitivities are differences of independently computed losses."""
+    r = run_json(capsys, "sensitivity", "--ckpt", ckpt, "--tp", "2", "--tokens", 10 ** 9,
+                 "--batch-size", "7")
+    base = eval_loss(capsys, ckpt, "111111")
+    same = lambda a, b: a == pytest.approx(b, rel=FLOAT64_RTOL, abs=FLOAT64_RTOL)  # noqa: E731
+    assert same(r["base_loss"], base) and r["base_bits"] == "111111"
+    assert [x["point"] for x in r["single_drop"]] == [0, 1, 2, 3, 4]  # not the last
+    for x in r["single_drop"]:
+        bits = "".join("0" if i == x["point"] else "1" for i in range(6))
+        assert same(x["delta"], eval_loss(capsys, ckpt, bits) - base), x["name"]
+    # the SPD paper's procedure: attention syncs dropped from the last layer back
+    cum = {x["layer"]: x["delta"] for x in r["backward_cumulative"]}
+    chain = [base] + [eval_loss(capsys, ckpt, b) for b in ("111101", "110101", "010101")]
+    assert all(same(c, b - a) for c, a, b in zip([cum[2], cum[1], cum[0]], chain, chain[1:]))
+
+
+def test_budget_gives_a_greedy_plan_every_command_takes(ckpt, capsys, tmp_path):
+    r = run_json(capsys, "sensitivity", "--ckpt", ckpt, "--tp", "2", "--tokens", "96",
+                 "--budget", "2")
+    path = r["greedy_path"]
+    assert [p["forward_syncs"] for p in path] == [6, 5, 4, 3, 2]
+    assert r["plan"] == "bits:" + path[-1]["bits"] and path[-1]["bits"].endswith("1")
+    # each step is the best single drop from the previous plan (re-measured each time)
+    first = min(r["single_drop"], key=lambda x: (x["delta"], x["point"]))
+    assert path[1]["dropped"] == first["name"]
+    assert path[1]["loss"] == pytest.approx(r["base_loss"] + first["delta"], abs=1e-12)
+    assert main(["eval", "--ckpt", ckpt, "--tp", "2", "--sync", r["plan"]]) == 0
+    assert main(["plan", "--n_layer", "3", "--sync", r["plan"]]) == 0
+    capsys.readouterr()
+    out = tmp_path / "sens"
+    assert main(["sensitivity", "--ckpt", ckpt, "--tokens", "64", "--out", str(out)]) == 0
+    assert (tmp_path / "sens.png").stat().st_size > 0
+    assert "layer  attn (alone)" in (tmp_path / "sens.md").read_text()
+    assert json.loads((tmp_path / "sens.json").read_text())["tp"] == 2
+    assert main(["sensitivity", "--ckpt", ckpt, "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
