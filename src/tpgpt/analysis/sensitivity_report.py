@@ -14,8 +14,9 @@ from .sensitivity import (PlanLoss, backward_cumulative, calibration_set, greedy
 def sensitivity(path: str, tp: int, tokens: int = 8192, split: str = "val",
                 data_dir: str | None = None, budget: int | None = None,
                 batch_size: int | None = None) -> dict:
-    """Single-drop and backward cumulative sensitivities of a checkpoint at `tp`, from its
-    trained plan; with `budget`, the greedy plan of that many forward syncs and its path."""
+    """Single-drop and backward cumulative sensitivities of a checkpoint at `tp`, from the
+    function it was trained to be (its plan; every sync on if it was trained at tp=1); with
+    `budget`, the greedy plan of that many forward syncs and its path."""
     if tokens < 1:
         raise ConfigError(f"--tokens {tokens} is invalid: it must be >= 1")
     if batch_size is not None and batch_size < 1:
@@ -25,7 +26,9 @@ def sensitivity(path: str, tp: int, tokens: int = 8192, split: str = "val",
     validate_tp(tp, config.n_head, config.vocab_size, False)
     if tp < 2:
         raise ConfigError("--tp 1 has no syncs to drop: give the tp you will serve at (>= 2)")
-    _, trained_sync = trained_plan(state)
+    trained_tp, trained_sync = trained_plan(state)
+    if trained_tp == 1:  # one rank computes the dense GPT whatever its plan says
+        trained_sync = "tp"
     base = SyncPlan.parse(trained_sync, config.n_layer).bits
     if budget is not None and not 1 <= budget <= sum(base):
         raise ConfigError(f"--budget {budget} is out of range: the trained plan has "
