@@ -402,6 +402,30 @@ def _(root):
     return ["sensitivity", "--ckpt", trained(root), "--tp", "1"]
 
 
+@case("convert: no checkpoint there", "nothing does not exist")
+def _(root):
+    return ["convert", "--ckpt", str(root / "nothing"), "--sync", "spd", "--tp", "2", "--out",
+            str(root / "c")]
+
+
+@case("convert: a plan of another length", "n_layer=2 needs exactly 4")
+def _(root):
+    return ["convert", "--ckpt", trained(root), "--sync", "bits:111111", "--tp", "2", "--out",
+            str(root / "c")]
+
+
+@case("convert: tp that does not divide the heads", "tp=3 does not divide n_head=2")
+def _(root):
+    return ["convert", "--ckpt", trained(root), "--sync", "spd", "--tp", "3", "--out",
+            str(root / "c")]
+
+
+@case("convert: onto an existing directory", "exists: choose another --out")
+def _(root):
+    return ["convert", "--ckpt", trained(root), "--sync", "spd", "--tp", "2", "--out",
+            str(root / "data")]
+
+
 @case("export of a checkpoint that drops syncs", "drops 2 of 4 syncs")
 def _(root):
     return ["export", "--ckpt", trained(root, tp=2, sync="spd"), "--out", str(root / "hf")]

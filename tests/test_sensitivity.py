@@ -13,16 +13,16 @@ from tpgpt.cli import main
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    """A 3-layer model trained with every sync on (dense), 60 iterations, in float64 so that
-    two orders of summation agree to FLOAT64_RTOL (eval runs an all-on plan as the dense GPT,
-    sensitivity as tp=2 shards)."""
+    """A 3-layer, 4-head model trained with every sync on (dense), 60 iterations, in float64 so
+    that two orders of summation agree to FLOAT64_RTOL (eval runs an all-on plan as the dense
+    GPT, sensitivity as tp=2 shards)."""
     from tpgpt.data import prepare_text
     root = tmp_path_factory.mktemp("sens")
     (root / "input.txt").write_text(synthetic_text(6000))  # a val split of ~3,000 tokens
     data = str(root / "data")
     prepare_text(data, str(root / "input.txt"), "char")
     out = root / "out"
-    kw = tiny_train_overrides(data, out, n_layer=3, max_iters=60, lr_decay_iters=60,
+    kw = tiny_train_overrides(data, out, n_layer=3, n_head=4, max_iters=60, lr_decay_iters=60,
                               dtype="float64")
     assert main(["train", "shakespeare_char_cpu", *[f"--{k}={v}" for k, v in kw.items()]]) == 0
     return str(out)
@@ -76,3 +76,50 @@ def test_budget_gives_a_greedy_plan_every_command_takes(ckpt, capsys, tmp_path):
     assert json.loads((tmp_path / "sens.json").read_text())["tp"] == 2
     assert main(["sensitivity", "--ckpt", ckpt, "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_convert_writes_the_plan_every_command_then_runs(ckpt, capsys, tmp_path):
+    """A converted checkpoint is that plan's function: eval runs it without being told, and
+    its loss is the zero-shot one `--sync` gives on the original; nothing is ever replaced."""
+    out = tmp_path / "spd"
+    r = run_json(capsys, "convert", "--ckpt", ckpt, "--sync", "spd", "--tp", "2", "--out", out,
+                 "--tokens", 10 ** 9)
+    assert r["head_grouping"] is None and r["trained_sync"] == "tp"
+    conv = run_json(capsys, "eval", "--ckpt", out, "--batch-size", "7")
+    assert (conv["tp"], conv["sync"], conv["converted"]) == (2, "spd", False)
+    same = run_json(capsys, "eval", "--ckpt", ckpt, "--tp", "2", "--sync", "spd",
+                    "--batch-size", "7")
+    assert conv["loss"] == pytest.approx(same["loss"], rel=FLOAT64_RTOL)
+    assert r["loss_converted"] == pytest.approx(same["loss"], rel=FLOAT64_RTOL)
+    assert main(["convert", "--ckpt", ckpt, "--sync", "tp", "--tp", "2", "--out", str(out)]) == 2
+    assert "exists: choose another --out" in capsys.readouterr().err
+
+
+def test_head_grouping_keeps_the_dense_function_and_reports_its_effect(ckpt, capsys, tmp_path):
+    import torch
+
+    from tpgpt.analysis.head_grouping import best_groups, objective, permute_heads
+    from tpgpt.checkpoint.load import load_dense
+    out = tmp_path / "grouped"
+    r = run_json(capsys, "convert", "--ckpt", ckpt, "--sync", "spd", "--tp", "2", "--out", out,
+                 "--tokens", "512", "--head-grouping")
+    assert [d["layer"] for d in r["head_grouping"]] == [0, 1, 2]  # every spd layer
+    assert all(d["error_after"] <= d["error_before"] + 1e-12 for d in r["head_grouping"])
+    assert r["dense_logits_max_diff"] < 1e-5 and "loss_grouped" in r  # reported, either sign
+    # the saved weights are the original dense GPT up to the permutation of heads
+    a, _, _ = load_dense(ckpt)
+    b, _, _ = load_dense(str(out))
+    x = torch.randint(0, a.config.vocab_size, (2, a.config.block_size))
+    with torch.no_grad():
+        assert (a(x)[0] - b(x)[0]).abs().max().item() < 1e-5
+    # the search: two pairs of equal heads are split, one of each per rank
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    outs = torch.stack([v[0], v[1], v[0], v[1]])  # heads 0 and 2 equal, 1 and 3 equal
+    gram = outs @ outs.T
+    groups = best_groups(gram, 2)
+    assert sorted(map(sorted, groups)) == [[0, 1], [2, 3]] or \
+        sorted(map(sorted, groups)) == [[0, 3], [1, 2]]
+    assert objective(gram, groups) < objective(gram, [[0, 2], [1, 3]])
+    permute_heads(a, 0, [2, 0, 3, 1])  # any order of the heads keeps the function
+    with torch.no_grad():
+        assert (a(x)[0] - b(x)[0]).abs().max().item() < 1e-5

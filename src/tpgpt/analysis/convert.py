@@ -1,0 +1,89 @@
+"""`tpgpt convert`: a checkpoint's weights under another tp and sync plan, saved as a checkpoint
+whose trained function is that plan (a zero-shot conversion), optionally with the heads of the
+layers that drop their attention sync regrouped across ranks first (head_grouping.py)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..checkpoint.load import load_dense, model_config, read_checkpoint, trained_plan
+from ..checkpoint.sharded_state import ShardedState
+from ..checkpoint.store import save_checkpoint
+from ..comm.plan import SyncPlan, validate_tp
+from ..errors import ConfigError
+from .evaluate import auto_batch_size, checkpoint_split
+from .head_grouping import group_heads
+from .sensitivity import PlanLoss, calibration_set
+
+
+def convert(path: str, out: str, sync: str, tp: int, head_grouping: bool = False,
+            tokens: int = 8192, split: str = "val", data_dir: str | None = None) -> dict:
+    """Write `out`; return what was done and, when data is there, the calibration losses of
+    the trained function, the conversion, and (with head grouping) the conversion after it."""
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise ConfigError(f"{out} exists: choose another --out (a checkpoint is never replaced)")
+    if tokens < 1:
+        raise ConfigError(f"--tokens {tokens} is invalid: it must be >= 1")
+    state = read_checkpoint(path)
+    config = model_config(state)
+    validate_tp(tp, config.n_head, config.vocab_size, False)
+    plan = SyncPlan.parse(sync, config.n_layer)
+    trained_tp, trained_sync = trained_plan(state)
+    try:
+        calib = calibration_set(checkpoint_split(state, split, data_dir), tokens)
+    except ConfigError:
+        if head_grouping:
+            raise  # grouping is chosen on data
+        calib = None
+    dense, meta, ckpt = load_dense(path, state)
+    r = {"checkpoint": ckpt, "out": out, "tp": tp, "sync": plan.spec, "bits": plan.bitstring,
+         "forward_syncs": plan.forward_syncs(tp), "trained_tp": trained_tp,
+         "trained_sync": trained_sync, "head_grouping": None}
+    if calib is not None:
+        bs = auto_batch_size(config.block_size, config.vocab_size,
+                             next(dense.parameters()).element_size())
+        trained = SyncPlan.parse(trained_sync, config.n_layer).bits
+        r["calibration"] = {"data": calib.path, "split": split, "tokens": calib.tokens}
+        r["loss_trained"] = PlanLoss(dense, trained_tp, calib, bs)(trained)
+        r["loss_converted"] = PlanLoss(dense, tp, calib, bs)(plan.bits)
+    if head_grouping:
+        probe = calib.x[:bs]
+        with torch.no_grad():
+            before = dense(probe)[0]
+        r["head_grouping"] = group_heads(dense, plan.bits, tp, calib.x, bs)
+        with torch.no_grad():
+            r["dense_logits_max_diff"] = (dense(probe)[0] - before).abs().max().item()
+        r["loss_grouped"] = PlanLoss(dense, tp, calib, bs)(plan.bits)
+    config_out = {**(state.get("config") or {}), "tp": tp, "sync": plan.spec}
+    new_state = {"iter": state.get("iter", 0), "best_val_loss": None, "train_loss": None,
+                 "val_loss": None, "config": config_out,
+                 "layout": {"world": 1, "tp": 1, "tp_procs": 1, "dp": 1},
+                 "model": state["model"],
+                 "converted_from": {"path": os.path.abspath(ckpt), "tp": trained_tp,
+                                    "sync": trained_sync,
+                                    "head_groups": None if not head_grouping else
+                                    {d["layer"]: d["groups"] for d in r["head_grouping"]}}}
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    save_checkpoint(out, rank=0, barrier=lambda: None, sharded=ShardedState(dense),
+                    state=new_state, meta=meta, rank_state=None)
+    return r
+
+
+def format_convert(r: dict) -> str:
+    lines = [f"converted {r['checkpoint']} (trained: tp={r['trained_tp']}, sync="
+             f"{r['trained_sync']!r}) to tp={r['tp']}, sync={r['sync']!r} ({r['forward_syncs']} "
+             f"forward syncs): {r['out']}"]
+    if "loss_trained" in r:
+        c = r["calibration"]
+        lines.append(f"  loss on the first {c['tokens']:,} tokens of {c['data']}: trained "
+                     f"{r['loss_trained']:.4f}, converted zero-shot {r['loss_converted']:.4f} "
+                     f"({r['loss_converted'] - r['loss_trained']:+.4f})")
+    if r["head_grouping"] is not None:
+        for d in r["head_grouping"]:
+            lines.append(f"  layer {d['layer']}: heads per rank {d['groups']}, rank-stream "
+                         f"error {d['error_before']:.4g} -> {d['error_after']:.4g}")
+        lines.append(f"  with head grouping: {r['loss_grouped']:.4f} "
+                     f"({r['loss_grouped'] - r['loss_converted']:+.4f} against no grouping); "
+                     f"dense logits changed by at most {r['dense_logits_max_diff']:.2e}")
+    return "\n".join(lines)
