@@ -420,6 +420,12 @@ def _(root):
             str(root / "c")]
 
 
+@case("convert: a dropping plan at tp 1", "at tp=1 is the dense GPT")
+def _(root):
+    return ["convert", "--ckpt", trained(root), "--sync", "spd", "--tp", "1", "--out",
+            str(root / "c")]
+
+
 @case("convert: onto an existing directory", "exists: choose another --out")
 def _(root):
     return ["convert", "--ckpt", trained(root), "--sync", "spd", "--tp", "2", "--out",

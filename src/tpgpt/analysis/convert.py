@@ -21,21 +21,26 @@ def convert(path: str, out: str, sync: str, tp: int, head_grouping: bool = False
             tokens: int = 8192, split: str = "val", data_dir: str | None = None) -> dict:
     """Write `out`; return what was done and, when data is there, the calibration losses of
     the trained function, the conversion, and (with head grouping) the conversion after it."""
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise ConfigError(f"{out} exists: choose another --out (a checkpoint is never replaced)")
+    # the checkpoint writer uses out.tmp, out.old and out.prev beside out: none may be there
+    for p in (out, out + ".tmp", out + ".old", out + ".prev"):
+        if os.path.lexists(p):
+            raise ConfigError(f"{p} exists: choose another --out (a checkpoint is never "
+                              f"replaced)")
     if tokens < 1:
         raise ConfigError(f"--tokens {tokens} is invalid: it must be >= 1")
     state = read_checkpoint(path)
     config = model_config(state)
     validate_tp(tp, config.n_head, config.vocab_size, False)
     plan = SyncPlan.parse(sync, config.n_layer)
+    if tp == 1 and not all(plan.bits):
+        raise ConfigError(f"--sync {sync!r} at tp=1 is the dense GPT (one rank has nothing to "
+                          f"synchronise): give the tp the plan is for")
     trained_tp, trained_sync = trained_plan(state)
-    try:
+    if trained_tp == 1:  # one rank computes the dense GPT whatever its plan says
+        trained_sync = "tp"
+    calib = None
+    if data_dir is not None or (state.get("config") or {}).get("data_dir") or head_grouping:
         calib = calibration_set(checkpoint_split(state, split, data_dir), tokens)
-    except ConfigError:
-        if head_grouping:
-            raise  # grouping is chosen on data
-        calib = None
     dense, meta, ckpt = load_dense(path, state)
     r = {"checkpoint": ckpt, "out": out, "tp": tp, "sync": plan.spec, "bits": plan.bitstring,
          "forward_syncs": plan.forward_syncs(tp), "trained_tp": trained_tp,
@@ -49,11 +54,11 @@ def convert(path: str, out: str, sync: str, tp: int, head_grouping: bool = False
         r["loss_converted"] = PlanLoss(dense, tp, calib, bs)(plan.bits)
     if head_grouping:
         probe = calib.x[:bs]
-        with torch.no_grad():
-            before = dense(probe)[0]
+        with torch.no_grad():  # targets given: the logits of every position
+            before = dense(probe, probe)[0]
         r["head_grouping"] = group_heads(dense, plan.bits, tp, calib.x, bs)
         with torch.no_grad():
-            r["dense_logits_max_diff"] = (dense(probe)[0] - before).abs().max().item()
+            r["dense_logits_max_diff"] = (dense(probe, probe)[0] - before).abs().max().item()
         r["loss_grouped"] = PlanLoss(dense, tp, calib, bs)(plan.bits)
     config_out = {**(state.get("config") or {}), "tp": tp, "sync": plan.spec}
     new_state = {"iter": state.get("iter", 0), "best_val_loss": None, "train_loss": None,
@@ -64,7 +69,10 @@ def convert(path: str, out: str, sync: str, tp: int, head_grouping: bool = False
                                     "sync": trained_sync,
                                     "head_groups": None if not head_grouping else
                                     {d["layer"]: d["groups"] for d in r["head_grouping"]}}}
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the directory of --out {out}: {e.strerror}") from None
     save_checkpoint(out, rank=0, barrier=lambda: None, sharded=ShardedState(dense),
                     state=new_state, meta=meta, rank_state=None)
     return r
@@ -74,7 +82,10 @@ def format_convert(r: dict) -> str:
     lines = [f"converted {r['checkpoint']} (trained: tp={r['trained_tp']}, sync="
              f"{r['trained_sync']!r}) to tp={r['tp']}, sync={r['sync']!r} ({r['forward_syncs']} "
              f"forward syncs): {r['out']}"]
-    if "loss_trained" in r:
+    if "loss_trained" not in r:
+        lines.append("  (no data to measure the loss on: the checkpoint names none; pass "
+                     "--data-dir)")
+    else:
         c = r["calibration"]
         lines.append(f"  loss on the first {c['tokens']:,} tokens of {c['data']}: trained "
                      f"{r['loss_trained']:.4f}, converted zero-shot {r['loss_converted']:.4f} "

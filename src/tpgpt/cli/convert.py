@@ -11,8 +11,8 @@ from .common import flag
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="save a checkpoint's weights under another plan",
                        description="Write a checkpoint of the same weights whose function is "
-                                   "--sync at --tp (a zero-shot conversion), which eval, "
-                                   "sample, export and train then use. --head-grouping first "
+                                   "--sync at --tp (a zero-shot conversion), which eval "
+                                   "and sample then run as that function. --head-grouping first "
                                    "regroups the heads of every layer that drops its attention "
                                    "sync across the ranks (the dense function is unchanged), "
                                    "chosen on calibration data to bring each rank's stream "
