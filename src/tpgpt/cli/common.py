@@ -44,6 +44,15 @@ def flag(p: argparse.ArgumentParser, name: str, **kw) -> None:
     p.add_argument(f"--{name.replace('_', '-')}", f"--{name}", dest=name, **kw)
 
 
+def add_calibration_args(p: argparse.ArgumentParser) -> None:
+    """The held-out tokens a trained model is measured on (sensitivity, convert)."""
+    flag(p, "tokens", type=int, default=8192,
+         help="calibration tokens, from the start of the split (default 8192)")
+    p.add_argument("--split", choices=["val", "train"], default="val")
+    flag(p, "data_dir", default=None,
+         help="the prepared dataset (default: the one the checkpoint was trained on)")
+
+
 def add_model_args(p: argparse.ArgumentParser, **defaults) -> None:
     """--field=value for every GPTConfig field, checked by GPTConfig itself."""
     for f in dataclasses.fields(GPTConfig):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import flag
+from .common import add_calibration_args, flag
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -23,10 +23,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--tp", type=int, required=True, help="tensor-parallel degree")
     p.add_argument("--out", required=True, help="the new checkpoint directory (must not exist)")
     flag(p, "head_grouping", action="store_true", help="regroup heads across ranks first")
-    flag(p, "tokens", type=int, default=8192, help="calibration tokens (default 8192)")
-    p.add_argument("--split", choices=["val", "train"], default="val")
-    flag(p, "data_dir", default=None,
-         help="the prepared dataset (default: the one the checkpoint was trained on)")
+    add_calibration_args(p)
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p.set_defaults(func=run)
     return p

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import flag
+from .common import add_calibration_args, flag
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -19,11 +19,7 @@ def register(sub) -> argparse.ArgumentParser:
                                    "as a bits: plan for --sync.")
     p.add_argument("--ckpt", required=True, help="a checkpoint dir or a run's out_dir")
     p.add_argument("--tp", type=int, default=2, help="tensor-parallel degree (default 2)")
-    flag(p, "tokens", type=int, default=8192,
-         help="calibration tokens, from the start of the split (default 8192)")
-    p.add_argument("--split", choices=["val", "train"], default="val")
-    flag(p, "data_dir", default=None,
-         help="the prepared dataset (default: the one the checkpoint was trained on)")
+    add_calibration_args(p)
     p.add_argument("--budget", type=int, default=None,
                    help="forward syncs to keep: print the greedy plan with that many")
     flag(p, "batch_size", type=int, default=None, help="windows per forward pass")
