@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from ..checkpoint.load import load_dense, model_config, read_checkpoint, trained_plan
+from ..checkpoint.load import load_dense, model_config, read_checkpoint, trained_function
 from ..checkpoint.sharded_state import ShardedState
 from ..checkpoint.store import save_checkpoint
 from ..comm.plan import SyncPlan, validate_tp
@@ -35,9 +35,7 @@ def convert(path: str, out: str, sync: str, tp: int, head_grouping: bool = False
     if tp == 1 and not all(plan.bits):
         raise ConfigError(f"--sync {sync!r} at tp=1 is the dense GPT (one rank has nothing to "
                           f"synchronise): give the tp the plan is for")
-    trained_tp, trained_sync = trained_plan(state)
-    if trained_tp == 1:  # one rank computes the dense GPT whatever its plan says
-        trained_sync = "tp"
+    trained_tp, trained_sync = trained_function(state)
     calib = None
     if data_dir is not None or (state.get("config") or {}).get("data_dir") or head_grouping:
         calib = calibration_set(checkpoint_split(state, split, data_dir), tokens)

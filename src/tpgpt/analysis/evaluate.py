@@ -26,16 +26,24 @@ def full_split_loss(model, file: TokenFile, batch_size: int = 64) -> float:
     T = file.block_size
     starts = torch.arange(0, file.n - T - 1 + 1, T)
     device = next(model.parameters()).device
+    loss = mean_loss(model, (tuple(t.to(device) for t in file.batch(chunk))
+                             for chunk in starts.split(batch_size)))
+    model.train(was_training)
+    return loss
+
+
+@torch.no_grad()
+def mean_loss(model, batches) -> float:
+    """Mean cross-entropy per predicted token over (x, y) batches, for a dense or parallel GPT
+    (whose vocab-parallel logits are never gathered for a loss)."""
     total, count = 0.0, 0
-    for chunk in starts.split(batch_size):
-        x, y = (t.to(device) for t in file.batch(chunk))
+    for x, y in batches:
         if isinstance(model, ParallelGPT):
             _, loss = model(x, y, return_logits=False)
         else:
             _, loss = model(x, y)
         total += loss.item() * y.numel()
         count += y.numel()
-    model.train(was_training)
     return total / count
 
 

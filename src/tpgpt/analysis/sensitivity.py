@@ -20,6 +20,7 @@ from ..comm.plan import SyncPlan
 from ..data import TokenFile
 from ..errors import ConfigError
 from ..model.parallel_gpt import ParallelGPT
+from .evaluate import mean_loss
 
 
 @dataclass
@@ -57,11 +58,8 @@ class PlanLoss:
         if bits not in self.measured:
             plan = SyncPlan.parse("bits:" + "".join(map(str, bits)), self.dense.config.n_layer)
             model = ParallelGPT.from_dense(self.dense, tp=self.tp, sync=plan).eval()
-            total = 0.0
-            for x, y in zip(self.calib.x.split(self.batch_size),
-                            self.calib.y.split(self.batch_size)):
-                total += model(x, y, return_logits=False)[1].item() * y.numel()
-            self.measured[bits] = total / self.calib.tokens
+            self.measured[bits] = mean_loss(model, zip(self.calib.x.split(self.batch_size),
+                                                       self.calib.y.split(self.batch_size)))
         return self.measured[bits]
 
 

@@ -30,7 +30,7 @@ from ..analysis.generation_cost import measured_device, predict_generation
 from ..comm.plan import SyncPlan, count_inference
 from ..inference.generate import decode
 from ..model import GPT, GPTConfig
-from .plans import TimedComm, _slope
+from .plans import TimedComm, _slope, _span_stats
 from .timing import slowest_rank
 
 DECODE_SHAPES = {
@@ -155,8 +155,8 @@ def bench_one(config: GPTConfig, plans: list[str], batch: int, prompt_len: int,
                                      n_embd=config.n_embd, vocab_size=config.vocab_size,
                                      batch_size=batch, prompt_len=prompt_len)["decode"][0].count
                   for p in plans}
-    rows = [_row(p, config, world, batch, prompt_len, new_tokens, slow_ttft[p], slow_steps[p],
-                 [g[p] for g in gathered], same_host, sync_count[p]) for p in plans]
+    rows = [_row(p, config, world, slow_ttft[p], slow_steps[p], [g[p] for g in gathered],
+                 same_host, sync_count[p]) for p in plans]
     return {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "rows": rows,
             "compute_only": {"ttft": quantiles(slow_ttft[compute_key]),
                              "decode": quantiles(slow_steps[compute_key])},
@@ -166,18 +166,12 @@ def bench_one(config: GPTConfig, plans: list[str], batch: int, prompt_len: int,
                 for k, v in refs.items()}}
 
 
-def _row(plan, config, world, batch, prompt_len, new_tokens, ttft, steps, rank_spans,
-         same_host, n_sync) -> dict:
-    durations = [statistics.fmean(e - s for s, e in sp) if sp else 0.0 for sp in rank_spans]
-    skew = None
-    if same_host and rank_spans[0]:
-        skew = statistics.fmean(max(t) - min(t) for t in zip(*[[s for s, _ in sp]
-                                                               for sp in rank_spans]))
+def _row(plan, config, world, ttft, steps, rank_spans, same_host, n_sync) -> dict:
     return {"plan": plan, "forward_syncs": SyncPlan.parse(plan, config.n_layer).forward_syncs(
                 world), "collectives_per_step": n_sync,
             "collectives_timed": len(rank_spans[0]) / max(len(steps), 1),
             "ttft": quantiles(ttft), "decode": quantiles(steps),
-            "collective_mean_s": max(durations), "skew_mean_s": skew}
+            **_span_stats(rank_spans, n_sync, 0, same_host)}
 
 
 def fit_device(result: dict, config: GPTConfig, world: int):

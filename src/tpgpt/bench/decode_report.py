@@ -9,7 +9,7 @@ import torch.distributed as dist
 from ..analysis.costmodel import Interconnect
 from ..errors import ConfigError
 from .decode import DECODE_SHAPES, bench_one, calibrate, fit_device
-from .timing import _base, check_out, report_and_finish, save_figure
+from .timing import check_out, report_and_finish, save_figure
 
 
 def bench_decode(shapes: list[str], plans: list[str], batches: list[int], rounds: int,
@@ -164,10 +164,8 @@ def plot_decode(r: dict, path: str, overwrite: bool = False) -> None:
 def run_decode_cli(args) -> int:
     from ..comm.plan import SyncPlan, validate_tp
 
-    check_out(args.out, args.overwrite)
-    png = _base(args.out) + ".png" if args.out else None
-    if png and os.path.exists(png) and not args.overwrite:
-        raise ConfigError(f"{png} exists: choose another --out or pass --overwrite")
+    base = check_out(args.out, args.overwrite, (".json", ".md", ".png"))
+    png = base + ".png" if base else None
     world = int(os.environ.get("WORLD_SIZE", "1"))
     shapes, plans = list(dict.fromkeys(args.shapes)), list(dict.fromkeys(args.plans))
     for name in shapes:

@@ -1,32 +1,42 @@
-"""The Hugging Face reference of `tpgpt bench decode`: transformers' GPT2LMHeadModel on a dense
-GPT's weights (tpgpt.checkpoint.hf's mapping), greedy `generate` with its KV cache, timed per
-token by a streamer (transformers calls `put` with every new token as it is chosen)."""
+"""The Hugging Face reference of the benchmarks: transformers' GPT2LMHeadModel on a dense GPT's
+weights (tpgpt.checkpoint.hf's mapping), trained beside tpgpt by `bench throughput`, and for
+`bench decode` its greedy `generate` with its KV cache, timed per token by a streamer
+(transformers calls `put` with every new token as it is chosen)."""
 from __future__ import annotations
 
 import time
 
 import torch
 
-_built: dict = {}  # {"dense": the dense GPT, "hf": its GPT2LMHeadModel}: the last one built
-
-
-def hf_model(dense):
-    """GPT2LMHeadModel holding `dense`'s weights, or None without transformers installed."""
+def hf_gpt2(dense):
+    """The same weights in Hugging Face transformers' GPT2LMHeadModel (SDPA attention): an
+    independent implementation of the dense model, to time beside tpgpt's (in training mode:
+    set eval() to generate); None without transformers. Its loss shifts labels itself (T - 1
+    positions; the same matmuls)."""
     try:
         import transformers
     except ImportError:
         return None
     from ..checkpoint.hf import hf_config, to_hf_state
+    transformers.logging.set_verbosity_error()
+    cfg = {k: v for k, v in hf_config(dense.config).items() if k != "tpgpt_bias"}
+    model = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(**cfg, attn_implementation="sdpa"))
+    missing, unexpected = model.load_state_dict(to_hf_state(dense.state_dict(), dense.config),
+                                                strict=False)
+    assert not unexpected and all(k == "lm_head.weight" for k in missing), (missing, unexpected)
+    return model.train()
+
+
+_built: dict = {}  # {"dense": the dense GPT, "hf": its GPT2LMHeadModel}: the last one built
+
+
+def hf_model(dense):
+    """`hf_gpt2(dense)` in eval mode, built once per dense model; None without transformers."""
     if _built.get("dense") is not dense:  # holding `dense` keeps its id from being reused
-        transformers.logging.set_verbosity_error()
-        cfg = {k: v for k, v in hf_config(dense.config).items() if k != "architectures"}
-        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg))
-        missing, unexpected = hf.load_state_dict(to_hf_state(dense.state_dict(), dense.config),
-                                                 strict=False)
-        if set(missing) - {"lm_head.weight"} or unexpected:
-            raise RuntimeError(f"GPT-2 weights do not map: missing {missing}, "
-                               f"unexpected {unexpected}")
-        hf.tie_weights()
+        hf = hf_gpt2(dense)
+        if hf is None:
+            return None
         _built.update(dense=dense, hf=hf.eval())
     return _built["hf"]
 

@@ -13,6 +13,7 @@ from contextlib import nullcontext
 import torch
 
 from ..model import GPTConfig
+from .hf_reference import hf_gpt2
 from .timing import check_out, time_interleaved, write_results
 
 THROUGHPUT_SHAPES = {
@@ -53,23 +54,6 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int | None =
         if i >= 2 and spent > budget_s:
             break
     return 2 * n ** 3 / best / 1e12
-
-
-def hf_gpt2(dense):
-    """The same weights in Hugging Face transformers' GPT2LMHeadModel (SDPA attention): an
-    independent implementation of the dense model, to time beside tpgpt's; None without
-    transformers. Its loss shifts labels itself (T - 1 positions; the same matmuls)."""
-    try:
-        from transformers import GPT2Config, GPT2LMHeadModel
-    except ImportError:
-        return None
-    from ..checkpoint.hf import hf_config, to_hf_state
-    cfg = {k: v for k, v in hf_config(dense.config).items() if k != "tpgpt_bias"}
-    model = GPT2LMHeadModel(GPT2Config(**cfg, attn_implementation="sdpa"))
-    missing, unexpected = model.load_state_dict(to_hf_state(dense.state_dict(), dense.config),
-                                                strict=False)
-    assert not unexpected and all(k == "lm_head.weight" for k in missing), (missing, unexpected)
-    return model.train()
 
 
 HF_KEY = "HF transformers GPT-2 (dense)"

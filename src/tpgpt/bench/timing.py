@@ -54,11 +54,13 @@ def _base(out: str) -> str:
     return out[:-5] if out.endswith(".json") else out[:-3] if out.endswith(".md") else out
 
 
-def check_out(out: str | None, overwrite: bool) -> None:
-    """Before measuring: `--out NAME` must not replace earlier results unless asked to, and its
-    directory must exist (a long benchmark must not fail at the end for want of either)."""
+def check_out(out: str | None, overwrite: bool,
+              extensions: tuple[str, ...] = (".json", ".md")) -> str | None:
+    """Before measuring: `--out NAME` must not replace earlier results (NAME plus each of
+    `extensions`) unless asked to, and its directory must exist (a long benchmark must not fail
+    at the end for want of either). Returns NAME without its extension."""
     if not out:
-        return
+        return None
     from ..errors import ConfigError
     base = _base(out)
     parent = os.path.dirname(base) or "."
@@ -67,9 +69,10 @@ def check_out(out: str | None, overwrite: bool) -> None:
     if not os.access(parent, os.W_OK):
         raise ConfigError(f"--out {out}: the directory {parent} is not writable")
     if not overwrite:
-        for path in (base + ".json", base + ".md"):
+        for path in (base + ext for ext in extensions):
             if os.path.exists(path):
                 raise ConfigError(f"{path} exists: choose another --out or pass --overwrite")
+    return base
 
 
 def write_results(out: str, result: dict, markdown: str, overwrite: bool = False) -> list[str]:

@@ -52,6 +52,13 @@ def trained_plan(state: dict) -> tuple[int, str]:
     return tp, sync
 
 
+def trained_function(state: dict) -> tuple[int, str]:
+    """(tp, sync) of the function the checkpoint computes: at tp=1 whatever the plan says is
+    the dense GPT, every sync on ('tp')."""
+    tp, sync = trained_plan(state)
+    return tp, "tp" if tp == 1 else sync
+
+
 def _dtype(state: dict) -> torch.dtype:
     """float64 for a model trained in float64, else float32 (autocast runs keep fp32 weights)."""
     return torch.float64 if (state.get("config") or {}).get("dtype") == "float64" \

@@ -162,15 +162,15 @@ def _run_inference(args, cfg) -> int:
         raise ConfigError(f"prompt_len + new_tokens = {P + N} exceeds block_size="
                           f"{cfg.block_size}: the KV cache holds block_size positions (longer "
                           f"generation restarts the window, see 'tpgpt sample')")
-    reports = [inference_report(cfg, SyncPlan.parse(s, cfg.n_layer), tp=args.tp,
-                                batch_size=args.batch_size, prompt_len=P, new_tokens=N,
-                                vocab_parallel=args.vocab_parallel, dtype_bytes=args.dtype_bytes)
-               for s in args.sync or ["tp"]]
+    plans = [SyncPlan.parse(s, cfg.n_layer) for s in args.sync or ["tp"]]
+    reports = [inference_report(cfg, plan, tp=args.tp, batch_size=args.batch_size,
+                                prompt_len=P, new_tokens=N, vocab_parallel=args.vocab_parallel,
+                                dtype_bytes=args.dtype_bytes) for plan in plans]
     if args.interconnect:
         ic, device = load_interconnect(args.interconnect), _device(args)
-        for r, s in zip(reports, args.sync or ["tp"]):
+        for r, plan in zip(reports, plans):
             r["prediction"] = predict_generation(
-                cfg, SyncPlan.parse(s, cfg.n_layer), tp=args.tp, batch=args.batch_size,
+                cfg, plan, tp=args.tp, batch=args.batch_size,
                 prompt_len=P, new_tokens=N, vocab_parallel=args.vocab_parallel,
                 dtype_bytes=args.dtype_bytes, device=device, ic=ic)
     elif args.device:

@@ -33,14 +33,10 @@ def register(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from ..analysis.sensitivity_report import (format_sensitivity, plot_sensitivity,
                                                sensitivity)
-    from ..bench.timing import _base, check_out, write_results
-    from ..errors import ConfigError
-    import os
+    from ..bench.timing import check_out, write_results
 
-    check_out(args.out, args.overwrite)
-    png = _base(args.out) + ".png" if args.out else None
-    if png and os.path.exists(png) and not args.overwrite:
-        raise ConfigError(f"{png} exists: choose another --out or pass --overwrite")
+    base = check_out(args.out, args.overwrite, (".json", ".md", ".png"))
+    png = base + ".png" if base else None
     r = sensitivity(args.ckpt, args.tp, args.tokens, args.split, args.data_dir, args.budget,
                     args.batch_size)
     text = format_sensitivity(r)
