@@ -78,6 +78,7 @@ class Loaded:
     trained_tp: int
     trained_sync: str
     mode: str  # "dense", "simulated" or "distributed"
+    mesh: object | None = None  # distributed over several processes: the TP mesh of its shards
 
     @property
     def sync(self) -> str:
@@ -166,7 +167,7 @@ def load_trained(path: str, tp: int | None = None, sync: str | None = None,
         model, mesh = _distributed_model(config, tp, plan, device)
         model.to(dtype)
         load_sharded(ckpt, ShardedState(model, None, mesh), distributed=True)
-        return Loaded(model=model.to(device).eval(), mode="distributed", **common)
+        return Loaded(model=model.to(device).eval(), mode="distributed", mesh=mesh, **common)
     model = _unfilled_parallel(config, tp, plan)
     model.to(dtype)
     load_sharded(ckpt, ShardedState(model))

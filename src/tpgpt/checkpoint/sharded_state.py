@@ -103,6 +103,10 @@ class ShardedState:
                  mesh=None):
         self.model, self.optimizer, self.mesh = model, optimizer, mesh
         self.params = dict(model.named_parameters())
+        # the parameters the optimizer updates (all of them in training; distillation trains a
+        # few blocks): only those have AdamW moments to save
+        self.optimized = set() if optimizer is None else \
+            {id(p) for g in optimizer.param_groups for p in g["params"]}
 
     def _wrap(self, rule: str, local: torch.Tensor, dim: int | None):
         if self.mesh is None or dim is None:
@@ -117,7 +121,7 @@ class ShardedState:
         """(key, param name, tensor getter) for every tensor in the state."""
         for name, p in self.params.items():
             yield f"model.{name}", name, lambda p=p: p
-            if self.optimizer is not None:
+            if id(p) in self.optimized:
                 for field in ("exp_avg", "exp_avg_sq"):
                     yield f"optim.{name}.{field}", name, \
                         lambda p=p, f=field: self.optimizer.state[p][f]
@@ -140,7 +144,7 @@ class ShardedState:
         """Tensors of the canonical shapes of *this* layout, for dcp.load to fill."""
         if self.optimizer is not None:
             for p in self.params.values():  # AdamW's lazily created state, made now
-                if not self.optimizer.state[p]:
+                if id(p) in self.optimized and not self.optimizer.state[p]:
                     self.optimizer.state[p] = {"step": torch.tensor(0.0),
                                                "exp_avg": torch.zeros_like(p),
                                                "exp_avg_sq": torch.zeros_like(p)}
@@ -157,4 +161,5 @@ class ShardedState:
             target.copy_(_from_canonical(self.model, _rule(self.model, name), local, target))
         if self.optimizer is not None:
             for p in self.params.values():
-                self.optimizer.state[p]["step"] = state["optim.step"].clone()
+                if id(p) in self.optimized:
+                    self.optimizer.state[p]["step"] = state["optim.step"].clone()

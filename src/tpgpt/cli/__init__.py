@@ -10,12 +10,12 @@ import os
 import sys
 
 from ..errors import ConfigError
-from . import (bench, convert, eval, export, import_hf, plan, prepare, sample, sensitivity,
-               sweep, train, verify)
+from . import (bench, convert, distill, eval, export, import_hf, plan, prepare, sample,
+               sensitivity, sweep, train, verify)
 from .common import CliError, Parser
 
 COMMANDS = (plan, verify, prepare, train, sweep, eval, sample, export, import_hf, bench,
-            sensitivity, convert)
+            sensitivity, convert, distill)
 
 
 def build_parser() -> Parser:

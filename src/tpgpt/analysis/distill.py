@@ -1,0 +1,285 @@
+"""`tpgpt distill`: recover what a zero-shot conversion lost, by block-to-block distillation
+against the model it was converted from (distill_regions.py says what is compared and why),
+then optionally a short end-to-end phase on the KL divergence to the teacher's logits.
+
+Only the parameters of the regions that drop a sync train (their LayerNorms and sublayers);
+everything else keeps the teacher's weights. The student is the converted checkpoint as its
+trained function (simulated in one process, or its tp ranks spread over a torchrun job); the
+teacher is the dense GPT, run whole on every process under no_grad. The output directory is a
+run directory: `last/` (a checkpoint that eval, sample and sensitivity run as the student's
+plan, with the optimizer and the batch generator for --resume), metrics.jsonl, summary.json.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from types import SimpleNamespace
+
+import torch
+
+from ..checkpoint.load import load_dense, load_trained, read_checkpoint, trained_function
+from ..checkpoint.sharded_state import ShardedState
+from ..checkpoint.store import find_checkpoint, load_sharded, load_state, save_checkpoint
+from ..comm.plan import SyncPlan
+from ..errors import ConfigError
+from ..train.metrics import MetricsLog
+from ..train.optim import lr_at, make_optimizer
+from .distill_regions import dropping_regions, logit_kl, region_losses, region_parameters
+from .evaluate import auto_batch_size, checkpoint_split, mean_loss
+from .sensitivity import calibration_set
+
+# options that must match out/last's for --resume to continue the same run
+RESUME_KEYS = ("ckpt", "teacher", "steps", "kl_steps", "lr", "batch_size", "seed", "data_dir")
+
+
+@dataclass
+class DistillOptions:
+    ckpt: str  # the student: a converted checkpoint (or any that drops syncs)
+    teacher: str  # the dense model it came from
+    out: str  # the run directory
+    steps: int  # block-to-block (MSE) steps
+    kl_steps: int = 0  # end-to-end steps on KL(teacher || student) after them
+    lr: float = 3e-4
+    batch_size: int = 16
+    seed: int = 1337
+    tokens: int = 8192  # calibration tokens for the reported loss
+    split: str = "val"
+    data_dir: str | None = None
+    eval_interval: int | None = None  # default: 5 evaluations over the run
+    resume: bool = False
+    overwrite: bool = False
+    stop_after: int | None = None  # stop (saved) after this step, to --resume later
+    progress: bool = True
+    device: str = "cpu"
+
+    def check(self) -> None:
+        for name, low in (("steps", 0), ("kl_steps", 0), ("batch_size", 1), ("tokens", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} is invalid: "
+                                  f"it must be >= {low}")
+        if self.steps + self.kl_steps < 1:
+            raise ConfigError("--steps 0 and --kl-steps 0: nothing to train")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr {self.lr} is invalid: it must be a positive number")
+        for name in ("eval_interval", "stop_after"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} is "
+                                  f"invalid: it must be >= 1")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite together: choose one")
+
+    @property
+    def total(self) -> int:
+        return self.steps + self.kl_steps
+
+    def resume_record(self) -> dict:
+        d = asdict(self)
+        d["ckpt"], d["teacher"] = os.path.abspath(self.ckpt), os.path.abspath(self.teacher)
+        return {k: d[k] for k in RESUME_KEYS}
+
+
+def _check_out(o: DistillOptions, inputs: list[str]) -> str:
+    """out/last, checked: it never holds an input, and holds a run only when resuming or
+    overwriting."""
+    out = os.path.abspath(o.out)
+    for path in inputs:
+        if os.path.commonpath([out, os.path.abspath(path)]) == out:
+            raise ConfigError(f"--out {o.out} holds the input checkpoint {path}: choose another "
+                              f"--out (an input is never overwritten)")
+    last = os.path.join(o.out, "last")
+    if o.resume:
+        if find_checkpoint(last) is None:
+            raise ConfigError(f"--resume: no checkpoint in {last}")
+        saved = load_state(last).get("distill", {}).get("options")
+        if saved is None:
+            raise ConfigError(f"--resume: {last} is not a tpgpt distill run")
+        mine = o.resume_record()
+        diff = [k for k in RESUME_KEYS if saved.get(k) != mine[k]]
+        if diff:
+            raise ConfigError("--resume: the options differ from the run's in " + ", ".join(
+                f"{k} ({saved.get(k)!r} -> {mine[k]!r})" for k in diff))
+    elif find_checkpoint(last) is not None and not o.overwrite:
+        raise ConfigError(f"{o.out} holds a distill run: pass --resume to continue it, "
+                          f"--overwrite to start over, or choose another --out")
+    if os.path.exists(o.out) and not os.path.isdir(o.out):
+        raise ConfigError(f"--out {o.out} is a file, not a directory")
+    return last
+
+
+def _check_pair(student: dict, teacher: dict) -> tuple[int, SyncPlan]:
+    """(tp, plan) of the student; the teacher must be the dense GPT of the same shape."""
+    shape = {k: v for k, v in student["model"].items() if k != "dropout"}
+    other = {k: v for k, v in teacher["model"].items() if k != "dropout"}
+    if shape != other:
+        diff = ", ".join(f"{k} {other.get(k)} vs {shape.get(k)}" for k in shape
+                         if shape.get(k) != other.get(k))
+        raise ConfigError(f"the teacher {teacher['path']} has another shape than the student "
+                          f"({diff})")
+    n_layer = shape["n_layer"]
+    t_tp, t_sync = trained_function(teacher)
+    if not SyncPlan.parse(t_sync, n_layer).is_dense_at(t_tp):
+        raise ConfigError(f"the teacher {teacher['path']} computes tp={t_tp}, sync={t_sync!r}, "
+                          f"not the dense GPT: distil from the all-sync model")
+    tp, sync = trained_function(student)
+    plan = SyncPlan.parse(sync, n_layer)
+    if plan.is_dense_at(tp):
+        raise ConfigError(f"the student {student['path']} computes the dense GPT (tp={tp}, "
+                          f"sync={sync!r}): nothing to distil (tpgpt convert it to a plan "
+                          f"that drops syncs first)")
+    return tp, plan
+
+
+def distill(o: DistillOptions) -> dict:
+    o.check()
+    s_state, t_state = read_checkpoint(o.ckpt), read_checkpoint(o.teacher)
+    tp, plan = _check_pair(s_state, t_state)
+    last = _check_out(o, [s_state["path"], t_state["path"]])
+    train = checkpoint_split(s_state, "train", o.data_dir)
+    checkpoint_split(t_state, "train", o.data_dir)  # the teacher's tokenizer must match too
+    calib = calibration_set(checkpoint_split(s_state, o.split, o.data_dir), o.tokens)
+    if not os.path.isdir(o.out):
+        try:
+            os.makedirs(o.out, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create --out {o.out}: {e.strerror}") from None
+
+    loaded = load_trained(o.ckpt, device=o.device, state=s_state)
+    model, distributed = loaded.model, loaded.mode == "distributed"
+    rank = int(os.environ.get("RANK", "0")) if distributed else 0
+    teacher, meta, _ = load_dense(o.teacher, t_state)
+    teacher.to(loaded.model.transformer.wpe.weight.device)
+    regions = dropping_regions(plan.bits)
+    trained = region_parameters(model, regions)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in trained:
+        p.requires_grad_(True)
+    per_rank = [p for p in model._per_rank if p.requires_grad]
+    optimizer = make_optimizer(model, 0.0, o.lr, (0.9, 0.99))
+    sharded = ShardedState(model, optimizer, loaded.mesh)
+    gen = torch.Generator().manual_seed(o.seed)
+    bs = auto_batch_size(calib.x.shape[1], model.config.vocab_size,
+                         model.transformer.wpe.weight.element_size())
+    dev = model.transformer.wpe.weight.device
+
+    def calibration_loss(m) -> float:
+        m.eval()
+        loss = mean_loss(m, zip(calib.x.split(bs), calib.y.split(bs)))
+        model.train()
+        return loss
+
+    record: dict = {"options": o.resume_record(), "student": os.path.abspath(s_state["path"]),
+                    "teacher": os.path.abspath(t_state["path"]), "tp": tp, "sync": plan.spec,
+                    "regions": [r.name() for r in regions],
+                    "trained_parameters": _dense_count(model, trained)}
+    start = 0
+    if o.resume:
+        saved = load_state(last)
+        load_sharded(saved["path"], sharded, distributed=distributed)
+        gen.set_state(torch.frombuffer(bytearray(base64.b64decode(
+            saved["distill"]["batch_rng"])), dtype=torch.uint8))
+        start = saved["distill"]["step"]
+        record.update({k: saved["distill"][k] for k in ("teacher_loss", "student_loss_before")})
+        record["history"] = saved["distill"]["history"]
+    else:
+        record["teacher_loss"] = calibration_loss(teacher)
+        record["student_loss_before"] = calibration_loss(model)
+        record["history"] = []
+    record["calibration"] = {"data": calib.path, "split": o.split, "tokens": calib.tokens}
+    master = rank == 0
+    quiet = not master
+    if not quiet:
+        print(f"tpgpt distill: {loaded.describe()}; regions {', '.join(record['regions'])} "
+              f"({record['trained_parameters'] / 1e6:.2f}M parameters trained); teacher "
+              f"{t_state['path']}; {o.steps} block steps + {o.kl_steps} KL steps, batch "
+              f"{o.batch_size} x {calib.x.shape[1]}" + (f"; resuming at step {start}"
+                                                       if o.resume else ""))
+        gap = record["student_loss_before"] - record["teacher_loss"]
+        print(f"calibration loss (first {calib.tokens:,} tokens of {calib.path}): teacher "
+              f"{record['teacher_loss']:.4f}, student zero-shot "
+              f"{record['student_loss_before']:.4f} (gap {gap:+.4f})")
+    log = MetricsLog(o.out, enabled=master, tensorboard=False,
+                     truncate_after=start if o.resume else None)
+    bar = log.progress(total=o.total, initial=start, enabled=o.progress and not quiet)
+    schedule = SimpleNamespace(decay_lr=True, learning_rate=o.lr, min_lr=o.lr / 10,
+                               warmup_iters=min(100, o.total // 10), lr_decay_iters=o.total)
+    every = o.eval_interval or max(o.total // 5, 1)
+    end = o.total if o.stop_after is None else min(o.total, o.stop_after)
+    t0 = time.perf_counter()
+    model.train()
+    for step in range(start, end):
+        lr = lr_at(step, schedule)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        x, _ = (t.to(dev) for t in train.batch(train.random_offsets((o.batch_size,), gen)))
+        phase = "block" if step < o.steps else "kl"
+        if phase == "block":
+            loss, relative = region_losses(model, teacher, regions, x)
+        else:
+            loss, relative = logit_kl(model, teacher, x), None
+        if not math.isfinite(loss.item()):
+            kept = f"the last checkpoint is {last}" if find_checkpoint(last) else \
+                "nothing was saved"
+            raise ConfigError(f"the {phase} loss is {loss.item()} at step {step}: stopped; "
+                              f"{kept} (try a lower --lr)")
+        loss.backward()
+        model.comm.sync_replicated_grads(per_rank)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        entry = {"kind": "distill", "iter": done, "phase": phase, "loss": loss.item(), "lr": lr}
+        if relative is not None:
+            entry["relative_error"] = dict(zip(record["regions"], relative))
+        if done % 10 == 0 or done == end:
+            log.write(entry)
+        bar.set_postfix(phase=phase, loss=f"{loss.item():.4g}")
+        bar.update(1)
+        if done % every == 0 or done == end:
+            after = calibration_loss(model)
+            record["history"].append({"step": done, "loss": after})
+            log.write({"kind": "eval", "iter": done, "calibration_loss": after})
+            bar.write(f"step {done}: calibration loss {after:.4f} "
+                      f"({_recovered(record, after):.0%} of the zero-shot gap recovered)")
+            _save(last, record, done, gen, s_state, sharded, meta, rank, distributed)
+    bar.close()
+    log.close()
+    after = record["history"][-1]["loss"] if record["history"] else record["student_loss_before"]
+    summary = {**{k: v for k, v in record.items() if k != "history"}, "out": o.out,
+               "checkpoint": last, "steps_done": end, "finished": end == o.total,
+               "student_loss_after": after, "recovered": _recovered(record, after),
+               "history": record["history"], "wall_s": time.perf_counter() - t0}
+    if master:
+        with open(os.path.join(o.out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+    return summary
+
+
+def _dense_count(model, params) -> int:
+    """Elements of `params` in the dense model (a sharded one counts all tp ranks' shards)."""
+    sharded = model.sharded_param_ids()
+    scale = model.tp // model.comm.local_ranks
+    return sum(p.numel() * (scale if id(p) in sharded else 1) for p in params)
+
+
+def _recovered(record: dict, after: float) -> float:
+    gap = record["student_loss_before"] - record["teacher_loss"]
+    return (record["student_loss_before"] - after) / gap if gap > 0 else float("nan")
+
+
+def _save(last: str, record: dict, step: int, gen: torch.Generator, s_state: dict,
+          sharded: ShardedState, meta: dict, rank: int, distributed: bool) -> None:
+    """out/last: the student's weights under its plan (a checkpoint every command runs as that
+    function), the optimizer, and where the run stands."""
+    barrier = (lambda: torch.distributed.barrier()) if distributed else (lambda: None)
+    state = {"iter": s_state.get("iter", 0), "best_val_loss": None, "train_loss": None,
+             "val_loss": None, "config": s_state.get("config") or {},
+             "layout": {"world": 1, "tp": record["tp"], "tp_procs": 1, "dp": 1},
+             "model": s_state["model"], "converted_from": s_state.get("converted_from"),
+             "distill": {**record, "step": step, "batch_rng": base64.b64encode(
+                 gen.get_state().numpy().tobytes()).decode()}}
+    save_checkpoint(last, rank=rank, barrier=barrier, sharded=sharded, state=state, meta=meta,
+                    distributed=distributed, rank_state=None)
