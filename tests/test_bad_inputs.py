@@ -432,6 +432,78 @@ def _(root):
             str(root / "data")]
 
 
+def converted(root, **kw) -> tuple[str, str]:
+    """(teacher, student): a trained dense model and its conversion to spd at tp=2."""
+    teacher = trained(root, **kw)
+    assert main(["convert", "--ckpt", teacher, "--sync", "spd", "--tp", "2", "--out",
+                 str(root / "c")]) == 0
+    return teacher, str(root / "c")
+
+
+def distill_args(teacher, student, out, *extra):
+    return ["distill", "--ckpt", student, "--teacher", teacher, "--out", str(out), "--steps",
+            "2", "--progress", "false", *extra]
+
+
+@case("distill: no checkpoint there", "nothing does not exist")
+def _(root):
+    return distill_args(trained(root), str(root / "nothing"), root / "d")
+
+
+@case("distill: a teacher of another shape", "has another shape than the student (n_embd 16 "
+                                             "vs 32)")
+def _(root):
+    teacher, student = converted(root)
+    kw = tiny_train_overrides(root / "data", root / "small", n_embd=16, max_iters=10)
+    assert main(["train", "shakespeare_char_cpu", *[f"--{k}={v}" for k, v in kw.items()]]) == 0
+    return distill_args(str(root / "small"), student, root / "d")
+
+
+@case("distill: a student with every sync on", "computes the dense GPT (tp=1, sync='tp'): "
+                                               "nothing to distil")
+def _(root):
+    teacher = trained(root)
+    return distill_args(teacher, teacher, root / "d")
+
+
+@case("distill: a teacher that drops syncs", "not the dense GPT: distil from the all-sync")
+def _(root):
+    teacher, student = converted(root)
+    return distill_args(student, student, root / "d")
+
+
+@case("distill: --out holding the teacher", "holds the input checkpoint")
+def _(root):
+    teacher, student = converted(root)
+    return distill_args(teacher, student, teacher)
+
+
+@case("distill: --out holding a run", "holds a distill run: pass --resume")
+def _(root):
+    teacher, student = converted(root)
+    assert main(distill_args(teacher, student, root / "d")) == 0
+    return distill_args(teacher, student, root / "d")
+
+
+@case("distill: --resume with other options", "the options differ from the run's in lr")
+def _(root):
+    teacher, student = converted(root)
+    assert main(distill_args(teacher, student, root / "d")) == 0
+    return distill_args(teacher, student, root / "d", "--resume", "--lr", "1e-2")
+
+
+@case("distill: negative steps", "--steps -1 is invalid: it must be >= 0")
+def _(root):
+    teacher, student = converted(root)
+    return distill_args(teacher, student, root / "d", "--steps", "-1")
+
+
+@case("distill: zero learning rate", "--lr 0.0 is invalid: it must be a positive number")
+def _(root):
+    teacher, student = converted(root)
+    return distill_args(teacher, student, root / "d", "--lr", "0")
+
+
 @case("export of a checkpoint that drops syncs", "drops 2 of 4 syncs")
 def _(root):
     return ["export", "--ckpt", trained(root, tp=2, sync="spd"), "--out", str(root / "hf")]

@@ -26,7 +26,7 @@ from ..checkpoint.sharded_state import ShardedState
 from ..checkpoint.store import find_checkpoint, load_sharded, load_state, save_checkpoint
 from ..comm.plan import SyncPlan
 from ..errors import ConfigError
-from ..train.metrics import MetricsLog
+from ..train.metrics import MetricsLog, _NoBar
 from ..train.optim import lr_at, make_optimizer
 from .distill_regions import dropping_regions, logit_kl, region_losses, region_parameters
 from .evaluate import auto_batch_size, checkpoint_split, mean_loss
@@ -54,6 +54,7 @@ class DistillOptions:
     overwrite: bool = False
     stop_after: int | None = None  # stop (saved) after this step, to --resume later
     progress: bool = True
+    quiet: bool = False  # no lines on stdout (--json prints only the summary)
     device: str = "cpu"
 
     def check(self) -> None:
@@ -191,7 +192,7 @@ def distill(o: DistillOptions) -> dict:
         record["history"] = []
     record["calibration"] = {"data": calib.path, "split": o.split, "tokens": calib.tokens}
     master = rank == 0
-    quiet = not master
+    quiet = o.quiet or not master
     if not quiet:
         print(f"tpgpt distill: {loaded.describe()}; regions {', '.join(record['regions'])} "
               f"({record['trained_parameters'] / 1e6:.2f}M parameters trained); teacher "
@@ -204,7 +205,7 @@ def distill(o: DistillOptions) -> dict:
               f"{record['student_loss_before']:.4f} (gap {gap:+.4f})")
     log = MetricsLog(o.out, enabled=master, tensorboard=False,
                      truncate_after=start if o.resume else None)
-    bar = log.progress(total=o.total, initial=start, enabled=o.progress and not quiet)
+    bar = _NoBar() if quiet else log.progress(total=o.total, initial=start, enabled=o.progress)
     schedule = SimpleNamespace(decay_lr=True, learning_rate=o.lr, min_lr=o.lr / 10,
                                warmup_iters=min(100, o.total // 10), lr_decay_iters=o.total)
     every = o.eval_interval or max(o.total // 5, 1)

@@ -50,7 +50,8 @@ def run(args) -> int:
         kl_steps=args.kl_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
         tokens=args.tokens, split=args.split, data_dir=args.data_dir,
         eval_interval=args.eval_interval, resume=args.resume, overwrite=args.overwrite,
-        stop_after=args.stop_after, progress=args.progress, device=args.device))
+        stop_after=args.stop_after, progress=args.progress, quiet=args.json,
+        device=args.device))
     if is_rank0():
         if args.json:
             print(json.dumps(r, indent=2))
