@@ -273,6 +273,22 @@ def _(root):
     return ["import-hf", str(root / "hf"), "--out", str(root / "ck")]
 
 
+@case("import-hf of a Hub id, offline", "cannot load 'gpt2' from the Hugging Face Hub through "
+                                        "transformers", env={"HF_HUB_OFFLINE": "1"})
+def _(root):
+    return ["import-hf", "gpt2", "--out", str(root / "ck")]
+
+
+@case("import-hf of a path that is not there", "is neither a directory nor a Hugging Face Hub")
+def _(root):
+    return ["import-hf", str(root / "no" / "such"), "--out", str(root / "ck")]
+
+
+@case("plan: unknown activation", "activation='relu' is invalid: choose one of gelu, gelu_tanh")
+def _(root):
+    return ["plan", "--activation", "relu"]
+
+
 # --- eval, and loading a checkpoint under another plan ----------------------------------------
 def trained(root, **kw):
     assert main(train_args(root, max_iters=10, **kw)) == 0

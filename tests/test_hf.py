@@ -11,6 +11,7 @@ from tpgpt.cli import main
 from tpgpt.checkpoint.hf import load_hf
 from tpgpt.checkpoint.load import load_dense
 from tpgpt.checkpoint.sharded_state import ShardedState
+from tpgpt.model import ParallelGPT
 
 
 def write_ckpt(gpt, path):
@@ -66,3 +67,28 @@ def test_import_and_export_errors(tmp_path, capsys):
     assert main(["export", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")]) == 0
     assert main(["export", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")]) == 2
     assert "already holds an exported model: pass --force" in capsys.readouterr().err
+
+
+@pytest.mark.numerics
+def test_a_gpt2_saved_by_transformers_imports_with_its_logits(tmp_path, batch):
+    """OpenAI's GPT-2 layout as transformers writes it (tanh GELU, 'gelu_new', biases): tpgpt
+    computes its logits, dense and sharded, and exports it back as 'gelu_new'."""
+    transformers = pytest.importorskip("transformers", reason="transformers (test extra) missing")
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=2, n_head=4, n_embd=32, vocab_size=96, n_positions=16,
+        activation_function="gelu_new")).eval()
+    hf.save_pretrained(str(tmp_path / "hf"))  # config.json + model.safetensors
+    assert main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ck")]) == 0
+    gpt, meta, _ = load_dense(str(tmp_path / "ck"))
+    assert gpt.config.activation == "gelu_tanh" and meta["tokenizer"] == "tiktoken:gpt2"
+    idx, _ = batch
+    with torch.no_grad():
+        theirs = hf.double()(idx).logits
+        ours = gpt.double()(idx, idx)[0]
+        sharded = ParallelGPT.from_dense(gpt, tp=2)(idx, idx)[0]
+    assert_close(ours, theirs, "tpgpt's logits of the imported GPT-2")
+    assert_close(sharded, theirs, "tp=2's logits of the imported GPT-2")
+    assert main(["export", "--ckpt", str(tmp_path / "ck"), "--out", str(tmp_path / "re")]) == 0
+    again = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "re")).eval()
+    assert again.config.activation_function == "gelu_new"

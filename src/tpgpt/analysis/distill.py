@@ -21,7 +21,8 @@ from types import SimpleNamespace
 
 import torch
 
-from ..checkpoint.load import load_dense, load_trained, read_checkpoint, trained_function
+from ..checkpoint.load import (load_dense, load_trained, model_config, read_checkpoint,
+                               trained_function)
 from ..checkpoint.sharded_state import ShardedState
 from ..checkpoint.store import find_checkpoint, load_sharded, load_state, save_checkpoint
 from ..comm.plan import SyncPlan
@@ -113,11 +114,9 @@ def _check_out(o: DistillOptions, inputs: list[str]) -> str:
 
 def _check_pair(student: dict, teacher: dict) -> tuple[int, SyncPlan]:
     """(tp, plan) of the student; the teacher must be the dense GPT of the same shape."""
-    shape = {k: v for k, v in student["model"].items() if k != "dropout"}
-    other = {k: v for k, v in teacher["model"].items() if k != "dropout"}
+    shape, other = asdict(model_config(student)), asdict(model_config(teacher))
     if shape != other:
-        diff = ", ".join(f"{k} {other.get(k)} vs {shape.get(k)}" for k in shape
-                         if shape.get(k) != other.get(k))
+        diff = ", ".join(f"{k} {other[k]} vs {shape[k]}" for k in shape if shape[k] != other[k])
         raise ConfigError(f"the teacher {teacher['path']} has another shape than the student "
                           f"({diff})")
     n_layer = shape["n_layer"]

@@ -3,13 +3,21 @@
 HF's GPT2LMHeadModel keeps nanoGPT's parameter names (the `transformer.` prefix included) but
 stores the four matmul weights as Conv1D, `[in, out]`, the transpose of nn.Linear's `[out, in]`.
 It always has biases: a model trained with bias=False exports zero biases, which is the same
-function. GELU: tpgpt uses the exact (erf) GELU, so the config says "gelu", not GPT-2's
-"gelu_new" (tanh approximation). Only safetensors are read or written: nothing is unpickled.
+function. GELU: tpgpt trains with the exact (erf) GELU ("gelu" in HF's config); OpenAI's GPT-2
+uses the tanh approximation (HF's "gelu_new"), which tpgpt's GPT computes as
+activation="gelu_tanh". Only safetensors are read or written: nothing is unpickled.
+
+A local directory is read directly (config.json + model.safetensors, no transformers needed); a
+Hugging Face Hub id (`gpt2`, `openai-community/gpt2`) is loaded through transformers, which
+downloads it when it can and otherwise fails in one line asking for a local directory.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import socket
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -19,6 +27,10 @@ from ..errors import ConfigError
 from ..model import GPT, GPTConfig
 from .sharded_state import ShardedState
 
+HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
+# HF's names for the two GELUs tpgpt computes ("gelu_pytorch_tanh" is the same tanh formula)
+FROM_HF_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
@@ -26,7 +38,8 @@ def hf_config(config: GPTConfig) -> dict:
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
             "vocab_size": config.vocab_size, "n_positions": config.block_size,
             "n_ctx": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
-            "n_head": config.n_head, "n_inner": None, "activation_function": "gelu",
+            "n_head": config.n_head, "n_inner": None,
+            "activation_function": HF_ACTIVATION[config.activation],
             "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
             "attn_pdrop": config.dropout, "layer_norm_epsilon": 1e-5,
             "initializer_range": 0.02, "scale_attn_weights": True, "use_cache": True,
@@ -107,38 +120,99 @@ def export_hf(ckpt: str, out: str, force: bool = False, as_dense: bool = False) 
 
 
 def load_hf(path: str) -> tuple[GPT, dict]:
-    """A GPT from an HF GPT-2 directory (config.json + model.safetensors) and its tokenizer."""
+    """A GPT from an HF GPT-2 directory (config.json + model.safetensors) or Hub id, and its
+    tokenizer."""
+    if not os.path.isdir(path):
+        if not HUB_ID.match(path):
+            raise ConfigError(f"{path} is neither a directory nor a Hugging Face Hub model id")
+        return _from_hub(path)
     try:
         with open(os.path.join(path, "config.json")) as f:
             hf = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path}/config.json cannot be read: {e}") from None
-    if hf.get("model_type") != "gpt2":
-        raise ConfigError(f"{path} is not a GPT-2 model (model_type {hf.get('model_type')!r})")
     file = os.path.join(path, "model.safetensors")
-    if not os.path.exists(file):
+    if hf.get("model_type") == "gpt2" and not os.path.exists(file):
         raise ConfigError(f"{file} is missing (only safetensors are read, never pickles)")
-    if hf.get("activation_function", "gelu_new") != "gelu":
-        raise ConfigError(f"{path} uses activation {hf.get('activation_function', 'gelu_new')!r};"
-                          f" tpgpt's GPT uses the exact GELU ('gelu')")
-    bias = hf.get("tpgpt_bias", True)
-    config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"],
-                       n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                       dropout=0.0, bias=bias)
-    model = GPT(config)
-    sd = load_file(file)
-    try:
-        model.load_state_dict(from_hf_state(sd, bias))
-    except RuntimeError as e:
-        raise ConfigError(f"{file} does not match {path}/config.json: "
-                          f"{str(e).splitlines()[1].strip()}") from None
+    config = _gpt_config(hf, path)
+    model = _load_weights(config, load_file(file), f"{file} does not match {path}/config.json")
     meta_file = os.path.join(path, "tpgpt_meta.json")
     if os.path.exists(meta_file):
         with open(meta_file) as f:
-            meta = json.load(f)
-    else:
-        meta = {"tokenizer": "tiktoken:gpt2", "vocab_size": 50257}
-    return model, meta
+            return model, json.load(f)
+    return model, GPT2_META
+
+
+GPT2_META = {"tokenizer": "tiktoken:gpt2", "vocab_size": 50257}
+
+
+def _gpt_config(hf: dict, where: str) -> GPTConfig:
+    if hf.get("model_type") != "gpt2":
+        raise ConfigError(f"{where} is not a GPT-2 model (model_type {hf.get('model_type')!r})")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in FROM_HF_ACTIVATION:
+        raise ConfigError(f"{where} uses activation {act!r}; tpgpt's GPT computes "
+                          f"{', '.join(FROM_HF_ACTIVATION)}")
+    if hf.get("n_inner") not in (None, 4 * hf.get("n_embd", 0)):
+        raise ConfigError(f"{where} has n_inner={hf['n_inner']}: tpgpt's MLP is 4 x n_embd")
+    try:
+        return GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"],
+                         n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                         dropout=0.0, bias=hf.get("tpgpt_bias", True),
+                         activation=FROM_HF_ACTIVATION[act])
+    except KeyError as e:
+        raise ConfigError(f"{where}: the config has no {e.args[0]}") from None
+
+
+def _load_weights(config: GPTConfig, sd: dict, what: str) -> GPT:
+    model = GPT(config)
+    try:
+        model.load_state_dict(from_hf_state(sd, config.bias))
+    except RuntimeError as e:
+        raise ConfigError(f"{what}: {str(e).splitlines()[1].strip()}") from None
+    return model
+
+
+def _hub_reachable() -> bool:
+    """Whether the Hub's endpoint resolves (else only transformers' cache is tried, at once,
+    instead of retrying a network that is not there)."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+        return True
+    except OSError:
+        return False
+
+
+def _from_hub(name: str) -> tuple[GPT, dict]:
+    """A Hub id through transformers (its download and cache; safetensors only)."""
+    try:
+        from transformers import GPT2LMHeadModel
+    except ImportError:
+        raise ConfigError(f"{name!r} is not a directory, and loading a Hub id needs "
+                          f"transformers (pip install transformers): pass a local directory"
+                          ) from None
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its retry warnings would break the one-line rule
+    try:
+        hf = GPT2LMHeadModel.from_pretrained(name, use_safetensors=True,
+                                             local_files_only=not _hub_reachable())
+    except (OSError, ValueError) as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise ConfigError(f"cannot load {name!r} from the Hugging Face Hub through transformers "
+                          f"(offline, or not a GPT-2 with safetensors there: {first[:160]}): "
+                          f"pass a local directory with config.json and model.safetensors"
+                          ) from None
+    finally:
+        hub_logger.setLevel(level)
+    config = _gpt_config(hf.config.to_dict(), name)
+    sd = {k: v.detach().float() for k, v in hf.state_dict().items()}
+    return _load_weights(config, sd, f"{name}'s weights do not match its config"), GPT2_META
 
 
 def import_hf(path: str, out: str) -> None:
@@ -151,7 +225,7 @@ def import_hf(path: str, out: str) -> None:
     state = {"iter": 0, "best_val_loss": None, "train_loss": None, "val_loss": None,
              "config": {}, "layout": {"world": 1, "tp": 1, "tp_procs": 1, "dp": 1},
              "model": {k: getattr(c, k) for k in ("block_size", "vocab_size", "n_layer", "n_head",
-                                                   "n_embd", "dropout", "bias")},
+                                                   "n_embd", "dropout", "bias", "activation")},
              "source": os.path.abspath(path)}
     save_checkpoint(out, rank=0, barrier=lambda: None, sharded=ShardedState(model),
                     state=state, meta=meta, rank_state=None)

@@ -56,7 +56,7 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
 def add_model_args(p: argparse.ArgumentParser, **defaults) -> None:
     """--field=value for every GPTConfig field, checked by GPTConfig itself."""
     for f in dataclasses.fields(GPTConfig):
-        kind = {"int": int, "float": float, "bool": boolean}[str(f.type)]
+        kind = {"int": int, "float": float, "bool": boolean, "str": str}[str(f.type)]
         extra = {"nargs": "?", "const": True} if kind is boolean else {}
         p.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name, type=kind,
                        default=defaults.get(f.name, f.default), metavar=f.name.upper(),

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..comm.tp_comm import TPComm
-from .gpt import LayerNorm
+from .gpt import GELU_APPROXIMATE, LayerNorm
 from .kv_cache import LayerKV
 from .tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
@@ -73,9 +73,10 @@ class ParallelMLP(nn.Module):
         super().__init__()
         self.c_fc = ColumnParallelLinear(config.n_embd, 4 * config.n_embd, config.bias, tp, ranks)
         self.c_proj = RowParallelLinear(4 * config.n_embd, config.n_embd, config.bias, tp, ranks)
+        self.approximate = GELU_APPROXIMATE[config.activation]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(h)))
+        return self.c_proj(F.gelu(self.c_fc(h), approximate=self.approximate))
 
 
 class ParallelBlock(nn.Module):

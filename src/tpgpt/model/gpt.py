@@ -26,6 +26,9 @@ def _check_positive_int(name: str, value) -> None:
         raise ConfigError(f"{name}={value!r} is invalid: it must be a positive integer")
 
 
+GELU_APPROXIMATE = {"gelu": "none", "gelu_tanh": "tanh"}  # activation -> torch's approximate
+
+
 @dataclass
 class GPTConfig:
     """Shape of a GPT. The defaults are GPT-2 small (124M) with the vocab padded to 50304."""
@@ -37,6 +40,9 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True
+    # the MLP's GELU: "gelu" exact (erf, nanoGPT's) or "gelu_tanh", the tanh approximation
+    # that OpenAI's GPT-2 was trained with (Hugging Face's "gelu_new")
+    activation: str = "gelu"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -51,6 +57,9 @@ class GPTConfig:
             raise ConfigError(f"dropout={self.dropout!r} is invalid: it must be in [0, 1)")
         if not isinstance(self.bias, bool):
             raise ConfigError(f"bias={self.bias!r} is invalid: it must be true or false")
+        if self.activation not in GELU_APPROXIMATE:
+            raise ConfigError(f"activation={self.activation!r} is invalid: choose one of "
+                              f"{', '.join(GELU_APPROXIMATE)}")
 
 
 class LayerNorm(nn.Module):
@@ -95,7 +104,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=GELU_APPROXIMATE[config.activation])
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
