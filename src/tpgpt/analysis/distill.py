@@ -141,12 +141,6 @@ def distill(o: DistillOptions) -> dict:
     train = checkpoint_split(s_state, "train", o.data_dir)
     checkpoint_split(t_state, "train", o.data_dir)  # the teacher's tokenizer must match too
     calib = calibration_set(checkpoint_split(s_state, o.split, o.data_dir), o.tokens)
-    if not os.path.isdir(o.out):
-        try:
-            os.makedirs(o.out, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create --out {o.out}: {e.strerror}") from None
-
     loaded = load_trained(o.ckpt, device=o.device, state=s_state)
     model, distributed = loaded.model, loaded.mode == "distributed"
     rank = int(os.environ.get("RANK", "0")) if distributed else 0
@@ -202,6 +196,11 @@ def distill(o: DistillOptions) -> dict:
         print(f"calibration loss (first {calib.tokens:,} tokens of {calib.path}): teacher "
               f"{record['teacher_loss']:.4f}, student zero-shot "
               f"{record['student_loss_before']:.4f} (gap {gap:+.4f})")
+    if master and not os.path.isdir(o.out):  # created once everything has loaded
+        try:
+            os.makedirs(o.out, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create --out {o.out}: {e.strerror}") from None
     log = MetricsLog(o.out, enabled=master, tensorboard=False,
                      truncate_after=start if o.resume else None)
     bar = _NoBar() if quiet else log.progress(total=o.total, initial=start, enabled=o.progress)

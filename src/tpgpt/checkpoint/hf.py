@@ -140,7 +140,7 @@ def load_hf(path: str) -> tuple[GPT, dict]:
     if os.path.exists(meta_file):
         with open(meta_file) as f:
             return model, json.load(f)
-    return model, GPT2_META
+    return model, dict(GPT2_META)
 
 
 GPT2_META = {"tokenizer": "tiktoken:gpt2", "vocab_size": 50257}
@@ -212,7 +212,7 @@ def _from_hub(name: str) -> tuple[GPT, dict]:
         hub_logger.setLevel(level)
     config = _gpt_config(hf.config.to_dict(), name)
     sd = {k: v.detach().float() for k, v in hf.state_dict().items()}
-    return _load_weights(config, sd, f"{name}'s weights do not match its config"), GPT2_META
+    return _load_weights(config, sd, f"{name}'s weights do not match its config"), dict(GPT2_META)
 
 
 def import_hf(path: str, out: str) -> None:
