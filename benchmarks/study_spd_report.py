@@ -118,18 +118,46 @@ def _plot(path, f_rows, t_rows, hand, rows, dense_loss) -> None:
     plt.close(fig)
 
 
+def grouping_keeps_the_dense_function(ckpt_dir: str, dense_ckpt: str, data: str) -> dict:
+    """Per head-grouped checkpoint: the largest difference between its weights' dense logits
+    and the original model's, on 8 windows of validation text (grouping permutes heads and
+    must leave the dense GPT exactly as it was)."""
+    import torch
+
+    from tpgpt.analysis.evaluate import checkpoint_split
+    from tpgpt.checkpoint.load import load_dense, read_checkpoint
+    dense = load_dense(dense_ckpt)[0]
+    val = checkpoint_split(read_checkpoint(dense_ckpt), "val", data)
+    x = val.batch(torch.arange(8) * val.block_size)[0]
+    out = {}
+    with torch.no_grad():
+        ref = dense(x, x)[0]
+        for name in sorted(os.listdir(ckpt_dir)):
+            if name.startswith("g_"):
+                grouped = load_dense(os.path.join(ckpt_dir, name))[0]
+                out[name[2:]] = (grouped(x, x)[0] - ref).abs().max().item()
+    return out
+
+
 def write_report(doc, rows, maps, selected, hand, randoms, summary, timings, meta) -> None:
     dense_loss = next(r["loss"] for r in rows if r["variant"] == "zero-shot"
                       and "0" not in r["bits"])
     timings = {"train dense (summary.json)": summary["wall_s"], **{
         k: v for k, v in timings.items() if k != "train dense"}}
+    dense_ckpt = maps[2]["checkpoint"]
+    ckpt_dir = os.path.join(os.path.dirname(os.path.dirname(dense_ckpt)), "ckpt")
+    logit_diff = grouping_keeps_the_dense_function(ckpt_dir, dense_ckpt, meta["data"])
     f_rows = frontier(rows, selected, hand, randoms)
     t_rows = trained_table(rows, selected, hand, randoms, dense_loss)
     with open(os.path.join(doc, "results.json"), "w") as f:
         json.dump({"meta": meta, "dense": {k: summary[k] for k in (
             "final_val_loss", "best_val_loss", "iters", "wall_s")}, "dense_loss": dense_loss,
-            "timings_s": timings, "frontier": f_rows, "trained": t_rows, "rows": rows,
+            "timings_s": timings, "grouping_dense_logits_max_diff": logit_diff,
+            "frontier": f_rows, "trained": t_rows, "rows": rows,
             "sensitivity_tp4_single_drop": maps[4]["single_drop"]}, f, indent=1)
     with open(os.path.join(doc, "results.md"), "w") as f:
         f.write(_markdown(f_rows, t_rows, dense_loss, meta, timings))
+        f.write(f"\nHead grouping leaves the dense GPT unchanged: the largest difference in its "
+                f"logits over {len(logit_diff)} grouped checkpoints (8 validation windows) is "
+                f"{max(logit_diff.values(), default=0.0):.2e}.\n")
     _plot(os.path.join(doc, "frontier.png"), f_rows, t_rows, hand, rows, dense_loss)
