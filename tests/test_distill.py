@@ -127,6 +127,22 @@ def test_only_the_region_trains_and_eval_agrees(pair, capsys, tmp_path):
                                                                         rel=FLOAT64_RTOL)
 
 
+def test_a_region_across_blocks_trains_its_sublayers_only(pair, capsys, tmp_path):
+    """bits:111001: one region from layer 1's MLP to layer 2's; layer 1's attention (synced)
+    keeps its weights."""
+    teacher, _ = pair
+    student = str(tmp_path / "s")
+    assert main(["convert", "--ckpt", teacher, "--sync", "bits:111001", "--tp", "2", "--out",
+                 student]) == 0
+    r = distil(capsys, (teacher, student), tmp_path / "d", "--steps", "3", "--kl-steps", "0")
+    assert r["regions"] == ["1m-2m"]
+    before, after = weights(student), weights(r["checkpoint"])
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    inside = ("model.transformer.h.1.ln_2.", "model.transformer.h.1.mlp.",
+              "model.transformer.h.2.")
+    assert changed == {k for k in before if k.startswith(inside)}, changed
+
+
 def test_resume_continues_the_same_run(pair, capsys, tmp_path):
     full = distil(capsys, pair, tmp_path / "full")
     part = distil(capsys, pair, tmp_path / "part", "--stop-after", "6")

@@ -3,7 +3,8 @@ against the model it was converted from (distill_regions.py says what is compare
 then optionally a short end-to-end phase on the KL divergence to the teacher's logits.
 
 Only the parameters of the regions that drop a sync train (their LayerNorms and sublayers);
-everything else keeps the teacher's weights. The student is the converted checkpoint as its
+everything else keeps the student's weights (the teacher's, for a conversion without head
+grouping). The student is the converted checkpoint as its
 trained function (simulated in one process, or its tp ranks spread over a torchrun job); the
 teacher is the dense GPT, run whole on every process under no_grad. The output directory is a
 run directory: `last/` (a checkpoint that eval, sample and sensitivity run as the student's
@@ -34,7 +35,8 @@ from .evaluate import auto_batch_size, checkpoint_split, mean_loss
 from .sensitivity import calibration_set
 
 # options that must match out/last's for --resume to continue the same run
-RESUME_KEYS = ("ckpt", "teacher", "steps", "kl_steps", "lr", "batch_size", "seed", "data_dir")
+RESUME_KEYS = ("ckpt", "teacher", "steps", "kl_steps", "lr", "batch_size", "seed", "data_dir",
+               "tokens", "split")
 
 
 @dataclass
@@ -93,18 +95,23 @@ def _check_out(o: DistillOptions, inputs: list[str]) -> str:
             raise ConfigError(f"--out {o.out} holds the input checkpoint {path}: choose another "
                               f"--out (an input is never overwritten)")
     last = os.path.join(o.out, "last")
+    found = find_checkpoint(last) is not None
+    saved = load_state(last).get("distill") if found else None
+    if found and saved is None:  # a training run's out_dir, say: never replaced
+        raise ConfigError(f"{last} is a checkpoint but not of a tpgpt distill run: choose "
+                          f"another --out")
     if o.resume:
-        if find_checkpoint(last) is None:
+        if not found:
             raise ConfigError(f"--resume: no checkpoint in {last}")
-        saved = load_state(last).get("distill", {}).get("options")
-        if saved is None:
-            raise ConfigError(f"--resume: {last} is not a tpgpt distill run")
         mine = o.resume_record()
-        diff = [k for k in RESUME_KEYS if saved.get(k) != mine[k]]
+        diff = [k for k in RESUME_KEYS if saved["options"].get(k) != mine[k]]
         if diff:
             raise ConfigError("--resume: the options differ from the run's in " + ", ".join(
-                f"{k} ({saved.get(k)!r} -> {mine[k]!r})" for k in diff))
-    elif find_checkpoint(last) is not None and not o.overwrite:
+                f"{k} ({saved['options'].get(k)!r} -> {mine[k]!r})" for k in diff))
+        if o.stop_after is not None and o.stop_after <= saved["step"]:
+            raise ConfigError(f"--stop-after {o.stop_after}: the run is at step "
+                              f"{saved['step']} already")
+    elif found and not o.overwrite:
         raise ConfigError(f"{o.out} holds a distill run: pass --resume to continue it, "
                           f"--overwrite to start over, or choose another --out")
     if os.path.exists(o.out) and not os.path.isdir(o.out):
@@ -145,7 +152,8 @@ def distill(o: DistillOptions) -> dict:
     model, distributed = loaded.model, loaded.mode == "distributed"
     rank = int(os.environ.get("RANK", "0")) if distributed else 0
     teacher, meta, _ = load_dense(o.teacher, t_state)
-    teacher.to(loaded.model.transformer.wpe.weight.device)
+    w = loaded.model.transformer.wpe.weight  # the teacher computes in the student's dtype
+    teacher.to(device=w.device, dtype=w.dtype)
     regions = dropping_regions(plan.bits)
     trained = region_parameters(model, regions)
     for p in model.parameters():
@@ -196,7 +204,8 @@ def distill(o: DistillOptions) -> dict:
         print(f"calibration loss (first {calib.tokens:,} tokens of {calib.path}): teacher "
               f"{record['teacher_loss']:.4f}, student zero-shot "
               f"{record['student_loss_before']:.4f} (gap {gap:+.4f})")
-    if master and not os.path.isdir(o.out):  # created once everything has loaded
+    if not os.path.isdir(o.out):  # created once everything has loaded, by every process
+        # (one that failed alone would leave the others waiting at the first save)
         try:
             os.makedirs(o.out, exist_ok=True)
         except OSError as e:
@@ -251,9 +260,11 @@ def distill(o: DistillOptions) -> dict:
                "checkpoint": last, "steps_done": end, "finished": end == o.total,
                "student_loss_after": after, "recovered": _recovered(record, after),
                "history": record["history"], "wall_s": time.perf_counter() - t0}
-    if master:
-        with open(os.path.join(o.out, "summary.json"), "w") as f:
+    if master:  # whole or not at all
+        path = os.path.join(o.out, "summary.json")
+        with open(path + ".tmp", "w") as f:
             json.dump(summary, f, indent=1)
+        os.replace(path + ".tmp", path)
     return summary
 
 

@@ -179,7 +179,8 @@ def _hub_reachable() -> bool:
     from urllib.parse import urlparse
 
     from huggingface_hub import constants
-    if constants.HF_HUB_OFFLINE:
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
+            "1", "true", "yes", "on"):  # the constant is read once, when the hub is imported
         return False
     try:
         socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
@@ -191,7 +192,7 @@ def _hub_reachable() -> bool:
 def _from_hub(name: str) -> tuple[GPT, dict]:
     """A Hub id through transformers (its download and cache; safetensors only)."""
     try:
-        from transformers import GPT2LMHeadModel
+        from transformers import GPT2LMHeadModel, PretrainedConfig
     except ImportError:
         raise ConfigError(f"{name!r} is not a directory, and loading a Hub id needs "
                           f"transformers (pip install transformers): pass a local directory"
@@ -199,9 +200,15 @@ def _from_hub(name: str) -> tuple[GPT, dict]:
     hub_logger = logging.getLogger("huggingface_hub")
     level = hub_logger.level
     hub_logger.setLevel(logging.ERROR)  # its retry warnings would break the one-line rule
+    local = not _hub_reachable()
     try:
-        hf = GPT2LMHeadModel.from_pretrained(name, use_safetensors=True,
-                                             local_files_only=not _hub_reachable())
+        # the repository's own config first: GPT2LMHeadModel would load any model_type (with a
+        # warning) and initialise what does not match at random
+        raw, _ = PretrainedConfig.get_config_dict(name, local_files_only=local)
+        config = _gpt_config(raw, name)
+        hf, info = GPT2LMHeadModel.from_pretrained(name, use_safetensors=True,
+                                                   local_files_only=local,
+                                                   output_loading_info=True)
     except (OSError, ValueError) as e:
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise ConfigError(f"cannot load {name!r} from the Hugging Face Hub through transformers "
@@ -210,7 +217,11 @@ def _from_hub(name: str) -> tuple[GPT, dict]:
                           ) from None
     finally:
         hub_logger.setLevel(level)
-    config = _gpt_config(hf.config.to_dict(), name)
+    missing = [k for k in info.get("missing_keys", []) if not k.endswith(".attn.bias")
+               and k != "lm_head.weight"]
+    if missing:
+        raise ConfigError(f"{name}'s weights lack {len(missing)} tensors of a GPT-2 "
+                          f"({missing[0]}, ...): not imported")
     sd = {k: v.detach().float() for k, v in hf.state_dict().items()}
     return _load_weights(config, sd, f"{name}'s weights do not match its config"), dict(GPT2_META)
 
@@ -226,6 +237,6 @@ def import_hf(path: str, out: str) -> None:
              "config": {}, "layout": {"world": 1, "tp": 1, "tp_procs": 1, "dp": 1},
              "model": {k: getattr(c, k) for k in ("block_size", "vocab_size", "n_layer", "n_head",
                                                    "n_embd", "dropout", "bias", "activation")},
-             "source": os.path.abspath(path)}
+             "source": os.path.abspath(path) if os.path.isdir(path) else path}
     save_checkpoint(out, rank=0, barrier=lambda: None, sharded=ShardedState(model),
                     state=state, meta=meta, rank_state=None)

@@ -5,8 +5,10 @@ import argparse
 
 
 def register(sub) -> argparse.ArgumentParser:
-    imp = sub.add_parser("import-hf", help="read an HF GPT-2 directory into a tpgpt checkpoint")
-    imp.add_argument("path", help="directory with config.json and model.safetensors")
+    imp = sub.add_parser("import-hf", help="read an HF GPT-2 (a directory or Hub id) into a "
+                                           "tpgpt checkpoint")
+    imp.add_argument("path", help="a directory with config.json and model.safetensors, or a "
+                     "Hugging Face Hub model id (gpt2), loaded through transformers")
     imp.add_argument("--out", required=True, help="the checkpoint directory to write")
     imp.set_defaults(func=run)
     return imp
