@@ -21,7 +21,8 @@ from .setup import Setup
 # keys that must match the checkpoint for --resume to continue the same run; the layout (tp,
 # tp_procs, processes, vocab_parallel) may change where the model stays the same function
 RESUME_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "dropout",
-               "sync", "batch_size", "gradient_accumulation_steps", "seed", "data_dir", "dtype")
+               "activation", "sync", "batch_size", "gradient_accumulation_steps", "seed",
+               "data_dir", "dtype")
 MODEL_KEYS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias",
               "activation")
 

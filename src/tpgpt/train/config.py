@@ -37,6 +37,7 @@ class TrainConfig:
     vocab_size: int = 0
     dropout: float = 0.2
     bias: bool = False
+    activation: str = "gelu"  # the MLP's GELU: exact, or gelu_tanh (GPT-2's tanh approximation)
     # tensor parallelism: tp ranks, sync plan; tp_procs = processes per TP group under torchrun
     # (0: tp; fewer than tp is the hybrid mode, tp / tp_procs ranks in each process)
     tp: int = 1
@@ -79,7 +80,7 @@ class TrainConfig:
     def model_config(self, vocab_size: int | None = None) -> GPTConfig:
         return GPTConfig(block_size=self.block_size, vocab_size=vocab_size or self.vocab_size,
                          n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
-                         dropout=self.dropout, bias=self.bias)
+                         dropout=self.dropout, bias=self.bias, activation=self.activation)
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -90,7 +91,7 @@ POSITIVE = {"n_layer", "n_head", "n_embd", "block_size", "tp", "batch_size", "pp
             "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"}
 NON_NEGATIVE = {"vocab_size", "tp_procs", "max_iters", "warmup_iters", "lr_decay_iters",
                 "learning_rate", "min_lr", "weight_decay", "grad_clip", "seed"}
-CHOICES = {"device": ("auto", "cpu", "cuda"),
+CHOICES = {"device": ("auto", "cpu", "cuda"), "activation": ("gelu", "gelu_tanh"),
            "dtype": ("float32", "bfloat16", "float16", "float64"),
            "pp_schedule": ("gpipe", "1f1b", "interleaved")}
 
