@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo verify test bench clean
+.PHONY: setup demo verify test bench study-spd clean
 
 # A virtual environment with the pinned CPU torch of requirements-ci.txt and tpgpt (editable).
 $(BIN)/tpgpt: pyproject.toml requirements-ci.txt
@@ -54,6 +54,10 @@ bench: setup
 	@test -f data/shakespeare_char/train.bin || $(BIN)/tpgpt prepare shakespeare_char \
 		--out data/shakespeare_char $(if $(TPGPT_SHAKESPEARE),--input $(TPGPT_SHAKESPEARE))
 	PATH="$(abspath $(BIN)):$$PATH" bash benchmarks/all.sh out/bench
+
+# the SPD study (docs/study_spd/, about 50 minutes here; rerun to resume)
+study-spd: setup
+	PATH="$(abspath $(BIN)):$$PATH" bash benchmarks/study_spd.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache
