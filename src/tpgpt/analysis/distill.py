@@ -12,7 +12,6 @@ plan, with the optimizer and the batch generator for --resume), metrics.jsonl, s
 """
 from __future__ import annotations
 
-import base64
 import json
 import math
 import os
@@ -28,6 +27,7 @@ from ..checkpoint.sharded_state import ShardedState
 from ..checkpoint.store import find_checkpoint, load_sharded, load_state, save_checkpoint
 from ..comm.plan import SyncPlan
 from ..errors import ConfigError
+from ..train.checkpointing import decode_generator, encode_generator
 from ..train.metrics import MetricsLog, _NoBar
 from ..train.optim import lr_at, make_optimizer
 from .distill_regions import dropping_regions, logit_kl, region_losses, region_parameters
@@ -177,13 +177,12 @@ def distill(o: DistillOptions) -> dict:
     record: dict = {"options": o.resume_record(), "student": os.path.abspath(s_state["path"]),
                     "teacher": os.path.abspath(t_state["path"]), "tp": tp, "sync": plan.spec,
                     "regions": [r.name() for r in regions],
-                    "trained_parameters": _dense_count(model, trained)}
+                    "trained_parameters": model.dense_numel(trained)}
     start = 0
     if o.resume:
         saved = load_state(last)
         load_sharded(saved["path"], sharded, distributed=distributed)
-        gen.set_state(torch.frombuffer(bytearray(base64.b64decode(
-            saved["distill"]["batch_rng"])), dtype=torch.uint8))
+        decode_generator(gen, saved["distill"]["batch_rng"])
         start = saved["distill"]["step"]
         record.update({k: saved["distill"][k] for k in ("teacher_loss", "student_loss_before")})
         record["history"] = saved["distill"]["history"]
@@ -268,13 +267,6 @@ def distill(o: DistillOptions) -> dict:
     return summary
 
 
-def _dense_count(model, params) -> int:
-    """Elements of `params` in the dense model (a sharded one counts all tp ranks' shards)."""
-    sharded = model.sharded_param_ids()
-    scale = model.tp // model.comm.local_ranks
-    return sum(p.numel() * (scale if id(p) in sharded else 1) for p in params)
-
-
 def _recovered(record: dict, after: float) -> float:
     gap = record["student_loss_before"] - record["teacher_loss"]
     return (record["student_loss_before"] - after) / gap if gap > 0 else float("nan")
@@ -289,7 +281,6 @@ def _save(last: str, record: dict, step: int, gen: torch.Generator, s_state: dic
              "val_loss": None, "config": s_state.get("config") or {},
              "layout": {"world": 1, "tp": record["tp"], "tp_procs": 1, "dp": 1},
              "model": s_state["model"], "converted_from": s_state.get("converted_from"),
-             "distill": {**record, "step": step, "batch_rng": base64.b64encode(
-                 gen.get_state().numpy().tobytes()).decode()}}
+             "distill": {**record, "step": step, "batch_rng": encode_generator(gen)}}
     save_checkpoint(last, rank=rank, barrier=barrier, sharded=sharded, state=state, meta=meta,
                     distributed=distributed, rank_state=None)

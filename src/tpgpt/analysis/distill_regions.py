@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ..model.blocks import ResidualStream
-from ..model.parallel_gpt import ParallelGPT
+from ..model.parallel_gpt import ParallelGPT, embed
+from .sensitivity import point_code
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,7 @@ class Region:
         return range(self.first, self.last + 1)
 
     def name(self) -> str:
-        def point(s: int) -> str:
-            return f"{s // 2}{'am'[s % 2]}"
-        return f"{point(self.first)}-{point(self.last)}"
+        return f"{point_code(self.first)}-{point_code(self.last)}"
 
 
 def dropping_regions(bits: tuple[int, ...]) -> list[Region]:
@@ -55,17 +54,13 @@ def dropping_regions(bits: tuple[int, ...]) -> list[Region]:
     return out
 
 
-def _sublayer_modules(block, s: int):
-    return (block.ln_1, block.attn) if s % 2 == 0 else (block.ln_2, block.mlp)
-
-
 def region_parameters(model: ParallelGPT, regions: list[Region]) -> list[torch.nn.Parameter]:
     """The parameters of the regions' sublayers (LayerNorm and sublayer): what distillation
     trains."""
     out = []
     for r in regions:
         for s in r.sublayers:
-            for m in _sublayer_modules(model.transformer.h[s // 2], s):
+            for m in model.transformer.h[s // 2].sublayer(s % 2)[:2]:
                 out += list(m.parameters())
     return list({id(p): p for p in out}.values())
 
@@ -74,10 +69,9 @@ def region_parameters(model: ParallelGPT, regions: list[Region]) -> list[torch.n
 def teacher_streams(dense, idx: torch.Tensor, points: set[int]) -> dict[int, torch.Tensor]:
     """The dense model's residual stream before sublayer s (s = 2 * n_layer: after the last),
     for every s in `points`, [B, T, C]."""
-    t = dense.transformer
-    x = t.drop(t.wte(idx) + t.wpe(torch.arange(idx.shape[1], device=idx.device)))
+    x = embed(dense.transformer, idx, vocab_parallel=False).squeeze(0)
     out = {0: x} if 0 in points else {}
-    for i, block in enumerate(t.h):
+    for i, block in enumerate(dense.transformer.h):
         x = x + block.attn(block.ln_1(x))
         if 2 * i + 1 in points:
             out[2 * i + 1] = x
@@ -92,9 +86,7 @@ def student_region(model: ParallelGPT, region: Region, x: torch.Tensor) -> torch
     [B, T, C] before it (identical on every rank): [B, T, C]."""
     s = ResidualStream(shared=x.unsqueeze(0))
     for j in region.sublayers:
-        block = model.transformer.h[j // 2]
-        ln, sub = _sublayer_modules(block, j)
-        s = block._sublayer(s, ln, sub, block.starts[j % 2], block.syncs[j % 2])
+        s = model.transformer.h[j // 2].run_sublayer(s, j % 2)
     return s.shared.squeeze(0)
 
 

@@ -108,5 +108,10 @@ def greedy_budget(loss: PlanLoss, base: tuple[int, ...], budget: int) -> list[di
     return path
 
 
+def point_code(s: int) -> str:
+    """Sync point s as layer and kind: '0a' (layer 0's attention), '3m' (layer 3's MLP)."""
+    return f"{s // 2}{'am'[s % 2]}"
+
+
 def point_name(s: int) -> str:
     return f"layer {s // 2} {'attn' if s % 2 == 0 else 'mlp'}"

@@ -8,7 +8,7 @@ from ..comm.plan import SyncPlan, validate_tp
 from ..errors import ConfigError
 from .evaluate import auto_batch_size, checkpoint_split
 from .sensitivity import (PlanLoss, backward_cumulative, calibration_set, greedy_budget,
-                          point_name, single_drop)
+                          point_code, point_name, single_drop)
 
 
 def sensitivity(path: str, tp: int, tokens: int = 8192, split: str = "val",
@@ -72,7 +72,7 @@ def format_sensitivity(r: dict) -> str:
                      f"  {cell(cum.get(i)):>17}")
     order = sorted(single, key=single.get)
     lines += ["", "least harmful first: " + ", ".join(
-        f"L{s // 2}{'a' if s % 2 == 0 else 'm'}" for s in order)]
+        f"L{point_code(s)}" for s in order)]
     if "greedy_path" in r:
         lines += ["", f"greedy selection down to {r['budget']} forward syncs (drop the least "
                       f"harmful, re-measure, repeat):", "  syncs  loss     dropped"]

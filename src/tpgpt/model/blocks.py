@@ -92,11 +92,15 @@ class ParallelBlock(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.starts, self.syncs = starts, syncs
 
+    def sublayer(self, k: int) -> tuple:
+        """(LayerNorm, sublayer, starts a region, syncs) of sublayer k: 0 attention, 1 MLP."""
+        return ((self.ln_1, self.attn) if k == 0 else (self.ln_2, self.mlp)) + \
+            (self.starts[k], self.syncs[k])
+
     def per_rank_params(self) -> list[nn.Parameter]:
         """Replicated parameters this block uses per rank (gradients summed across ranks)."""
         out = []
-        for ln, sub, start, sync in ((self.ln_1, self.attn, self.starts[0], self.syncs[0]),
-                                     (self.ln_2, self.mlp, self.starts[1], self.syncs[1])):
+        for ln, sub, start, sync in map(self.sublayer, (0, 1)):
             if not (start and sync):
                 out += [p for p in (ln.weight, ln.bias) if p is not None]
             if not sync and sub.c_proj.bias is not None:
@@ -108,6 +112,11 @@ class ParallelBlock(nn.Module):
         w = self.comm.per_rank_param(ln.weight)
         b = None if ln.bias is None else self.comm.per_rank_param(ln.bias)
         return F.layer_norm(x, w.shape, w, b, 1e-5)
+
+    def run_sublayer(self, s: ResidualStream, k: int, kv: LayerKV | None = None
+                     ) -> ResidualStream:
+        """Sublayer k (0 attention, 1 MLP) on the stream; its sync if the plan has it."""
+        return self._sublayer(s, *self.sublayer(k), kv)
 
     def _sublayer(self, s: ResidualStream, ln, sub, start: bool, sync: bool,
                   kv: LayerKV | None = None) -> ResidualStream:
@@ -133,5 +142,4 @@ class ParallelBlock(nn.Module):
         return s
 
     def forward(self, s: ResidualStream, kv: LayerKV | None = None) -> ResidualStream:
-        s = self._sublayer(s, self.ln_1, self.attn, self.starts[0], self.syncs[0], kv)
-        return self._sublayer(s, self.ln_2, self.mlp, self.starts[1], self.syncs[1])
+        return self.run_sublayer(self.run_sublayer(s, 0, kv), 1)

@@ -117,10 +117,14 @@ class ParallelGPT(nn.Module):
 
     def get_num_params(self, non_embedding: bool = True) -> int:
         """The dense model's parameter count (as GPT.get_num_params), whatever the layout."""
-        sharded = self.sharded_param_ids()
-        n = sum(p.numel() * (self.tp // self.comm.local_ranks if id(p) in sharded else 1)
-                for p in self.parameters())
+        n = self.dense_numel(self.parameters())
         return n - (self.transformer.wpe.weight.numel() if non_embedding else 0)
+
+    def dense_numel(self, params) -> int:
+        """Elements of `params` in the dense model: a sharded one counts every rank's shard."""
+        sharded = self.sharded_param_ids()
+        return sum(p.numel() * (self.tp // self.comm.local_ranks if id(p) in sharded else 1)
+                   for p in params)
 
     def sharded_param_ids(self) -> set[int]:
         """ids of the parameters split over ranks (every other parameter is replicated)."""

@@ -47,7 +47,7 @@ def save(s: Setup, p: Progress, name: str, with_optimizer: bool) -> None:
              "layout": {"world": layout.world, "tp": cfg.tp, "tp_procs": layout.tp_procs,
                         "dp": layout.dp, "pp": layout.pp},
              "model": {k: getattr(s.model_config, k) for k in MODEL_KEYS},
-             "batch_rng": base64.b64encode(p.batch_gen.get_state().numpy().tobytes()).decode()}
+             "batch_rng": encode_generator(p.batch_gen)}
     sharded = ShardedState(s.inner, s.optimizer if with_optimizer else None, s.tp_mesh)
     save_checkpoint(os.path.join(cfg.out_dir, name), rank=layout.rank,
                     barrier=barrier_fn(layout), sharded=sharded, state=state, meta=s.meta,
@@ -75,8 +75,7 @@ def resume(s: Setup, p: Progress) -> None:
                           f"all-sync plan 'tp' can change tp)")
     load_sharded(state["path"], ShardedState(s.inner, s.optimizer, s.tp_mesh),
                  distributed=s.layout.distributed)
-    p.batch_gen.set_state(torch.frombuffer(
-        bytearray(base64.b64decode(state["batch_rng"])), dtype=torch.uint8))
+    decode_generator(p.batch_gen, state["batch_rng"])
     same_layout = state.get("layout", {}).get("world") == s.layout.world
     rs = load_rank_state(state["path"], s.layout.rank) if same_layout else {}
     if "torch_rng" in rs:
@@ -87,6 +86,16 @@ def resume(s: Setup, p: Progress) -> None:
     p.best_val = state["best_val_loss"]
     p.last_eval = {"train": state["train_loss"], "val": state["val_loss"]}
     p.resumed_at = p.iter
+
+
+def encode_generator(gen: torch.Generator) -> str:
+    """A generator's state as text for state.json (base64 of its bytes)."""
+    return base64.b64encode(gen.get_state().numpy().tobytes()).decode()
+
+
+def decode_generator(gen: torch.Generator, text: str) -> None:
+    """Set `gen` to a state `encode_generator` wrote."""
+    gen.set_state(torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8))
 
 
 def last_good_iteration(out_dir: str) -> int | None:
