@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo verify test bench study-spd clean
+.PHONY: setup demo verify test bench study-spd study-12layer clean
 
 # A virtual environment with the pinned CPU torch of requirements-ci.txt and tpgpt (editable).
 $(BIN)/tpgpt: pyproject.toml requirements-ci.txt
@@ -58,6 +58,9 @@ bench: setup
 # the SPD study (docs/study_spd/, about 50 minutes here; rerun to resume)
 study-spd: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash benchmarks/study_spd.sh
+
+study-12layer: setup
+	PATH="$(abspath $(BIN)):$$PATH" bash benchmarks/study_12layer.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -12,6 +12,7 @@ import os
 
 from ..train.config import TrainConfig, replace
 from .evaluate import evaluate_checkpoint
+from ..checkpoint.store import find_checkpoint
 from ..errors import ConfigError
 from ..comm.plan import SyncPlan
 
@@ -29,8 +30,6 @@ def _read_json(path: str):
 
 
 def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[dict]:
-    from ..train.trainer import Trainer
-
     if cfg.tp < 2:
         raise ConfigError(f"sweep needs tp >= 2 (tp={cfg.tp}: with one rank every plan is the "
                           f"dense model): pass --tp=2")
@@ -43,27 +42,10 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
     os.makedirs(out, exist_ok=True)
     rows = []
     for i, plan in enumerate(plans):
-        run_dir = os.path.join(out, plan_dir_name(plan))
-        run_cfg = replace(cfg, sync=plan, out_dir=run_dir)
-        summary = _read_json(os.path.join(run_dir, "summary.json"))
-        if summary and summary.get("iters") == cfg.max_iters:
-            echo(f"[{i + 1}/{len(plans)}] {plan}: done before, val loss "
-                 f"{summary['final_val_loss']:.4f}")
-        else:
-            resume = os.path.isfile(os.path.join(run_dir, "last", "state.json"))
-            echo(f"[{i + 1}/{len(plans)}] {plan}: " + ("resuming" if resume else "training"))
-            trainer = Trainer(run_cfg, resume=resume)
-            summary = trainer.run()
-            trainer.close()
-        if "full_val_loss" not in summary:  # exact, computed once and kept in summary.json
-            # the trained function (its plan from the checkpoint), in each process by itself
-            summary["full_val_loss"] = evaluate_checkpoint(
-                os.path.join(run_dir, "last"), data_dir=cfg.data_dir, distributed=False)["loss"]
-            if os.environ.get("RANK", "0") == "0":  # under torchrun, one writer
-                with open(os.path.join(run_dir, "summary.json"), "w") as f:
-                    json.dump(summary, f, indent=1)
+        summary = train_plan(cfg, plan, os.path.join(out, plan_dir_name(plan)),
+                             echo=lambda text, i=i: echo(f"[{i + 1}/{len(plans)}] {text}"))
         rows.append({"plan": plan, "bits": SyncPlan.parse(plan, cfg.n_layer).bitstring,
-                     **summary, "curve": _curve(run_dir)})
+                     **summary, "curve": curve(os.path.join(out, plan_dir_name(plan)))})
     base = next(r for r in rows if r["plan"] == "tp")
     for r in rows:
         r["delta_val_loss"] = r["final_val_loss"] - base["final_val_loss"]
@@ -72,7 +54,35 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
     return rows
 
 
-def _curve(run_dir: str) -> list[dict]:
+def train_plan(cfg: TrainConfig, plan: str, run_dir: str, echo=print) -> dict:
+    """Train `cfg` under `plan` in run_dir (skipped when its summary says it finished, resumed
+    from its last checkpoint when interrupted) and return its summary.json, with the exact
+    full-split validation loss of the final model added once."""
+    from ..train.trainer import Trainer
+
+    summary = _read_json(os.path.join(run_dir, "summary.json"))
+    if summary and summary.get("iters") == cfg.max_iters:
+        echo(f"{plan}: done before, val loss {summary['final_val_loss']:.4f}")
+    else:
+        # last.old alone: killed between the two renames of a checkpoint save
+        resume = find_checkpoint(os.path.join(run_dir, "last")) is not None
+        echo(f"{plan}: " + ("resuming" if resume else "training"))
+        trainer = Trainer(replace(cfg, sync=plan, out_dir=run_dir), resume=resume)
+        summary = trainer.run()
+        trainer.close()
+    if "full_val_loss" not in summary:  # exact, computed once and kept in summary.json
+        # the trained function (its plan from the checkpoint), in each process by itself
+        summary["full_val_loss"] = evaluate_checkpoint(
+            os.path.join(run_dir, "last"), data_dir=cfg.data_dir, distributed=False)["loss"]
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one writer
+            tmp = os.path.join(run_dir, "summary.json.tmp")
+            with open(tmp, "w") as f:
+                json.dump(summary, f, indent=1)
+            os.replace(tmp, os.path.join(run_dir, "summary.json"))
+    return summary
+
+
+def curve(run_dir: str) -> list[dict]:
     path = os.path.join(run_dir, "metrics.jsonl")
     out = []
     if os.path.exists(path):
