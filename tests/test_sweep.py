@@ -25,8 +25,10 @@ def test_sweep_writes_results_and_resumes(text_data, tmp_path, capsys):
     for png in ("frontier.png", "loss_curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
-    # interrupted sweep: drop one plan's finished marker; rerun trains only that one
+    # interrupted sweep: drop one plan's finished marker, and leave its checkpoint as a save
+    # killed between its two renames does (last.old only); rerun resumes only that one
     os.remove(out / "parallel" / "summary.json")
+    os.rename(out / "parallel" / "last", out / "parallel" / "last.old")
     assert main(cmd) == 0
     text = capsys.readouterr().out
     assert text.count("done before") == 3 and "[3/4] parallel: resuming" in text
