@@ -91,3 +91,23 @@ def write_md(doc: str, summary: dict, conv: list[dict], pred: dict, meta: dict) 
           + "."]
     with open(os.path.join(doc, "results.md"), "w") as f:
         f.write("\n".join(L) + "\n")
+    splice(os.path.join(doc, "README.md"), "trained", trained_table(summary, pred))
+    splice(os.path.join(doc, "README.md"), "converted", converted_table(conv, meta))
+
+
+def splice(path: str, name: str, lines: list[str]) -> None:
+    """Replace what lies between `<!-- NAME: begin -->` and `<!-- NAME: end -->` in the
+    hand-written README, so that its tables are the report's (nothing when it has no markers)."""
+    begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return
+    if begin not in text or end not in text:
+        return
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    with open(path + ".tmp", "w") as f:
+        f.write(head + begin + "\n" + "\n".join(lines) + "\n" + end + tail)
+    os.replace(path + ".tmp", path)
