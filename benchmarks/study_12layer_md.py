@@ -39,8 +39,8 @@ def trained_table(summary: dict, pred: dict) -> list[str]:
           f"(two-sided 95% t). The loss's own seed-to-seed standard deviation, pooled over the "
           f"seven plans, is {n['loss_sd']:.4f} ({n['loss_df']} degrees of freedom). The `tp` "
           f"plan at tp=4 and at tp=2 is one function from the same weights and data: its two "
-          f"losses differ by {n['tp4_vs_tp2_same_function']:.4f}: float rounding of two shard "
-          f"layouts, compounded over training."]
+          f"losses differ by {n['tp4_vs_tp2_same_function']:.1e}: float rounding of two shard "
+          f"layouts, after all of training, is far below any difference between plans."]
     return L
 
 
