@@ -211,7 +211,7 @@ def schedule(out: str, lanes: int, threads: int, on_job_end, echo) -> list[str]:
                 echo(f"lane {lane}: {job_name(j)} {'done' if ok else 'FAILED'} in "
                      f"{time.perf_counter() - t0:.0f} s" + ("" if ok else " (see its log in "
                                                               f"{out}/logs)"))
-                on_job_end()
+                on_job_end(1)
     finally:  # interrupted: stop the jobs too (each resumes from its last checkpoint)
         for _, proc, _, _ in running.values():
             proc.terminate()
@@ -260,11 +260,12 @@ def main() -> int:
         write_json(spath, settings())
     tpath = os.path.join(args.out, "timings.json")
     timings = json.load(open(tpath)) if os.path.exists(tpath) else {"invocations": []}
-    mine = {"lanes": args.lanes, "threads": args.threads, "wall_s": 0.0}
+    mine = {"lanes": args.lanes, "threads": args.threads, "wall_s": 0.0, "jobs": 0}
     timings["invocations"].append(mine)
     t0 = time.perf_counter()
 
-    def on_job_end():  # a killed invocation keeps the time it ran up to its last job
+    def on_job_end(ran: int = 0):  # a killed invocation keeps its time up to its last job
+        mine["jobs"] += ran
         mine["wall_s"] = time.perf_counter() - t0
         write_json(tpath, timings)
 

@@ -71,7 +71,7 @@ def converted_table(conv: list[dict], meta: dict) -> list[str]:
 
 
 def write_md(doc: str, summary: dict, conv: list[dict], pred: dict, meta: dict) -> None:
-    inv = meta["invocations"]
+    inv = meta["invocations"]  # those that ran jobs
     L = [f"# Results: the 12-layer study ({meta['iters']} iterations per run)", "",
          "Written by `benchmarks/study_12layer.py` from `out/study_12layer/`; do not edit.", "",
          "## Trained with the plan", "",
@@ -83,10 +83,11 @@ def write_md(doc: str, summary: dict, conv: list[dict], pred: dict, meta: dict) 
     L += trained_table(summary, pred)
     L += ["", "## Converted from the dense model", ""] + converted_table(conv, meta)
     L += ["", "## Time", "",
-          "Wall time of the study's invocations: "
+          "Wall time of the study's invocations that ran jobs: "
           + " + ".join(f"{i['wall_s']:.0f} s ({i['lanes']} processes x {i['threads']} "
                        f"thread)" for i in inv)
-          + f" = {meta['wall_s']:.0f} s. Median step of the training runs (those not resumed): "
+          + f" = {meta['wall_s']:.0f} s. Median step of the training runs "
+          "(those not resumed): "
           + ", ".join(f"{v:.0f} ms at tp={tp}" for tp, v in meta["median_step_ms"].items())
           + "."]
     with open(os.path.join(doc, "results.md"), "w") as f:

@@ -142,8 +142,9 @@ def meta_of(out: str, data: dict, timings: dict, iters: int) -> dict:
     return {"iters": iters, "eval_interval": max(iters // 6, 1), "eval_iters": cfg.eval_iters,
             "batch_size": cfg.batch_size, "block_size": cfg.block_size,
             "params": GPT(model).get_num_params(), "distill": DISTILL,
-            "invocations": timings["invocations"],
-            "wall_s": sum(i["wall_s"] for i in timings["invocations"]),
+            # those that ran jobs: a rerun with nothing left to do leaves the report unchanged
+            "invocations": [i for i in timings["invocations"] if i.get("jobs", 1)],
+            "wall_s": sum(i["wall_s"] for i in timings["invocations"] if i.get("jobs", 1)),
             "median_step_ms": steps, "predict": PREDICT}
 
 
