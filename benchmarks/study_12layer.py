@@ -48,9 +48,12 @@ def dense_dir(out: str) -> str:
     return os.path.join(run_dir(out, *DENSE, "tp"), "last")
 
 
-def converted_json(out: str, tp: int, plan: str) -> str:
+def converted_path(out: str, tp: int, plan: str, kind: str) -> str:
+    """OUT/converted/: z_<name> (zero-shot checkpoint), d_<name> (distill run), <name>.json."""
     from tpgpt.analysis.sweep import plan_dir_name
-    return os.path.join(out, "converted", f"tp{tp}_{plan_dir_name(plan)}.json")
+    name = f"tp{tp}_{plan_dir_name(plan)}"
+    return os.path.join(out, "converted", {"zero_shot": "z_" + name, "distilled": "d_" + name,
+                                           "result": name + ".json"}[kind])
 
 
 def jobs(out: str) -> list[dict]:
@@ -72,14 +75,10 @@ def job_name(j: dict) -> str:
 
 def job_done(out: str, j: dict) -> bool:
     if j["kind"] == "train":
-        try:
-            with open(os.path.join(run_dir(out, j["tp"], j["seed"], j["plan"]),
-                                   "summary.json")) as f:
-                s = json.load(f)
-            return s.get("iters") == BUDGET and "full_val_loss" in s
-        except (OSError, json.JSONDecodeError):
-            return False
-    return os.path.exists(converted_json(out, j["tp"], j["plan"]))
+        from tpgpt.analysis.sweep import finished_summary
+        s = finished_summary(run_dir(out, j["tp"], j["seed"], j["plan"]), BUDGET)
+        return s is not None and "full_val_loss" in s
+    return os.path.exists(converted_path(out, j["tp"], j["plan"], "result"))
 
 
 def progress_of(out: str, j: dict) -> tuple[int, int]:
@@ -88,8 +87,7 @@ def progress_of(out: str, j: dict) -> tuple[int, int]:
         path, total = os.path.join(run_dir(out, j["tp"], j["seed"], j["plan"]),
                                    "metrics.jsonl"), BUDGET
     else:
-        from tpgpt.analysis.sweep import plan_dir_name
-        path = os.path.join(out, "converted", f"d_tp{j['tp']}_{plan_dir_name(j['plan'])}",
+        path = os.path.join(converted_path(out, j["tp"], j["plan"], "distilled"),
                             "metrics.jsonl")
         total = DISTILL["steps"]
     last = 0
@@ -119,11 +117,9 @@ def run_job(out: str, j: dict) -> None:
     from tpgpt.analysis.convert import convert
     from tpgpt.analysis.distill import DistillOptions, distill
     from tpgpt.analysis.evaluate import evaluate_checkpoint
-    from tpgpt.analysis.sweep import plan_dir_name
 
     t0 = time.perf_counter()
-    name = f"tp{j['tp']}_{plan_dir_name(j['plan'])}"
-    z, d = (os.path.join(out, "converted", p + name) for p in ("z_", "d_"))
+    z, d = (converted_path(out, j["tp"], j["plan"], k) for k in ("zero_shot", "distilled"))
     if not os.path.exists(os.path.join(z, "state.json")):
         for p in (z, z + ".tmp", z + ".old", z + ".prev"):  # a conversion killed half-way
             shutil.rmtree(p, ignore_errors=True)
@@ -137,7 +133,7 @@ def run_job(out: str, j: dict) -> None:
            "forward_syncs": zero_shot["forward_syncs"], "zero_shot_loss": zero_shot["loss"],
            "distilled_loss": distilled["loss"], "calibration_recovered": r["recovered"],
            "distill": DISTILL, "wall_s": time.perf_counter() - t0}
-    path = converted_json(out, j["tp"], j["plan"])
+    path = converted_path(out, j["tp"], j["plan"], "result")
     with open(path + ".tmp", "w") as f:
         json.dump(row, f, indent=1)
     os.replace(path + ".tmp", path)

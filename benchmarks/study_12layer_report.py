@@ -18,7 +18,7 @@ import math
 import os
 import statistics
 
-from study_12layer import DENSE, DISTILL, GROUPS, PLANS, converted_json, run_dir
+from study_12layer import DENSE, DISTILL, GROUPS, PLANS, converted_path, run_dir
 
 from tpgpt.analysis.sweep import curve
 from tpgpt.cli import main as tpgpt
@@ -67,7 +67,7 @@ def collect(out: str) -> dict:
     converted = []
     for tp in sorted({tp for tp, _ in GROUPS}):
         for plan in PLANS[1:]:
-            with open(converted_json(out, tp, plan)) as f:
+            with open(converted_path(out, tp, plan, "result")) as f:
                 converted.append(json.load(f))
     return {"trained": trained, "converted": converted}
 

@@ -54,14 +54,20 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
     return rows
 
 
+def finished_summary(run_dir: str, max_iters: int) -> dict | None:
+    """run_dir's summary.json if its run trained all max_iters iterations, else None."""
+    summary = _read_json(os.path.join(run_dir, "summary.json"))
+    return summary if summary and summary.get("iters") == max_iters else None
+
+
 def train_plan(cfg: TrainConfig, plan: str, run_dir: str, echo=print) -> dict:
     """Train `cfg` under `plan` in run_dir (skipped when its summary says it finished, resumed
     from its last checkpoint when interrupted) and return its summary.json, with the exact
     full-split validation loss of the final model added once."""
     from ..train.trainer import Trainer
 
-    summary = _read_json(os.path.join(run_dir, "summary.json"))
-    if summary and summary.get("iters") == cfg.max_iters:
+    summary = finished_summary(run_dir, cfg.max_iters)
+    if summary:
         echo(f"{plan}: done before, val loss {summary['final_val_loss']:.4f}")
     else:
         # last.old alone: killed between the two renames of a checkpoint save
