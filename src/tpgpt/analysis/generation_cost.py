@@ -98,13 +98,13 @@ def _pass(work: tuple[float, float], colls, device: Device, ic: Interconnect, tp
 
 def predict_generation(config, plan: SyncPlan, *, tp: int, batch: int, prompt_len: int,
                        new_tokens: int, vocab_parallel: bool, dtype_bytes: int, device: Device,
-                       ic: Interconnect) -> dict:
+                       ic: Interconnect, wire=None) -> dict:
     """Predicted prefill (time to first token) and mean per-token decode latency. The first
     new token comes from the prefill; the other new_tokens - 1 from decode steps whose keys
     grow from prompt_len + 1 to prompt_len + new_tokens - 1 (mean prompt_len + new_tokens/2)."""
     colls = count_inference(plan, tp=tp, n_embd=config.n_embd, vocab_size=config.vocab_size,
                             batch_size=batch, prompt_len=prompt_len,
-                            vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes)
+                            vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes, wire=wire)
     kw = dict(batch=batch, vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes)
     prefill = _pass(pass_work(config, tp, new=prompt_len, keys=(prompt_len + 1) / 2, **kw),
                     colls["prefill"], device, ic, tp)

@@ -1,7 +1,30 @@
 """`tpgpt plan`: what a sync plan communicates, as a per-layer diagram, a table or JSON."""
 from __future__ import annotations
 
-from ..comm.plan import SyncPlan, count_collectives, count_inference, replicated_per_rank_numel
+from ..comm.plan import (SyncPlan, count_collectives, count_inference, replicated_per_rank_numel,
+                         sent_bytes)
+from ..comm.wire import SyncWire
+
+
+def label(r: dict) -> str:
+    """A report's plan, with what its syncs send when that is not float32: 'tp', 'spd [int8]'."""
+    return r["sync"] + ("" if r.get("sync_dtype", "float32") == "float32" else
+                        f" [{r['sync_dtype']}]")
+
+
+def _is_base(r: dict) -> bool:
+    return all(int(b) for b in r["bits"]) and r.get("sync_dtype", "float32") == "float32"
+
+
+def _wire_fields(wire: SyncWire | None) -> dict:
+    wire = wire or SyncWire()
+    return {"sync_dtype": wire.dtype, "sync_block": wire.block if wire.dtype == "int8" else None}
+
+
+def _collective(c, tp: int) -> dict:
+    """One line of the accounting; `sent_each`: the bytes one rank sends in one of them."""
+    return {"phase": c.phase, "op": c.op, "tag": c.tag, "count": c.count, "bytes_each": c.nbytes,
+            "sent_each": round(sent_bytes(c.op, c.nbytes, tp))}
 
 
 def memory_per_rank(config, tp: int, vocab_parallel: bool) -> dict:
@@ -23,24 +46,28 @@ def memory_per_rank(config, tp: int, vocab_parallel: bool) -> dict:
 
 
 def plan_report(config, plan: SyncPlan, *, tp: int, batch_size: int, seq_len: int,
-                vocab_parallel: bool, dtype_bytes: int = 4, grad_clip: bool = False) -> dict:
+                vocab_parallel: bool, dtype_bytes: int = 4, grad_clip: bool = False,
+                wire: SyncWire | None = None) -> dict:
     """Everything `tpgpt plan --json` prints: layers, regions, and collectives per step."""
     step = count_collectives(plan, tp=tp, n_embd=config.n_embd, bias=config.bias,
                              batch_size=batch_size, seq_len=seq_len,
                              vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes,
-                             grad_clip=grad_clip, param_bytes=4 if dtype_bytes < 4 else None)
+                             grad_clip=grad_clip, param_bytes=4 if dtype_bytes < 4 else None,
+                             wire=wire)
+    collectives = [_collective(c, tp) for c in step]
     totals: dict[str, dict[str, int]] = {}
-    for c in step:
-        t = totals.setdefault(c.phase, {"count": 0, "bytes": 0})
-        t["count"] += c.count
-        t["bytes"] += c.count * c.nbytes
-    totals["step"] = {"count": sum(t["count"] for t in totals.values()),
-                      "bytes": sum(t["bytes"] for t in totals.values())}
+    for c in collectives:
+        t = totals.setdefault(c["phase"], {"count": 0, "bytes": 0, "sent": 0})
+        t["count"] += c["count"]
+        t["bytes"] += c["count"] * c["bytes_each"]
+        t["sent"] += c["count"] * c["sent_each"]
+    totals["step"] = {k: sum(t[k] for t in totals.values()) for k in ("count", "bytes", "sent")}
     baseline = 2 * config.n_layer
     return {
         "model": {k: getattr(config, k) for k in
                   ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "bias")},
         "tp": tp, "sync": plan.spec, "bits": plan.bitstring, "vocab_parallel": vocab_parallel,
+        **_wire_fields(wire),
         "batch_size": batch_size, "seq_len": seq_len, "dtype_bytes": dtype_bytes,
         "layers": [{"layer": i, "kind": plan.layer_kind(i), "attn_sync": plan.sync_after(2 * i),
                     "mlp_sync": plan.sync_after(2 * i + 1)} for i in range(config.n_layer)],
@@ -48,8 +75,7 @@ def plan_report(config, plan: SyncPlan, *, tp: int, batch_size: int, seq_len: in
         "forward_syncs": plan.forward_syncs(tp),
         "forward_syncs_all_on": baseline if tp > 1 else 0,
         "replicated_grad_elements": replicated_per_rank_numel(plan, config.n_embd, config.bias),
-        "collectives": [{"phase": c.phase, "op": c.op, "tag": c.tag, "count": c.count,
-                         "bytes_each": c.nbytes} for c in step],
+        "collectives": collectives,
         "memory_per_rank": memory_per_rank(config, tp, vocab_parallel),
         "totals": totals,
     }
@@ -74,7 +100,7 @@ def format_plan(r: dict) -> str:
     lines = [f"model: {m['n_layer']} layers, {m['n_head']} heads, n_embd {m['n_embd']}, "
              f"vocab {m['vocab_size']}{' (vocab-parallel)' if r['vocab_parallel'] else ''}",
              f"tp={r['tp']}  sync={r['sync']!r}  batch {r['batch_size']} x {r['seq_len']} tokens, "
-             f"{r['dtype_bytes']}-byte activations", "",
+             f"{r['dtype_bytes']}-byte activations" + _wire_note(r), "",
              "layer  kind        attn  mlp    region"]
     region_of = {s: i for i, reg in enumerate(r["regions"]) for s in reg}
     for layer in r["layers"]:
@@ -97,18 +123,28 @@ def format_plan(r: dict) -> str:
         return "\n".join(lines + ["per training step: no collectives"])
     lines.append("per training step (fwd/bwd lines: per micro-batch; grad lines: per optimizer "
                  "step):")
-    lines.append(f"  {'phase':<5} {'op':<15} {'count':>5}  {'each':>11}  {'total':>11}  what")
+    lines.append(f"  {'phase':<5} {'op':<15} {'count':>5}  {'each':>11}  {'total':>11}  "
+                 f"{'sent':>11}  what")
     for c in r["collectives"]:
         lines.append(f"  {c['phase']:<5} {c['op']:<15} {c['count']:>5}  {_mb(c['bytes_each']):>11}"
-                     f"  {_mb(c['count'] * c['bytes_each']):>11}  {_WHAT.get(c['tag'], c['tag'])}")
+                     f"  {_mb(c['count'] * c['bytes_each']):>11}  "
+                     f"{_mb(c['count'] * c['sent_each']):>11}  {_WHAT.get(c['tag'], c['tag'])}")
     t = r["totals"]["step"]
-    lines.append(f"  total {t['count']} collectives, {_mb(t['bytes'])} per rank buffer")
+    lines.append(f"  total {t['count']} collectives, {_mb(t['bytes'])} per rank buffer, "
+                 f"{_mb(t['sent'])} sent by each rank (ring algorithms)")
     return "\n".join(lines)
+
+
+def _wire_note(r: dict) -> str:
+    if r.get("sync_dtype", "float32") == "float32":
+        return ""
+    block = f" (a float32 scale per {r['sync_block']} channels)" if r["sync_block"] else ""
+    return f"; the residual stream's syncs sent in {r['sync_dtype']}{block}"
 
 
 def format_predictions(reports: list[dict], ic, achieved_tflops: float) -> str:
     """One line per plan: predicted step time on `ic` and what dropping syncs saves."""
-    base = next((r for r in reports if all(r["bits"])), None) or max(
+    base = next((r for r in reports if _is_base(r)), None) or max(
         reports, key=lambda r: r["forward_syncs"])
     lines = [f"predicted step (one micro-batch) on {ic.name} ({ic.bandwidth_Bps / 1e9:g} GB/s, "
              f"{ic.alpha_s * 1e6:g} us per ring step"
@@ -117,11 +153,11 @@ def format_predictions(reports: list[dict], ic, achieved_tflops: float) -> str:
              + f"), compute at {achieved_tflops:g} TFLOP/s "
              f"per device, no overlap:",
              f"  {'sync':<28} {'fwd syncs':>9} {'compute ms':>11} {'comm ms':>9} "
-             f"{'step ms':>9} {'comm share':>10} {'vs ' + base['sync']:>12}"]
+             f"{'step ms':>9} {'comm share':>10} {'vs ' + label(base):>12}"]
     for r in reports:
         p = r["prediction"]
         saving = 1 - p["step_s"] / base["prediction"]["step_s"]
-        lines.append(f"  {r['sync']:<28} {r['forward_syncs']:>9} {1e3 * p['compute_s']:>11.2f} "
+        lines.append(f"  {label(r):<28} {r['forward_syncs']:>9} {1e3 * p['compute_s']:>11.2f} "
                      f"{1e3 * p['comm_s']:>9.2f} {1e3 * p['step_s']:>9.2f} "
                      f"{100 * p['comm_share']:>9.1f}% {-100 * saving + 0.0:>+11.1f}%")
     if ic.source:
@@ -130,22 +166,24 @@ def format_predictions(reports: list[dict], ic, achieved_tflops: float) -> str:
 
 
 def inference_report(config, plan: SyncPlan, *, tp: int, batch_size: int, prompt_len: int,
-                     new_tokens: int, vocab_parallel: bool, dtype_bytes: int = 4) -> dict:
+                     new_tokens: int, vocab_parallel: bool, dtype_bytes: int = 4,
+                     wire: SyncWire | None = None) -> dict:
     """Everything `tpgpt plan --inference --json` prints: the collectives of the prefill and
     of one decode step, and the KV cache one rank has filled at the end of the generation."""
     colls = count_inference(plan, tp=tp, n_embd=config.n_embd, vocab_size=config.vocab_size,
                             batch_size=batch_size, prompt_len=prompt_len,
-                            vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes)
+                            vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes, wire=wire)
     C, L = config.n_embd, config.n_layer
     return {
         "model": {k: getattr(config, k) for k in
                   ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "bias")},
         "tp": tp, "sync": plan.spec, "bits": plan.bitstring, "vocab_parallel": vocab_parallel,
+        **_wire_fields(wire),
         "batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens,
         "dtype_bytes": dtype_bytes, "forward_syncs": plan.forward_syncs(tp),
         "forward_syncs_all_on": 2 * L if tp > 1 else 0,
-        **{phase: [{"op": c.op, "tag": c.tag, "count": c.count, "bytes_each": c.nbytes}
-                   for c in cs] for phase, cs in colls.items()},
+        **{phase: [{k: v for k, v in _collective(c, tp).items() if k != "phase"} for c in cs]
+           for phase, cs in colls.items()},
         # filled at the end: the last new token is drawn, never fed back
         "kv_cache_bytes_per_rank": 2 * L * batch_size * (prompt_len + new_tokens - 1) * C // tp
         * dtype_bytes,
@@ -161,7 +199,7 @@ def format_inference(r: dict) -> str:
              "generation at tp=1: nothing to communicate",
              f"batch {r['batch_size']}, prompt {r['prompt_len']} tokens, {r['new_tokens']} new "
              f"tokens, {r['dtype_bytes']}-byte activations; KV cache per rank filled at the end "
-             f"{_mb(r['kv_cache_bytes_per_rank'])}"]
+             f"{_mb(r['kv_cache_bytes_per_rank'])}" + _wire_note(r)]
     for phase, what in (("prefill", "prefill (the prompt, first token)"),
                         ("decode", "each decode step (one new position)")):
         lines += ["", f"{what}:"]
@@ -180,17 +218,17 @@ _WHAT_INFERENCE = {"sync": "residual stream, leaving a region (g)",
 
 def format_generation_predictions(reports: list[dict]) -> str:
     """One line per plan: predicted time to first token, per-token decode, and the saving."""
-    base = next((r for r in reports if all(int(b) for b in r["bits"])), None) or max(
+    base = next((r for r in reports if _is_base(r)), None) or max(
         reports, key=lambda r: r["forward_syncs"])
     p0 = base["prediction"]
     lines = [f"predicted generation on {p0['device']} over {p0['interconnect']} (roofline: max "
              f"of FLOPs/rate and bytes/bandwidth, plus the collectives, no overlap):",
              f"  {'sync':<22} {'fwd syncs':>9} {'TTFT ms':>9} {'decode ms/token':>15} "
-             f"{'of which comm':>13} {'bound':>6} {'vs ' + base['sync']:>10}"]
+             f"{'of which comm':>13} {'bound':>6} {'vs ' + label(base):>10}"]
     for r in reports:
         p, d = r["prediction"], r["prediction"]["decode"]
         saving = 1 - d["total_s"] / p0["decode"]["total_s"]
-        lines.append(f"  {r['sync']:<22} {r['forward_syncs']:>9} "
+        lines.append(f"  {label(r):<22} {r['forward_syncs']:>9} "
                      f"{1e3 * p['prefill']['total_s']:>9.3f} {1e3 * d['total_s']:>15.3f} "
                      f"{100 * d['comm_s'] / d['total_s']:>12.1f}% {d['bound']:>6} "
                      f"{-100 * saving + 0.0:>+9.1f}%")

@@ -89,18 +89,19 @@ def export_hf(ckpt: str, out: str, force: bool = False, as_dense: bool = False) 
     tp > 1) is another function, and is refused unless `as_dense` asks for its weights as the
     dense GPT on purpose."""
     from ..comm.plan import SyncPlan
-    from .load import load_dense, model_config, read_checkpoint, trained_plan
+    from .load import is_dense_function, load_dense, model_config, read_checkpoint, trained_plan
 
     state = read_checkpoint(ckpt)
     found = state["path"]
     tp, sync = trained_plan(state)
     n_layer = model_config(state).n_layer
     plan = SyncPlan.parse(sync, n_layer)
-    if not plan.is_dense_at(tp) and not as_dense:
+    dense = is_dense_function(state)
+    if not dense and not as_dense:
         raise ConfigError(f"{found} was trained at tp={tp} with sync={sync!r}, which drops "
-                          f"{2 * n_layer - plan.num_syncs} of {2 * n_layer} syncs: a Hugging Face "
-                          f"GPT-2 computes the dense GPT, another function; pass --as-dense to "
-                          f"export its weights as the dense GPT anyway")
+                          f"{2 * n_layer - plan.num_syncs} of {2 * n_layer} syncs or compresses "
+                          f"them: a Hugging Face GPT-2 computes the dense GPT, another function; "
+                          f"pass --as-dense to export its weights as the dense GPT anyway")
     if os.path.exists(os.path.join(out, "model.safetensors")) and not force:
         raise ConfigError(f"{out} already holds an exported model: pass --force to replace it")
     model, meta, _ = load_dense(found, state=state)
@@ -116,7 +117,7 @@ def export_hf(ckpt: str, out: str, force: bool = False, as_dense: bool = False) 
         with open(os.path.join(out, f".{name}.tmp"), "w") as f:
             json.dump(obj, f, indent=1)
         os.replace(os.path.join(out, f".{name}.tmp"), os.path.join(out, name))
-    return found, not plan.is_dense_at(tp)
+    return found, not dense
 
 
 def load_hf(path: str) -> tuple[GPT, dict]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..comm.plan import SyncPlan, validate_tp
+from ..comm.wire import DEFAULT_BLOCK, SyncWire
 from ..errors import ConfigError
 from ..model import GPT, GPTConfig, ParallelGPT
 from .sharded_state import ShardedState
@@ -52,6 +53,35 @@ def trained_plan(state: dict) -> tuple[int, str]:
     return tp, sync
 
 
+def trained_wire(state: dict) -> SyncWire:
+    """What the checkpoint's syncs sent in training (float32 for checkpoints from before
+    sync_dtype existed, and for imported models)."""
+    config = state.get("config") or {}
+    try:
+        return SyncWire(config.get("sync_dtype", "float32"), config.get("sync_block",
+                                                                        DEFAULT_BLOCK))
+    except ConfigError as e:
+        raise ConfigError(f"{state['path']}/state.json: {e}") from None
+
+
+def require_float32_syncs(state: dict, command: str) -> None:
+    """`command` (convert, sensitivity, distill) measures plans with syncs sent as computed: a
+    checkpoint trained with compressed syncs is refused rather than measured as another
+    function."""
+    wire = trained_wire(state)
+    if wire.compressed:
+        raise ConfigError(f"{state['path']} was trained with syncs sent in {wire.describe()}: "
+                          f"{command} works on checkpoints whose syncs are float32")
+
+
+def is_dense_function(state: dict) -> bool:
+    """Whether the checkpoint computes the dense GPT (tp=1, or every sync on, sent as
+    computed)."""
+    tp, sync = trained_plan(state)
+    plan = SyncPlan.parse(sync, model_config(state).n_layer)
+    return _function_key(tp, plan, trained_wire(state)) == ("dense",)
+
+
 def trained_function(state: dict) -> tuple[int, str]:
     """(tp, sync) of the function the checkpoint computes: at tp=1 whatever the plan says is
     the dense GPT, every sync on ('tp')."""
@@ -79,6 +109,8 @@ class Loaded:
     trained_sync: str
     mode: str  # "dense", "simulated" or "distributed"
     mesh: object | None = None  # distributed over several processes: the TP mesh of its shards
+    wire: SyncWire = SyncWire()  # what the syncs send
+    trained_wire: SyncWire = SyncWire()
 
     @property
     def sync(self) -> str:
@@ -88,7 +120,8 @@ class Loaded:
     def converted(self) -> bool:
         """Whether this is another function than the trained one (a zero-shot conversion)."""
         trained = SyncPlan.parse(self.trained_sync, self.plan.n_layer)
-        return _function_key(self.tp, self.plan) != _function_key(self.trained_tp, trained)
+        return _function_key(self.tp, self.plan, self.wire) != \
+            _function_key(self.trained_tp, trained, self.trained_wire)
 
     @property
     def forward_syncs(self) -> int:
@@ -103,17 +136,23 @@ class Loaded:
         if self.tp == 1:  # one rank has no syncs: the trained plan does not apply
             text = f"tp=1 (no syncs), {how}"
         else:
+            sent = "" if not self.wire.compressed else f" sent in {self.wire.describe()}"
             text = (f"tp={self.tp}, sync={self.sync!r} ({self.forward_syncs} of {n} forward "
-                    f"syncs), {how}")
+                    f"syncs{sent}), {how}")
         if self.converted:
+            sent = "" if not self.trained_wire.compressed else \
+                f" ({self.trained_wire.describe()} syncs)"
             text += (f"; converted zero-shot from the trained tp={self.trained_tp}, "
-                     f"sync={self.trained_sync!r}")
+                     f"sync={self.trained_sync!r}{sent}")
         return text
 
 
-def _function_key(tp: int, plan: SyncPlan):
-    """Equal keys compute equal functions: any all-sync plan, or tp=1, is the dense GPT."""
-    return ("dense",) if plan.is_dense_at(tp) else (tp, plan.bits)
+def _function_key(tp: int, plan: SyncPlan, wire: SyncWire):
+    """Equal keys compute equal functions: tp=1, or any all-sync plan sending float32, is the
+    dense GPT."""
+    if tp == 1 or (plan.is_dense_at(tp) and not wire.compressed):
+        return ("dense",)
+    return (tp, plan.bits, wire if wire.compressed else None)
 
 
 def read_checkpoint(path: str) -> dict:
@@ -138,11 +177,12 @@ def check_device(device: str | torch.device) -> torch.device:
 
 def load_trained(path: str, tp: int | None = None, sync: str | None = None,
                  device: str | torch.device = "cpu", distributed: bool | None = None,
-                 state: dict | None = None) -> Loaded:
-    """The model a checkpoint (or a run's out_dir) was trained to be, or, with `tp` / `sync`,
-    the conversion to another plan. `distributed` (default: under torchrun, RANK set): a model
-    that drops syncs runs with its tp ranks spread over the job's processes (collective: every
-    process calls this); otherwise it is simulated in this process. `state`: the checkpoint's
+                 state: dict | None = None, sync_dtype: str | None = None) -> Loaded:
+    """The model a checkpoint (or a run's out_dir) was trained to be, or, with `tp` / `sync` /
+    `sync_dtype`, the conversion to another plan or sync precision. `distributed` (default:
+    under torchrun, RANK set): a model that drops syncs runs with its tp ranks spread over the
+    job's processes (collective: every process calls this); otherwise it is simulated in this
+    process. `state`: the checkpoint's
     state.json as `read_checkpoint` returned it (read and verified once)."""
     device = check_device(device)
     state = state if state is not None else read_checkpoint(path)
@@ -156,25 +196,32 @@ def load_trained(path: str, tp: int | None = None, sync: str | None = None,
     if sync is not None and tp == 1 and not all(plan.bits):
         raise ConfigError(f"--sync {sync!r} at tp=1 is the dense GPT (one rank has nothing to "
                           f"sync): give --tp 2 or more to run the plan")
+    t_wire = trained_wire(state)
+    wire = t_wire if sync_dtype is None else SyncWire(sync_dtype, t_wire.block)
+    wire.check(config.n_embd)
+    if sync_dtype is not None and tp == 1 and wire.compressed:
+        raise ConfigError(f"--sync-dtype {sync_dtype} at tp=1 sends nothing (one rank has "
+                          f"nothing to sync): give --tp 2 or more")
     dtype = _dtype(state)
     common = dict(meta=load_meta(ckpt), path=ckpt, iteration=state.get("iter"), tp=tp,
-                  plan=plan, trained_tp=trained_tp, trained_sync=trained_sync)
-    if plan.is_dense_at(tp):
+                  plan=plan, trained_tp=trained_tp, trained_sync=trained_sync, wire=wire,
+                  trained_wire=t_wire)
+    if _function_key(tp, plan, wire) == ("dense",):
         model = GPT(config).to(dtype)
         load_sharded(ckpt, ShardedState(model))
         return Loaded(model=model.to(device).eval(), mode="dense", **common)
     if distributed if distributed is not None else "RANK" in os.environ:
-        model, mesh = _distributed_model(config, tp, plan, device)
+        model, mesh = _distributed_model(config, tp, plan, device, wire)
         model.to(dtype)
         load_sharded(ckpt, ShardedState(model, None, mesh), distributed=True)
         return Loaded(model=model.to(device).eval(), mode="distributed", mesh=mesh, **common)
-    model = _unfilled_parallel(config, tp, plan)
+    model = _unfilled_parallel(config, tp, plan, wire=wire)
     model.to(dtype)
     load_sharded(ckpt, ShardedState(model))
     return Loaded(model=model.to(device).eval(), mode="simulated", **common)
 
 
-def _distributed_model(config: GPTConfig, tp: int, plan: SyncPlan, device):
+def _distributed_model(config: GPTConfig, tp: int, plan: SyncPlan, device, wire: SyncWire):
     """ParallelGPT with its tp ranks over every process of the torchrun job; the TP mesh on
     which its checkpoint shards are DTensors (None when one process holds every rank)."""
     import torch.distributed as dist
@@ -186,15 +233,18 @@ def _distributed_model(config: GPTConfig, tp: int, plan: SyncPlan, device):
         raise ConfigError(f"tp={tp} cannot be spread over {world} processes: launch a number "
                           f"of processes that divides tp (torchrun --nproc_per_node)")
     mesh = init_device_mesh(dev.type, (world,)) if world > 1 else None
-    return _unfilled_parallel(config, tp, plan, DistributedComm(tp, group=dist.group.WORLD)), mesh
+    return _unfilled_parallel(config, tp, plan, DistributedComm(tp, group=dist.group.WORLD),
+                              wire), mesh
 
 
-def _unfilled_parallel(config: GPTConfig, tp: int, plan: SyncPlan, comm=None) -> ParallelGPT:
+def _unfilled_parallel(config: GPTConfig, tp: int, plan: SyncPlan, comm=None,
+                       wire: SyncWire = SyncWire()) -> ParallelGPT:
     """ParallelGPT with uninitialised weights (no throw-away random init: the checkpoint fills
     them)."""
     with torch.device("meta"):
         dense = GPT(config)
-    return ParallelGPT(config, tp=tp, sync=plan, comm=comm, dense=dense.to_empty(device="cpu"))
+    return ParallelGPT(config, tp=tp, sync=plan, comm=comm, dense=dense.to_empty(device="cpu"),
+                       sync_dtype=wire.dtype, sync_block=wire.block)
 
 
 def load_dense(path: str, state: dict | None = None) -> tuple[GPT, dict, str]:

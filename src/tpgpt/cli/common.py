@@ -87,3 +87,6 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync", default=None, metavar="PLAN",
                    help="run under this sync plan instead of the trained one (a zero-shot "
                         "conversion: another function than the one trained)")
+    p.add_argument("--sync-dtype", "--sync_dtype", dest="sync_dtype", default=None,
+                   metavar="DTYPE", help="send the syncs in this dtype (float32, bfloat16, "
+                                         "int8) instead of the trained one's")

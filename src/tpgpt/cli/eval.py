@@ -31,7 +31,8 @@ def run(args) -> int:
     from ..analysis.evaluate import evaluate_checkpoint
 
     try:
-        r = evaluate_checkpoint(args.ckpt, tp=args.tp, sync=args.sync, split=args.split,
+        r = evaluate_checkpoint(args.ckpt, tp=args.tp, sync=args.sync, sync_dtype=args.sync_dtype,
+                                split=args.split,
                                 data_dir=args.data_dir, batch_size=args.batch_size,
                                 device=args.device)
     finally:

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import json
 
+from ..comm.wire import DEFAULT_BLOCK, SyncWire
 from ..errors import ConfigError
 from ..model import GPTConfig
 from .common import add_model_args, boolean, flag, model_config
@@ -19,6 +20,11 @@ def register(sub) -> argparse.ArgumentParser:
     plan.add_argument("--sync", nargs="+", metavar="PLAN",
                       help="one or more plans: tp | spd | parallel | a comma list such as "
                            "tp,spd | bits:0111... (default tp)")
+    flag(plan, "sync_dtype", nargs="+", metavar="DTYPE", default=["float32"],
+         help="what the residual stream's syncs send: float32 (as computed), bfloat16, int8 "
+              "(one or more; every plan is reported with each)")
+    flag(plan, "sync_block", type=int, default=DEFAULT_BLOCK,
+         help=f"int8 syncs: channels per float32 scale (default {DEFAULT_BLOCK})")
     flag(plan, "vocab_parallel", type=boolean, nargs="?", const=True, default=False,
          help="vocab-parallel embedding/loss")
     flag(plan, "batch_size", type=int, default=None,
@@ -72,6 +78,7 @@ def defaults_from_config(plan: argparse.ArgumentParser, argv: list[str]) -> None
     # a training batch is no generation batch: --inference keeps its own default (1)
     batch = {} if "--inference" in argv else {"batch_size": cfg.batch_size}
     plan.set_defaults(**model, tp=cfg.tp, sync=[cfg.sync], vocab_parallel=cfg.vocab_parallel,
+                      sync_dtype=[cfg.sync_dtype], sync_block=cfg.sync_block,
                       **batch, seq_len=cfg.block_size,
                       grad_clip=cfg.grad_clip > 0,
                       dtype_bytes={"float64": 8, "float32": 4}.get(cfg.dtype, 2))
@@ -93,6 +100,9 @@ def run(args) -> int:
                           f"{cfg.block_size}]")
     if args.dtype_bytes not in (2, 4, 8):
         raise ConfigError(f"dtype_bytes={args.dtype_bytes} is invalid: choose 2, 4 or 8")
+    args.wires = [SyncWire(d, args.sync_block) for d in dict.fromkeys(args.sync_dtype)]
+    for w in args.wires:
+        w.check(cfg.n_embd)
     if args.inference:
         for name, given in (("--achieved-tflops", args.achieved_tflops is not None),
                             ("--grad-clip", args.grad_clip)):
@@ -106,8 +116,8 @@ def run(args) -> int:
     reports = [plan_report(cfg, SyncPlan.parse(s, cfg.n_layer), tp=args.tp,
                            batch_size=args.batch_size, seq_len=seq_len,
                            vocab_parallel=args.vocab_parallel, dtype_bytes=args.dtype_bytes,
-                           grad_clip=args.grad_clip)
-               for s in args.sync or ["tp"]]
+                           grad_clip=args.grad_clip, wire=w)
+               for s in args.sync or ["tp"] for w in args.wires]
     rate_note = None
     if args.interconnect:
         ic, rate, rate_note = _interconnect(args, cfg)
@@ -162,17 +172,18 @@ def _run_inference(args, cfg) -> int:
         raise ConfigError(f"prompt_len + new_tokens = {P + N} exceeds block_size="
                           f"{cfg.block_size}: the KV cache holds block_size positions (longer "
                           f"generation restarts the window, see 'tpgpt sample')")
-    plans = [SyncPlan.parse(s, cfg.n_layer) for s in args.sync or ["tp"]]
+    plans = [(SyncPlan.parse(s, cfg.n_layer), w) for s in args.sync or ["tp"]
+             for w in args.wires]
     reports = [inference_report(cfg, plan, tp=args.tp, batch_size=args.batch_size,
                                 prompt_len=P, new_tokens=N, vocab_parallel=args.vocab_parallel,
-                                dtype_bytes=args.dtype_bytes) for plan in plans]
+                                dtype_bytes=args.dtype_bytes, wire=w) for plan, w in plans]
     if args.interconnect:
         ic, device = load_interconnect(args.interconnect), _device(args)
-        for r, plan in zip(reports, plans):
+        for r, (plan, w) in zip(reports, plans):
             r["prediction"] = predict_generation(
                 cfg, plan, tp=args.tp, batch=args.batch_size,
                 prompt_len=P, new_tokens=N, vocab_parallel=args.vocab_parallel,
-                dtype_bytes=args.dtype_bytes, device=device, ic=ic)
+                dtype_bytes=args.dtype_bytes, device=device, ic=ic, wire=w)
     elif args.device:
         raise ConfigError("--device needs --interconnect (the prediction uses both)")
     if args.json:

@@ -55,6 +55,16 @@ class DistributedComm(TPComm):
         _all_gather_single(out, x, group=self.group)
         return out
 
+    def _cross_all_to_all(self, x: torch.Tensor) -> torch.Tensor:
+        R, P = self.local_ranks, self.nproc
+        rest = x.shape[2:]
+        # [R src, tp dest, ...] -> [P dest processes, R src, R dest ranks there, ...]: block p goes
+        # to process p; what arrives from process p lands in block p, in rank order
+        send = x.reshape(R, P, R, *rest).transpose(0, 1).contiguous()
+        out = torch.empty_like(send)
+        dist.all_to_all_single(out, send, group=self.group)
+        return out.reshape(P * R, R, *rest)
+
     @torch.no_grad()
     def gather_ranks(self, x: torch.Tensor) -> torch.Tensor:
         return self._cross_all_gather(x.detach())

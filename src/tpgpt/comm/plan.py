@@ -143,7 +143,7 @@ class Collective:
     """One line of the accounting: `count` collectives of `nbytes` each (the full buffer)."""
 
     phase: str  # fwd | bwd | grad (replicated-parameter gradients, once per optimizer step)
-    op: str  # all_reduce | all_reduce_max | all_gather
+    op: str  # all_reduce | all_reduce_max | all_gather | all_to_all (compressed syncs)
     tag: str  # what it is for: sync, region, embedding, loss, head, replicated_grads
     count: int
     nbytes: int
@@ -163,22 +163,40 @@ def replicated_per_rank_numel(plan: SyncPlan, n_embd: int, bias: bool) -> int:
     return n
 
 
+def stream_collectives(phase: str, tag: str, count: int, numel: int, dtype_bytes: int, tp: int,
+                       wire=None) -> list[Collective]:
+    """`count` all-reduces of the residual stream (`numel` elements a rank), as the model's
+    SyncWire sends them: one all-reduce as computed, or the compressed collectives."""
+    if wire is None or not wire.compressed:
+        return [Collective(phase, "all_reduce", tag, count, numel * dtype_bytes)]
+    return [Collective(phase, op, tag, count, nbytes) for op, nbytes in wire.ops(numel, tp)]
+
+
+def sent_bytes(op: str, nbytes: int, n: int) -> float:
+    """Bytes one rank sends in one collective of a ring over n ranks whose full buffer is
+    `nbytes`: 2 (n - 1) / n of it for an all-reduce, (n - 1) / n for the others."""
+    return (2 if op.startswith("all_reduce") else 1) * (n - 1) / n * nbytes
+
+
 def count_collectives(plan: SyncPlan, *, tp: int, n_embd: int, bias: bool, batch_size: int,
                       seq_len: int, vocab_parallel: bool = False, dtype_bytes: int = 4,
                       backward: bool = True, grad_clip: bool = False,
-                      param_bytes: int | None = None) -> list[Collective]:
-    """Every collective of one training step (forward with loss, backward, gradient sync)."""
+                      param_bytes: int | None = None, wire=None) -> list[Collective]:
+    """Every collective of one training step (forward with loss, backward, gradient sync);
+    `wire`: the model's SyncWire (None: float32, as computed)."""
     if tp == 1:
         return []
-    act = batch_size * seq_len * n_embd * dtype_bytes
+    numel = batch_size * seq_len * n_embd
+    act = numel * dtype_bytes
     loss_bytes = max(dtype_bytes, 4)  # the vocab-parallel loss is computed in fp32 or wider
-    out = [Collective("fwd", "all_reduce", "sync", plan.num_syncs, act)]
+    out = stream_collectives("fwd", "sync", plan.num_syncs, numel, dtype_bytes, tp, wire)
     if vocab_parallel:
         out += [Collective("fwd", "all_reduce", "embedding", 1, act),
                 Collective("fwd", "all_reduce_max", "loss", 1, batch_size * seq_len * loss_bytes),
                 Collective("fwd", "all_reduce", "loss", 1, 2 * batch_size * seq_len * loss_bytes)]
     if backward:
-        out.append(Collective("bwd", "all_reduce", "region", len(plan.regions()), act))
+        out += stream_collectives("bwd", "region", len(plan.regions()), numel, dtype_bytes, tp,
+                                  wire)
         if vocab_parallel:
             out.append(Collective("bwd", "all_reduce", "head", 1, act))
         n = replicated_per_rank_numel(plan, n_embd, bias)
@@ -192,7 +210,7 @@ def count_collectives(plan: SyncPlan, *, tp: int, n_embd: int, bias: bool, batch
 
 def count_inference(plan: SyncPlan, *, tp: int, n_embd: int, vocab_size: int, batch_size: int,
                     prompt_len: int, vocab_parallel: bool = False,
-                    dtype_bytes: int = 4) -> dict[str, list[Collective]]:
+                    dtype_bytes: int = 4, wire=None) -> dict[str, list[Collective]]:
     """Every collective of generation: the prefill of `prompt_len` tokens and one decode step
     (one new position per sequence; every decode step sends the same). Logits are computed for
     the last position only, so with vocab_parallel the gather of the head's slices is [B, V]."""
@@ -201,7 +219,8 @@ def count_inference(plan: SyncPlan, *, tp: int, n_embd: int, vocab_size: int, ba
     out = {}
     for phase, T in (("prefill", prompt_len), ("decode", 1)):
         act = batch_size * T * n_embd * dtype_bytes
-        out[phase] = [Collective(phase, "all_reduce", "sync", plan.num_syncs, act)]
+        out[phase] = stream_collectives(phase, "sync", plan.num_syncs, batch_size * T * n_embd,
+                                        dtype_bytes, tp, wire)
         if vocab_parallel:
             out[phase] += [Collective(phase, "all_reduce", "embedding", 1, act),
                            Collective(phase, "all_gather", "logits", 1,

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 import torch
 
 from .plan import Collective
+from .wire import SyncWire, compressed_all_reduce
 from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
 class CommEvent:
     phase: str  # fwd | bwd | grad
-    op: str  # all_reduce | all_reduce_max | all_gather
+    op: str  # all_reduce | all_reduce_max | all_gather | all_to_all
     tag: str
     nbytes: int  # size of the full (one rank's) buffer
     cross_process: bool
@@ -84,13 +85,17 @@ class TPComm:
         return f"{type(self).__name__}(tp={self.tp}, ranks={list(self.ranks)})"
 
     # --- Megatron's grammar (autograd-aware) -------------------------------------------------
-    def copy_to_tp(self, x: torch.Tensor, tag: str = "region") -> torch.Tensor:
-        """f: enter a parallel region. [1, ...] -> [R, ...]; backward all-reduces."""
-        return _CopyToTP.apply(x, self, tag)
+    def copy_to_tp(self, x: torch.Tensor, tag: str = "region",
+                   wire: SyncWire | None = None) -> torch.Tensor:
+        """f: enter a parallel region. [1, ...] -> [R, ...]; backward all-reduces (sent as
+        `wire` says: wire.py)."""
+        return _CopyToTP.apply(x, self, tag, wire)
 
-    def reduce_from_tp(self, x: torch.Tensor, tag: str = "sync") -> torch.Tensor:
-        """g: leave a parallel region. [R, ...] -> [1, ...] summed over all tp ranks."""
-        return _ReduceFromTP.apply(x, self, tag)
+    def reduce_from_tp(self, x: torch.Tensor, tag: str = "sync",
+                       wire: SyncWire | None = None) -> torch.Tensor:
+        """g: leave a parallel region. [R, ...] -> [1, ...] summed over all tp ranks (sent as
+        `wire` says; the backward passes the gradient through)."""
+        return _ReduceFromTP.apply(x, self, tag, wire)
 
     def gather_from_tp(self, x: torch.Tensor, dim: int = -1, tag: str = "gather") -> torch.Tensor:
         """[R, ..., n] -> [1, ..., n * tp], rank-major along `dim`; backward keeps each slice."""
@@ -139,6 +144,11 @@ class TPComm:
     def _cross_all_gather(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def _cross_all_to_all(self, x: torch.Tensor) -> torch.Tensor:
+        """[R, tp, ...] (dim 1: the rank each part is for) -> [tp, R, ...]: every rank's parts
+        for this process's ranks, in rank order."""
+        return x
+
     # --- accounting --------------------------------------------------------------------------
     def _record(self, phase: str, op: str, tag: str, one_rank_buffer: torch.Tensor) -> None:
         self._record_bytes(phase, op, tag, one_rank_buffer.numel() * one_rank_buffer.element_size())
@@ -147,7 +157,10 @@ class TPComm:
         if self.tp > 1:
             self.counter.record(CommEvent(phase, op, tag, nbytes, self.cross_process))
 
-    def _all_reduce_ranks(self, x: torch.Tensor, phase: str, tag: str) -> torch.Tensor:
+    def _all_reduce_ranks(self, x: torch.Tensor, phase: str, tag: str,
+                          wire: SyncWire | None = None) -> torch.Tensor:
+        if wire is not None and wire.compressed and self.tp > 1:
+            return compressed_all_reduce(self, x, wire, phase, tag)
         self._record(phase, "all_reduce", tag, x[0])
         return self._cross_all_reduce(x.sum(dim=0, keepdim=True))
 
@@ -171,26 +184,26 @@ class _CopyToTP(torch.autograd.Function):
     """f (Megatron): forward identity, backward all-reduce."""
 
     @staticmethod
-    def forward(ctx, x, comm, tag):
-        ctx.comm, ctx.tag = comm, tag
+    def forward(ctx, x, comm, tag, wire):
+        ctx.comm, ctx.tag, ctx.wire = comm, tag, wire
         return x.expand(comm.local_ranks, *x.shape[1:])
 
     @staticmethod
     def backward(ctx, grad):
-        return ctx.comm._all_reduce_ranks(grad, "bwd", ctx.tag), None, None
+        return ctx.comm._all_reduce_ranks(grad, "bwd", ctx.tag, ctx.wire), None, None, None
 
 
 class _ReduceFromTP(torch.autograd.Function):
     """g (Megatron): forward all-reduce, backward identity."""
 
     @staticmethod
-    def forward(ctx, x, comm, tag):
+    def forward(ctx, x, comm, tag, wire):
         ctx.local_ranks = comm.local_ranks
-        return comm._all_reduce_ranks(x, "fwd", tag)
+        return comm._all_reduce_ranks(x, "fwd", tag, wire)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.expand(ctx.local_ranks, *grad.shape[1:]), None, None
+        return grad.expand(ctx.local_ranks, *grad.shape[1:]), None, None, None
 
 
 class _GatherFromTP(torch.autograd.Function):

@@ -12,7 +12,8 @@ sets shared += dropout(all_reduce(partial) + bias). With every bit on this is Me
 exactly the dense GPT: x + Attn(LN1(x)), then + MLP(LN2(.)).
 
 Communication per region (the sublayers between two syncs): one `copy_to_tp` where it starts
-(backward all-reduce) and one `reduce_from_tp` where it ends (forward all-reduce). A one-sublayer
+(backward all-reduce) and one `reduce_from_tp` where it ends (forward all-reduce), both sent as
+the model's `SyncWire` says (float32 as computed, or compressed: comm/wire.py). A one-sublayer
 region applies the LayerNorm to the shared stream before `copy_to_tp`, as Megatron does; a longer
 region enters with the stream itself, so its LayerNorms and inner biases read per-rank values and
 their gradients are summed by one bucketed all-reduce per step (`sync_replicated_grads`).
@@ -26,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..comm.tp_comm import TPComm
+from ..comm.wire import SyncWire
 from .gpt import GELU_APPROXIMATE, LayerNorm
 from .kv_cache import LayerKV
 from .tensor_parallel import ColumnParallelLinear, RowParallelLinear
@@ -82,9 +84,10 @@ class ParallelMLP(nn.Module):
 class ParallelBlock(nn.Module):
     """A transformer block with sync points after attention (a) and MLP (m): a + m all-reduces."""
 
-    def __init__(self, config, comm: TPComm, starts: tuple[bool, bool], syncs: tuple[bool, bool]):
+    def __init__(self, config, comm: TPComm, starts: tuple[bool, bool], syncs: tuple[bool, bool],
+                 wire: SyncWire | None = None):
         super().__init__()
-        self.comm = comm
+        self.comm, self.wire = comm, wire
         self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
         self.attn = ParallelAttention(config, comm.tp, comm.ranks)
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
@@ -121,10 +124,10 @@ class ParallelBlock(nn.Module):
     def _sublayer(self, s: ResidualStream, ln, sub, start: bool, sync: bool,
                   kv: LayerKV | None = None) -> ResidualStream:
         if start and sync:  # one-sublayer region: Megatron's LN -> f -> sublayer -> g
-            h = self.comm.copy_to_tp(ln(s.shared))
+            h = self.comm.copy_to_tp(ln(s.shared), wire=self.wire)
         else:
             if start:
-                s.view = self.comm.copy_to_tp(s.shared)
+                s.view = self.comm.copy_to_tp(s.shared, wire=self.wire)
             h = self._layer_norm(ln, s.view)
         out = sub(h) if kv is None else sub(h, kv)  # [R, B, T, C] partial sums of this rank
         s.partial = out if s.partial is None else s.partial + out
@@ -132,7 +135,7 @@ class ParallelBlock(nn.Module):
         if b is not None:
             s.bias = b if s.bias is None else s.bias + b
         if sync:
-            delta = self.comm.reduce_from_tp(s.partial, tag="sync")
+            delta = self.comm.reduce_from_tp(s.partial, tag="sync", wire=self.wire)
             if s.bias is not None:
                 delta = delta + s.bias
             return ResidualStream(shared=s.shared + self.resid_dropout(delta))

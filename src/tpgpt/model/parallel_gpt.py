@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..comm.plan import SyncPlan, validate_tp
 from ..comm.tp_comm import TPComm
+from ..comm.wire import DEFAULT_BLOCK, SyncWire
 from ..errors import ConfigError
 from .blocks import ParallelBlock, ResidualStream
 from .dense_weights import gather_dense_state, shard_dense_state
@@ -23,6 +24,8 @@ from .tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParal
 class ParallelGPT(nn.Module):
     """The GPT over `tp` tensor-parallel ranks with a per-layer sync plan.
 
+    `sync_dtype` (float32, bfloat16, int8 with a scale per `sync_block` channels) is what the
+    residual stream's syncs send: part of the function unless float32 (comm/wire.py).
     `comm` decides where the ranks live: a `TPComm` (default) simulates all of them in this
     process, a `DistributedComm` holds this process's share of a torch.distributed group. The
     weights always come from a dense GPT (built from `config` with the current RNG when `dense`
@@ -30,9 +33,12 @@ class ParallelGPT(nn.Module):
     """
 
     def __init__(self, config, tp: int = 1, sync: str | SyncPlan = "tp", comm: TPComm | None = None,
-                 vocab_parallel: bool = False, dense: GPT | None = None):
+                 vocab_parallel: bool = False, dense: GPT | None = None,
+                 sync_dtype: str = "float32", sync_block: int = DEFAULT_BLOCK):
         super().__init__()
         validate_tp(tp, config.n_head, config.vocab_size, vocab_parallel)
+        self.wire = SyncWire(sync_dtype, sync_block)
+        self.wire.check(config.n_embd)
         comm = TPComm(tp) if comm is None else comm
         if comm.tp != tp:
             raise ConfigError(f"tp={tp} but the comm was built for tp={comm.tp}")
@@ -51,7 +57,7 @@ class ParallelGPT(nn.Module):
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([
                 ParallelBlock(config, comm, (starts[2 * i], starts[2 * i + 1]),
-                              (bool(bits[2 * i]), bool(bits[2 * i + 1])))
+                              (bool(bits[2 * i]), bool(bits[2 * i + 1])), self.wire)
                 for i in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
         ))
@@ -66,10 +72,17 @@ class ParallelGPT(nn.Module):
 
     @classmethod
     def from_dense(cls, gpt: GPT, tp: int = 1, sync: str | SyncPlan = "tp",
-                   comm: TPComm | None = None, vocab_parallel: bool = False) -> "ParallelGPT":
+                   comm: TPComm | None = None, vocab_parallel: bool = False,
+                   sync_dtype: str = "float32", sync_block: int = DEFAULT_BLOCK
+                   ) -> "ParallelGPT":
         """Shard a dense GPT over tp ranks (simulated when no comm is given)."""
         return cls(gpt.config, tp=tp, sync=sync, comm=comm, vocab_parallel=vocab_parallel,
-                   dense=gpt)
+                   dense=gpt, sync_dtype=sync_dtype, sync_block=sync_block)
+
+    @property
+    def is_dense(self) -> bool:
+        """Whether this computes the dense GPT: every sync on and sent exactly (or tp=1)."""
+        return self.plan.is_dense_at(self.tp) and (self.tp == 1 or not self.wire.compressed)
 
     # --- weights ---------------------------------------------------------------------------
     def load_dense_state_dict(self, sd: dict[str, torch.Tensor]) -> None:

@@ -21,8 +21,8 @@ from .setup import Setup
 # keys that must match the checkpoint for --resume to continue the same run; the layout (tp,
 # tp_procs, processes, vocab_parallel) may change where the model stays the same function
 RESUME_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "dropout",
-               "activation", "sync", "batch_size", "gradient_accumulation_steps", "seed",
-               "data_dir", "dtype")
+               "activation", "sync", "sync_dtype", "sync_block", "batch_size",
+               "gradient_accumulation_steps", "seed", "data_dir", "dtype")
 MODEL_KEYS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias",
               "activation")
 
@@ -68,11 +68,13 @@ def resume(s: Setup, p: Progress) -> None:
         raise ConfigError("--resume: the config differs from the checkpoint's in "
                           + ", ".join(f"{k} ({saved[k]!r} -> {getattr(cfg, k)!r})"
                                       for k in diff))
-    all_sync = all(s.inner.plan.bits) if isinstance(s.inner, ParallelGPT) else True
+    all_sync = all(s.inner.plan.bits) and not s.inner.wire.compressed \
+        if isinstance(s.inner, ParallelGPT) else True
     if saved.get("tp", cfg.tp) != cfg.tp and not all_sync:
-        raise ConfigError(f"--resume: tp {saved['tp']} -> {cfg.tp} with sync={cfg.sync!r}: a "
-                          f"plan that drops syncs is another model at another tp (only the "
-                          f"all-sync plan 'tp' can change tp)")
+        raise ConfigError(f"--resume: tp {saved['tp']} -> {cfg.tp} with sync={cfg.sync!r}, "
+                          f"sync_dtype={cfg.sync_dtype}: a plan that drops or compresses syncs "
+                          f"is another model at another tp (only the all-sync plan 'tp' in "
+                          f"float32 can change tp)")
     load_sharded(state["path"], ShardedState(s.inner, s.optimizer, s.tp_mesh),
                  distributed=s.layout.distributed)
     decode_generator(p.batch_gen, state["batch_rng"])

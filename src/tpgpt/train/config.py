@@ -20,6 +20,7 @@ except ModuleNotFoundError:  # Python 3.10
 from ..errors import ConfigError
 from ..model import GPTConfig
 from ..comm.plan import SyncPlan, validate_tp
+from ..comm.wire import DEFAULT_BLOCK, SYNC_DTYPES, SyncWire
 
 PRESET_DIRS = ("configs", os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs"))
 
@@ -42,6 +43,10 @@ class TrainConfig:
     # (0: tp; fewer than tp is the hybrid mode, tp / tp_procs ranks in each process)
     tp: int = 1
     sync: str = "tp"
+    # what the residual stream's syncs send: float32 (as computed), bfloat16, or int8 with a
+    # float32 scale per sync_block channels; bfloat16/int8 change the function (comm/wire.py)
+    sync_dtype: str = "float32"
+    sync_block: int = DEFAULT_BLOCK
     vocab_parallel: bool = False
     tp_procs: int = 0
     # pipeline parallelism under torchrun: pp stages (x pp_virtual_stages for 'interleaved'),
@@ -86,13 +91,14 @@ class TrainConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-POSITIVE = {"n_layer", "n_head", "n_embd", "block_size", "tp", "batch_size", "pp",
+POSITIVE = {"n_layer", "n_head", "n_embd", "block_size", "tp", "batch_size", "pp", "sync_block",
             "pp_virtual_stages",
             "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"}
 NON_NEGATIVE = {"vocab_size", "tp_procs", "max_iters", "warmup_iters", "lr_decay_iters",
                 "learning_rate", "min_lr", "weight_decay", "grad_clip", "seed"}
 CHOICES = {"device": ("auto", "cpu", "cuda"), "activation": ("gelu", "gelu_tanh"),
            "dtype": ("float32", "bfloat16", "float16", "float64"),
+           "sync_dtype": SYNC_DTYPES,
            "pp_schedule": ("gpipe", "1f1b", "interleaved")}
 
 
@@ -210,6 +216,7 @@ def validate(cfg: TrainConfig) -> None:
     model = cfg.model_config(vocab_size=cfg.vocab_size or 1)  # shape checks
     validate_tp(cfg.tp, model.n_head, cfg.vocab_size or cfg.tp, cfg.vocab_parallel)
     SyncPlan.parse(cfg.sync, cfg.n_layer)
+    SyncWire(cfg.sync_dtype, cfg.sync_block).check(cfg.n_embd)
 
 
 def replace(cfg: TrainConfig, **changes) -> TrainConfig:

@@ -89,7 +89,7 @@ class RankShard(nn.Module):
     def __init__(self, full: ParallelGPT, stages: list[StageModule]):
         super().__init__()
         self.tp, self.comm, self.vocab_parallel = full.tp, full.comm, full.vocab_parallel
-        self.plan, self.config = full.plan, full.config
+        self.plan, self.config, self.wire = full.plan, full.config, full.wire
         parts: dict[str, nn.Module] = {"h": nn.ModuleDict()}
         for st in stages:
             for k, m in st.transformer.items():

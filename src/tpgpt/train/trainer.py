@@ -77,7 +77,8 @@ class Trainer:
             return 0
         c = count_collectives(self.setup.inner.plan, tp=cfg.tp, n_embd=cfg.n_embd, bias=cfg.bias,
                               batch_size=cfg.batch_size, seq_len=cfg.block_size,
-                              vocab_parallel=cfg.vocab_parallel, grad_clip=cfg.grad_clip > 0)
+                              vocab_parallel=cfg.vocab_parallel, grad_clip=cfg.grad_clip > 0,
+                              wire=getattr(self.setup.inner, "wire", None))
         fwd_bwd = sum(x.count for x in c if x.phase in ("fwd", "bwd"))
         return fwd_bwd * self.setup.accum + sum(x.count for x in c if x.phase == "grad")
 
@@ -89,7 +90,8 @@ class Trainer:
                          truncate_after=p.resumed_at)
         tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
         if not self.quiet:
-            print(f"tpgpt train: {s.layout.describe(cfg)}; sync={cfg.sync!r}; "
+            wire = "" if cfg.sync_dtype == "float32" else f" sent in {cfg.sync_dtype}"
+            print(f"tpgpt train: {s.layout.describe(cfg)}; sync={cfg.sync!r}{wire}; "
                   f"{s.inner.get_num_params() / 1e6:.2f}M parameters"
                   f"{' on this rank' if s.layout.pp > 1 else ''}; {tokens_per_iter} tokens/iter "
                   f"(micro-batch {cfg.batch_size} x {s.accum} per rank x dp {s.layout.dp} "
@@ -147,7 +149,7 @@ class Trainer:
         summary = {"final_train_loss": p.last_eval.get("train"),
                    "final_val_loss": p.last_eval.get("val"), "best_val_loss": p.best_val,
                    "iters": p.iter, "wall_s": wall_s, "train_s": train_s, "tp": cfg.tp,
-                   "sync": cfg.sync,
+                   "sync": cfg.sync, "sync_dtype": cfg.sync_dtype,
                    "forward_syncs": self.setup.inner.plan.num_syncs if cfg.tp > 1 else 0,
                    "collectives_per_step": self.planned_collectives(),
                    "step_ms": spread_ms(step_s), "memory": self.memory_report(),
