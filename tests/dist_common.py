@@ -22,6 +22,24 @@ def make_batch():
     return idx, targets
 
 
+def case_options(case: str) -> tuple[str, dict]:
+    """'PLAN@vp' / 'PLAN@int8' / 'PLAN' -> (plan, ParallelGPT options)."""
+    sync, _, opt = case.partition("@")
+    if opt in ("bfloat16", "int8"):
+        return sync, {"sync_dtype": opt, "sync_block": 8}
+    return sync, {"vocab_parallel": opt == "vp"}
+
+
+def wire_inputs(tp: int) -> dict:
+    """name -> (per-rank float32 partial sums [tp, ...], SyncWire): a compressed all-reduce of
+    these must give the same bits simulated and distributed. 41 tokens x 24 channels in blocks
+    of 8: 123 blocks, which 4 ranks do not divide (the two-shot chunks are padded)."""
+    from tpgpt.comm.wire import SyncWire
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(tp, 1, 41, 24, generator=g) * torch.rand(tp, 1, 41, 1, generator=g) * 10
+    return {d: (x, SyncWire(d, 8)) for d in ("bfloat16", "int8")}
+
+
 def greedy_decode(model) -> dict:
     """Greedy decoding with the KV cache from a 3-token prompt past block_size (10 new tokens,
     one slide of the window): the tokens and the logits of every step."""

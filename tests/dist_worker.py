@@ -2,8 +2,10 @@
 the KV cache per case, results saved.
 
 usage: torchrun --nproc_per_node=P tests/dist_worker.py OUT_DIR TP CASE [CASE ...]
-where CASE is PLAN or PLAN@vp (vocab-parallel). Every process builds the same dense GPT from the
-seed and takes its own shards; rank k writes OUT_DIR/rank{k}_case{i}.pt.
+where CASE is PLAN, PLAN@vp (vocab-parallel) or PLAN@bfloat16 / PLAN@int8 (compressed syncs).
+Every process builds the same dense GPT from the seed and takes its own shards; rank k writes
+OUT_DIR/rank{k}_case{i}.pt, and OUT_DIR/rank{k}_wire.pt: compressed all-reduces of fixed
+per-rank float32 tensors (`wire_inputs`), for the bit-for-bit check.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from dist_common import CONFIG, DTYPE, greedy_decode, make_batch  # noqa: E402
+from dist_common import (CONFIG, DTYPE, case_options, greedy_decode, make_batch,  # noqa: E402
+                         wire_inputs)
 from tpgpt import GPT, ParallelGPT  # noqa: E402
 from tpgpt.comm.distributed import DistributedComm, init_distributed  # noqa: E402
 
@@ -25,11 +28,11 @@ def main() -> None:
     torch.set_num_threads(1)
     idx, targets = make_batch()
     for i, case in enumerate(cases):
-        sync, _, vp = case.partition("@")
+        sync, options = case_options(case)
         torch.manual_seed(0)
         gpt = GPT(CONFIG).to(DTYPE)
         comm = DistributedComm(tp)
-        model = ParallelGPT.from_dense(gpt, tp=tp, sync=sync, comm=comm, vocab_parallel=vp == "vp")
+        model = ParallelGPT.from_dense(gpt, tp=tp, sync=sync, comm=comm, **options)
         _, loss = model(idx, targets, return_logits=False)
         loss.backward()
         model.sync_replicated_grads()
@@ -43,6 +46,10 @@ def main() -> None:
                     "counts": counts, "cross_process": {e.cross_process for e in
                                                         comm.counter.events}},
                    os.path.join(out, f"rank{rank}_case{i}.pt"))
+    comm = DistributedComm(tp)
+    wires = {name: comm.reduce_from_tp(x[comm.ranks.start:comm.ranks.stop], wire=wire)
+             for name, (x, wire) in wire_inputs(tp).items()}
+    torch.save({"ranks": list(comm.ranks), "out": wires}, os.path.join(out, f"rank{rank}_wire.pt"))
     torch.distributed.destroy_process_group()
 
 

@@ -540,6 +540,62 @@ def _(root):
     return ["export", "--ckpt", trained(root, tp=2, sync="spd"), "--out", str(root / "hf")]
 
 
+# --- what a sync sends (sync_dtype) -------------------------------------------------------------
+@case("--sync_dtype unknown", "sync_dtype='int4' is invalid: choose one of float32, bfloat16, int8")
+def _(root):
+    return train_args(root, tp=2, sync_dtype="int4")
+
+
+@case("--sync_block not dividing n_embd", "sync_block=24 does not divide n_embd=32")
+def _(root):
+    return train_args(root, tp=2, sync_dtype="int8", sync_block=24)
+
+
+@case("--sync_block zero", "sync_block=0 is invalid: it must be >= 1")
+def _(root):
+    return train_args(root, tp=2, sync_dtype="int8", sync_block=0)
+
+
+@case("resume with another sync_dtype", "sync_dtype ('int8' -> 'bfloat16')")
+def _(root):
+    trained(root, tp=2, sync_dtype="int8")
+    return train_args(root, max_iters=10, tp=2, sync_dtype="bfloat16") + ["--resume"]
+
+
+@case("plan: unknown --sync-dtype", "sync_dtype='fp8' is invalid")
+def _(root):
+    return ["plan", "--sync-dtype", "float32", "fp8"]
+
+
+@case("plan: an int8 block that does not divide n_embd", "sync_block=100 does not divide "
+                                                         "n_embd=768")
+def _(root):
+    return ["plan", "--sync-dtype", "int8", "--sync-block", "100"]
+
+
+@case("eval: a compressed sync at tp=1", "--sync-dtype int8 at tp=1 sends nothing")
+def _(root):
+    return ["eval", "--ckpt", trained(root), "--sync-dtype", "int8"]
+
+
+@case("sample: unknown --sync-dtype", "sync_dtype='int3' is invalid")
+def _(root):
+    return ["sample", "--ckpt", trained(root, tp=2), "--sync-dtype", "int3"]
+
+
+@case("convert: a checkpoint trained with int8 syncs", "trained with syncs sent in int8 (block "
+                                                       "32): convert works on checkpoints whose")
+def _(root):
+    return ["convert", "--ckpt", trained(root, tp=2, sync_dtype="int8"), "--sync", "spd",
+            "--tp", "2", "--out", str(root / "c")]
+
+
+@case("export of a checkpoint with compressed syncs", "syncs or compresses them")
+def _(root):
+    return ["export", "--ckpt", trained(root, tp=2, sync_dtype="bfloat16"), "--out",
+            str(root / "hf")]
+
+
 def _snapshot(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 

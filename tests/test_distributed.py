@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from conftest import assert_close
-from dist_common import CONFIG, DTYPE, HERE, greedy_decode, make_batch, torchrun
+from dist_common import (CONFIG, DTYPE, HERE, case_options, greedy_decode, make_batch, torchrun,
+                         wire_inputs)
 from tpgpt import GPT, ParallelGPT
 from tpgpt.comm.plan import count_collectives, summarize
+from tpgpt.comm.tp_comm import TPComm
 
 pytestmark = pytest.mark.numerics  # rerun under every CPU kernel set (Makefile)
 
@@ -20,7 +22,8 @@ rng = random.Random(7)
 RANDOM_BITS = "bits:" + "".join(str(rng.randint(0, 1)) for _ in range(2 * CONFIG.n_layer - 1)) + "1"
 assert 2 < RANDOM_BITS.count("1") < 2 * CONFIG.n_layer, RANDOM_BITS  # really a mixed plan
 PLANS = ["tp", "spd", "parallel", "tp,spd", "spd,parallel,parallel", RANDOM_BITS]
-CASES = PLANS + ["tp@vp", "spd,parallel,parallel@vp"]
+CASES = PLANS + ["tp@vp", "spd,parallel,parallel@vp", "tp@int8", "tp,spd@bfloat16",
+                 "spd,parallel,parallel@int8"]
 LAYOUTS = {"tp2": (2, 2), "tp4": (4, 4), "hybrid_tp4_on_2": (2, 4)}  # name: (processes, tp)
 
 
@@ -31,14 +34,15 @@ def layout(request, tmp_path_factory):
     torchrun(nproc, os.path.join(HERE, "dist_worker.py"), [str(out), str(tp), *CASES])
     results = {case: [torch.load(out / f"rank{k}_case{i}.pt", weights_only=True)
                       for k in range(nproc)] for i, case in enumerate(CASES)}
+    results["wire"] = [torch.load(out / f"rank{k}_wire.pt", weights_only=True)
+                       for k in range(nproc)]
     return request.param, tp, results
 
 
 def simulated(tp: int, case: str):
-    sync, _, vp = case.partition("@")
+    sync, options = case_options(case)
     torch.manual_seed(0)
-    model = ParallelGPT.from_dense(GPT(CONFIG).to(DTYPE), tp=tp, sync=sync,
-                                   vocab_parallel=vp == "vp")
+    model = ParallelGPT.from_dense(GPT(CONFIG).to(DTYPE), tp=tp, sync=sync, **options)
     idx, targets = make_batch()
     _, loss = model(idx, targets, return_logits=False)
     loss.backward()
@@ -53,10 +57,9 @@ def simulated(tp: int, case: str):
 def test_distributed_equals_simulated(layout, case):
     name, tp, results = layout
     model, loss, logits, counts = simulated(tp, case)
-    sync, _, vp = case.partition("@")
     expected = summarize(count_collectives(
         model.plan, tp=tp, n_embd=CONFIG.n_embd, bias=CONFIG.bias, batch_size=2, seq_len=8,
-        vocab_parallel=vp == "vp", dtype_bytes=8))
+        vocab_parallel=model.vocab_parallel, dtype_bytes=8, wire=model.wire))
     assert counts == expected, "simulated counts differ from the plan"
     grads = {n: p.grad for n, p in model.named_parameters()}
     for res in results[case]:
@@ -79,12 +82,21 @@ def test_distributed_decode_with_cache_equals_simulated(layout, case):
     """Each process caches its ranks' heads; the tokens are the simulated model's, the logits
     equal up to reordered sums."""
     name, tp, results = layout
-    sync, _, vp = case.partition("@")
+    sync, options = case_options(case)
     torch.manual_seed(0)
-    model = ParallelGPT.from_dense(GPT(CONFIG).to(DTYPE), tp=tp, sync=sync,
-                                   vocab_parallel=vp == "vp")
+    model = ParallelGPT.from_dense(GPT(CONFIG).to(DTYPE), tp=tp, sync=sync, **options)
     want = greedy_decode(model)
     for res in results[case]:
         label = f"{name} {case} ranks {res['ranks']}"
         assert torch.equal(res["decode"]["tokens"], want["tokens"]), f"{label} tokens"
         assert_close(res["decode"]["logits"], want["logits"], f"{label} decode logits")
+
+
+def test_compressed_all_reduce_is_bit_for_bit_the_simulated_one(layout):
+    """Given the same per-rank parts, every process gets the simulated sum's exact bits (one-shot
+    at tp=2, two-shot with padded chunks at tp=4, also with 2 ranks in each process)."""
+    name, tp, results = layout
+    for dtype, (x, wire) in wire_inputs(tp).items():
+        want = TPComm(tp).reduce_from_tp(x, wire=wire)
+        for res in results["wire"]:
+            assert torch.equal(res["out"][dtype], want), f"{name} {dtype} ranks {res['ranks']}"
