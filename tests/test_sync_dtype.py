@@ -95,22 +95,24 @@ def test_counted_bytes_are_the_predicted_bytes(tp, dtype, sync):
         + [c.__class__("fwd", c.op, c.tag, c.count, c.nbytes) for c in phases["decode"]])
 
 
+def _sync_bytes_sent(config, tp, batch, seq, dtype) -> float:
+    r = plan_report(config, SyncPlan.parse("tp", config.n_layer), tp=tp, batch_size=batch,
+                    seq_len=seq, vocab_parallel=False, wire=SyncWire(dtype))
+    return sum(c["sent_each"] for c in r["collectives"] if c["tag"] == "sync")
+
+
 @pytest.mark.parametrize("tp", [2, 4, 8])
 def test_int8_sends_at_most_a_third_of_float32(tp):
     """Per sync, in the bytes one rank sends (`tpgpt plan --json`'s sent_each), at the
     4-layer preset's training shape and at GPT-2 small's."""
     for config, batch, seq in ((GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=8,
                                           n_embd=128), 16, 64), (GPTConfig(), 12, 1024)):
-        plan = SyncPlan.parse("tp", config.n_layer)
-
-        def sent(dtype):
-            r = plan_report(config, plan, tp=tp, batch_size=batch, seq_len=seq,
-                            vocab_parallel=False, wire=SyncWire(dtype))
-            return sum(c["sent_each"] for c in r["collectives"] if c["tag"] == "sync")
-        assert sent("int8") <= sent("float32") / 3
-        assert sent("bfloat16") == sent("float32") / 2
-        gen = inference_report(config, plan, tp=tp, batch_size=1, prompt_len=8, new_tokens=4,
-                               vocab_parallel=False, wire=SyncWire("int8"))
+        f32 = _sync_bytes_sent(config, tp, batch, seq, "float32")
+        assert _sync_bytes_sent(config, tp, batch, seq, "int8") <= f32 / 3
+        assert _sync_bytes_sent(config, tp, batch, seq, "bfloat16") == f32 / 2
+        gen = inference_report(config, SyncPlan.parse("tp", config.n_layer), tp=tp,
+                               batch_size=1, prompt_len=8, new_tokens=4, vocab_parallel=False,
+                               wire=SyncWire("int8"))
         assert gen["sync_dtype"] == "int8" and all("sent_each" in c for c in gen["decode"])
 
 
