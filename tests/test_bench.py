@@ -10,8 +10,9 @@ from dist_common import torchrun
 from tpgpt.cli import main
 from tpgpt.analysis.costmodel import load_interconnect
 from tpgpt.analysis.numerics import FLOAT64_RTOL
+from tpgpt.analysis.plan_report import label
 
-PLANS = ["tp", "spd", "parallel", "bits:01000101"]
+PLANS = ["tp", "spd", "parallel", "bits:01000101", "tp@int8", "spd@bfloat16"]
 
 
 def test_bench_plans_times_every_planned_collective_and_calibrates_on_one(tmp_path, capsys):
@@ -25,12 +26,16 @@ def test_bench_plans_times_every_planned_collective_and_calibrates_on_one(tmp_pa
     # the timers inside the step saw exactly the collectives the plan accounts for
     assert {p: x["collectives_timed"] for p, x in rows.items()} == \
            {p: x["collectives_planned"] for p, x in rows.items()} == \
-           {"tp": 16, "spd": 9, "parallel": 3, "bits:01000101": 7}
+           {"tp": 16, "spd": 9, "parallel": 3, "bits:01000101": 7, "tp@int8": 16,
+            "spd@bfloat16": 9}
+    # at tp=2 a compressed sync is one all-gather of quantized parts: the bytes one rank sends
+    # in a step are the quantized share of float32's (1 + 4/32 bytes of 4 for int8, 2 of 4)
+    assert rows["tp@int8"]["bytes_sent_per_step"] == rows["tp"]["bytes_sent_per_step"] * 9 / 32
     # the calibration plan is fitted exactly (unless its overhead clipped at 0); others held out
     assert r["profile"]["sync_overhead_s"] >= 0
     if r["profile"]["sync_overhead_s"] > 0:
         assert rows["tp"]["error"] == pytest.approx(0, abs=1e-9)
-    assert [x["role"] for x in r["rows"]] == ["calibration"] + ["validation"] * 3
+    assert [x["role"] for x in r["rows"]] == ["calibration"] + ["validation"] * 5
     assert all(x["compute_s"] == pytest.approx(r["compute_only_s"]) for x in r["rows"])
     assert all(x["skew_mean_s"] is not None for x in r["rows"])  # both ranks on this host
 
@@ -41,7 +46,7 @@ def test_bench_plans_times_every_planned_collective_and_calibrates_on_one(tmp_pa
     assert main(["plan", "--config", "shakespeare_char_cpu", "--tp", "2", "--grad-clip", "false",
                  "--vocab-size", str(r["config"]["vocab_size"]), "--sync", *PLANS, "--json",
                  "--interconnect", str(tmp_path / "plans.json")]) == 0
-    predicted = {x["sync"]: x["prediction"]["step_s"] for x in json.loads(capsys.readouterr().out)}
+    predicted = {label(x): x["prediction"]["step_s"] for x in json.loads(capsys.readouterr().out)}
     assert predicted == pytest.approx({p: x["predicted_s"] for p, x in rows.items()}, rel=1e-9)
     assert main(["plan", "--sync", "tp", "spd", "--interconnect",
                  str(tmp_path / "plans.json")]) == 0

@@ -7,9 +7,10 @@ from ..comm.wire import SyncWire
 
 
 def label(r: dict) -> str:
-    """A report's plan, with what its syncs send when that is not float32: 'tp', 'spd [int8]'."""
+    """A report's plan, with what its syncs send when that is not float32: 'tp', 'spd@int8'
+    (the benchmarks' --plans spelling)."""
     return r["sync"] + ("" if r.get("sync_dtype", "float32") == "float32" else
-                        f" [{r['sync_dtype']}]")
+                        f"@{r['sync_dtype']}")
 
 
 def _is_base(r: dict) -> bool:

@@ -27,7 +27,8 @@ import torch.distributed as dist
 
 from ..analysis.costmodel import Interconnect
 from ..analysis.generation_cost import measured_device, predict_generation
-from ..comm.plan import SyncPlan, count_inference
+from ..comm.plan import SyncPlan, count_inference, sent_bytes
+from ..comm.wire import parse_variant
 from ..inference.generate import decode
 from ..model import GPT, GPTConfig
 from .plans import TimedComm, _slope, _span_stats
@@ -131,9 +132,12 @@ def bench_one(config: GPTConfig, plans: list[str], batch: int, prompt_len: int,
                            generator=torch.Generator().manual_seed(1)).to(device)
     compute_key = f"compute only ({plans[0]}, no collectives)"
     models = {}
-    for key, plan, only in [(p, p, False) for p in plans] + [(compute_key, plans[0], True)]:
+    for key, variant, only in [(p, p, False) for p in plans] + [(compute_key, plans[0], True)]:
+        plan, wire = parse_variant(variant)
         models[key] = ParallelGPT.from_dense(dense, tp=world, sync=plan,
-                                             comm=TimedComm(world, compute_only=only)).eval()
+                                             comm=TimedComm(world, compute_only=only),
+                                             sync_dtype=wire.dtype,
+                                             sync_block=wire.block).eval()
     ttft, steps, spans, tokens = _time_generations(models, prompt, new_tokens, rounds)
     refs, want, failure = None, None, [None]
     if rank == 0:
@@ -151,12 +155,12 @@ def bench_one(config: GPTConfig, plans: list[str], batch: int, prompt_len: int,
     dist.all_gather_object(gathered, {k: spans[k] for k in plans})
     # skew compares start times across ranks: wall clocks of one host only
     same_host = int(os.environ.get("LOCAL_WORLD_SIZE", -1)) == world and device.type == "cpu"
-    sync_count = {p: count_inference(SyncPlan.parse(p, config.n_layer), tp=world,
-                                     n_embd=config.n_embd, vocab_size=config.vocab_size,
-                                     batch_size=batch, prompt_len=prompt_len)["decode"][0].count
-                  for p in plans}
+    decode_colls = {p: count_inference(
+        SyncPlan.parse(parse_variant(p)[0], config.n_layer), tp=world, n_embd=config.n_embd,
+        vocab_size=config.vocab_size, batch_size=batch, prompt_len=prompt_len,
+        wire=parse_variant(p)[1])["decode"] for p in plans}
     rows = [_row(p, config, world, slow_ttft[p], slow_steps[p], [g[p] for g in gathered],
-                 same_host, sync_count[p]) for p in plans]
+                 same_host, decode_colls[p]) for p in plans]
     return {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "rows": rows,
             "compute_only": {"ttft": quantiles(slow_ttft[compute_key]),
                              "decode": quantiles(slow_steps[compute_key])},
@@ -166,9 +170,14 @@ def bench_one(config: GPTConfig, plans: list[str], batch: int, prompt_len: int,
                 for k, v in refs.items()}}
 
 
-def _row(plan, config, world, ttft, steps, rank_spans, same_host, n_sync) -> dict:
-    return {"plan": plan, "forward_syncs": SyncPlan.parse(plan, config.n_layer).forward_syncs(
-                world), "collectives_per_step": n_sync,
+def _row(variant, config, world, ttft, steps, rank_spans, same_host, colls) -> dict:
+    n_sync = sum(c.count for c in colls)
+    plan, wire = parse_variant(variant)
+    return {"plan": variant, "sync_dtype": wire.dtype,
+            "forward_syncs": SyncPlan.parse(plan, config.n_layer).forward_syncs(world),
+            "collectives_per_step": n_sync,
+            "bytes_sent_per_step": sum(c.count * sent_bytes(c.op, c.nbytes, world)
+                                       for c in colls),
             "collectives_timed": len(rank_spans[0]) / max(len(steps), 1),
             "ttft": quantiles(ttft), "decode": quantiles(steps),
             **_span_stats(rank_spans, n_sync, 0, same_host)}
@@ -192,12 +201,14 @@ def calibrate(result: dict, config: GPTConfig, world: int, idle: Interconnect, d
     predictions of every plan to the rows."""
     P, N, B = result["prompt_len"], result["new_tokens"], result["batch"]
     rows = {r["plan"]: r for r in result["rows"]}
-    cal = calibrate_on or max(rows, key=lambda p: rows[p]["collectives_per_step"])
+    plain = [p for p in rows if rows[p].get("sync_dtype", "float32") == "float32"] or list(rows)
+    cal = calibrate_on or max(plain, key=lambda p: rows[p]["collectives_per_step"])
 
     def predict(ic, p):
-        return predict_generation(config, SyncPlan.parse(p, config.n_layer), tp=world, batch=B,
-                                  prompt_len=P, new_tokens=N, vocab_parallel=False,
-                                  dtype_bytes=4, device=dev, ic=ic)
+        plan, wire = parse_variant(p)
+        return predict_generation(config, SyncPlan.parse(plan, config.n_layer), tp=world,
+                                  batch=B, prompt_len=P, new_tokens=N, vocab_parallel=False,
+                                  dtype_bytes=4, device=dev, ic=ic, wire=wire)
     base = predict(idle, cal)["decode"]
     n = rows[cal]["collectives_per_step"]
     overhead = max((rows[cal]["decode"]["mean_s"] - base["total_s"]) / n, 0.0) if n else 0.0
@@ -213,10 +224,11 @@ def calibrate(result: dict, config: GPTConfig, world: int, idle: Interconnect, d
         r["predicted_decode_s"] = pr["decode"]["total_s"]
         r["predicted_ttft_s"] = pr["prefill"]["total_s"]
         r["error"] = pr["decode"]["total_s"] / r["decode"]["mean_s"] - 1
-    xs = [r["forward_syncs"] for r in result["rows"]]
+    same = [r for r in result["rows"] if r.get("sync_dtype", "float32") == "float32"]
+    xs = [r["forward_syncs"] for r in same]
     result["saving_per_forward_sync"] = {
-        "measured_s": _slope(xs, [r["decode"]["mean_s"] for r in result["rows"]]),
-        "predicted_s": _slope(xs, [r["predicted_decode_s"] for r in result["rows"]]),
+        "measured_s": _slope(xs, [r["decode"]["mean_s"] for r in same]),
+        "predicted_s": _slope(xs, [r["predicted_decode_s"] for r in same]),
         # the mean in-step collective of the decode steps, pooled over the plans
         "in_step_collective_s": sum(r["collective_mean_s"] * r["collectives_per_step"]
                                     for r in result["rows"]) /

@@ -73,11 +73,13 @@ def format_decode(r: dict) -> str:
             lines += ["", f"### {name}: {c['n_layer']} layers, {c['n_head']} heads, n_embd "
                           f"{c['n_embd']}, vocab {c['vocab_size']}; batch {x['batch']}, prompt "
                           f"{x['prompt_len']}, {x['new_tokens']} new tokens", "",
-                      "| plan | fwd syncs | collectives per decode step (timed) | TTFT ms "
-                      "mean (model) | decode ms/token median | p90 | mean | in-step "
-                      "collective ms (skew) | model ms/token (error) |", "|---" * 9 + "|"]
+                      "| plan | fwd syncs | collectives per decode step (timed) | sent per "
+                      "decode step | TTFT ms mean (model) | decode ms/token median | p90 | mean "
+                      "| in-step collective ms (skew) | model ms/token (error) |",
+                      "|---" * 10 + "|"]
             co = x["compute_only"]
-            lines.append(f"| compute only (no collectives) | - | 0 | {_ms(co['ttft'], 'mean_s')} "
+            lines.append(f"| compute only (no collectives) | - | 0 | - | "
+                         f"{_ms(co['ttft'], 'mean_s')} "
                          f"({1e3 * co['predicted_ttft_s']:.2f}) | {_ms(co['decode'])} | "
                          f"{_ms(co['decode'], 'p90_s')} | {_ms(co['decode'], 'mean_s')} | - | "
                          f"{1e3 * co['predicted_decode_s']:.2f} "
@@ -88,7 +90,8 @@ def format_decode(r: dict) -> str:
                 role = " (calibration)" if w["role"] == "calibration" else ""
                 lines.append(
                     f"| `{w['plan']}`{role} | {w['forward_syncs']} | {w['collectives_per_step']} "
-                    f"({w['collectives_timed']:g}) | {_ms(w['ttft'], 'mean_s')} "
+                    f"({w['collectives_timed']:g}) | {w.get('bytes_sent_per_step', 0):,.0f} B | "
+                    f"{_ms(w['ttft'], 'mean_s')} "
                     f"({1e3 * w['predicted_ttft_s']:.2f}) | {_ms(w['decode'])} | "
                     f"{_ms(w['decode'], 'p90_s')} | {_ms(w['decode'], 'mean_s')} | "
                     f"{1e3 * w['collective_mean_s']:.3f}{skew} | "
@@ -163,6 +166,7 @@ def plot_decode(r: dict, path: str, overwrite: bool = False) -> None:
 
 def run_decode_cli(args) -> int:
     from ..comm.plan import SyncPlan, validate_tp
+    from ..comm.wire import parse_variant
 
     base = check_out(args.out, args.overwrite, (".json", ".md", ".png"))
     png = base + ".png" if base else None
@@ -175,7 +179,7 @@ def run_decode_cli(args) -> int:
         validate_tp(world, cfg.n_head, cfg.vocab_size, False)
         lengths(cfg, args.prompt_len, args.new_tokens)
         for p in plans:
-            SyncPlan.parse(p, cfg.n_layer)
+            SyncPlan.parse(parse_variant(p, cfg.n_embd)[0], cfg.n_layer)
     if args.calibrate_on is not None and args.calibrate_on not in plans:
         raise ConfigError(f"--calibrate-on {args.calibrate_on!r} is not one of --plans")
     if "RANK" not in os.environ or world < 2:

@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from ..analysis.costmodel import Interconnect, predict_step, train_flops_per_token
 from ..comm.distributed import DistributedComm
+from ..comm.wire import parse_variant
 from .timing import check_out, report_and_finish, slowest_rank, stats, time_interleaved
 
 
@@ -69,6 +70,12 @@ class TimedComm(DistributedComm):
         if self.compute_only:
             return self._timed(lambda: x.contiguous().clone())
         return self._timed(lambda: super(TimedComm, self)._cross_all_reduce(x, op))
+
+    def _cross_all_to_all(self, x):
+        if self.compute_only:  # what arrives has the shape of what is sent, transposed
+            return self._timed(lambda: x.transpose(0, 1).contiguous().reshape(
+                self.nproc * x.shape[0], x.shape[0], *x.shape[2:]))
+        return self._timed(lambda: super(TimedComm, self)._cross_all_to_all(x))
 
     def _cross_all_gather(self, x):
         if self.compute_only:
@@ -147,9 +154,11 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
                         generator=g).to(device)
     compute_key = f"compute only ({plans[0]}, no collectives)"
     comms, fns = {}, {}
-    for key, plan, only in [(p, p, False) for p in plans] + [(compute_key, plans[0], True)]:
+    for key, variant, only in [(p, p, False) for p in plans] + [(compute_key, plans[0], True)]:
         comms[key] = TimedComm(world, compute_only=only)
-        model = ParallelGPT.from_dense(dense, tp=world, sync=plan, comm=comms[key])
+        plan, wire = parse_variant(variant)
+        model = ParallelGPT.from_dense(dense, tp=world, sync=plan, comm=comms[key],
+                                       sync_dtype=wire.dtype, sync_block=wire.block)
         fns[key] = _step_fn(model, idx)
     times = time_interleaved(fns, steps, warmup, dist.barrier)
 
@@ -168,15 +177,16 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
     tokens = batch_size * config.block_size
     flops_per_rank = train_flops_per_token(config, config.block_size) * tokens / world
     achieved = flops_per_rank / compute_s / 1e12
-    reports = {p: plan_report(config, SyncPlan.parse(p, config.n_layer), tp=world,
-                              batch_size=batch_size, seq_len=config.block_size,
-                              vocab_parallel=False) for p in plans}
+    reports = {p: plan_report(config, SyncPlan.parse(parse_variant(p)[0], config.n_layer),
+                              tp=world, batch_size=batch_size, seq_len=config.block_size,
+                              vocab_parallel=False, wire=parse_variant(p)[1]) for p in plans}
     n_coll = {p: sum(c["count"] for c in r["collectives"]) for p, r in reports.items()}
     idle_pred = {p: predict_step(r, config, idle, achieved) for p, r in reports.items()}
     if profile is not None:
         overhead, calibrate_on = profile.sync_overhead_s, None
     else:
-        calibrate_on = calibrate_on or max(plans, key=lambda p: n_coll[p])
+        plain = [p for p in plans if not parse_variant(p)[1].compressed] or plans
+        calibrate_on = calibrate_on or max(plain, key=lambda p: n_coll[p])
         extra = mean[calibrate_on] - idle_pred[calibrate_on]["step_s"]
         overhead = max(extra / n_coll[calibrate_on], 0.0) if n_coll[calibrate_on] else 0.0
     calibrated = dataclasses.replace(
@@ -189,6 +199,8 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
         rows.append({
             "plan": p, "role": "calibration" if p == calibrate_on else "validation",
             "forward_syncs": reports[p]["forward_syncs"], "collectives_planned": n_coll[p],
+            "sync_dtype": reports[p]["sync_dtype"],
+            "bytes_sent_per_step": reports[p]["totals"]["step"]["sent"],
             "collectives_timed": per_step[p], **stats(times[p]),
             "mean_slowest_s": mean[p], "median_slowest_s": median[p], **spans[p],
             "predicted_idle_s": idle_pred[p]["step_s"],
@@ -196,11 +208,12 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
             "compute_s": cal["compute_s"],
             "error_idle": idle_pred[p]["step_s"] / mean[p] - 1,
             "error": cal["step_s"] / mean[p] - 1})
-    xs = [r["forward_syncs"] for r in rows]
+    plain = [r for r in rows if r["sync_dtype"] == "float32"]  # plans that differ in syncs only
+    xs = [r["forward_syncs"] for r in plain]
     # step time grows by this much per forward sync kept: what each removed one saves
-    saving = {"measured_s": _slope(xs, [r["mean_slowest_s"] for r in rows]),
-              "predicted_s": _slope(xs, [r["predicted_s"] for r in rows]),
-              "predicted_idle_s": _slope(xs, [r["predicted_idle_s"] for r in rows])}
+    saving = {"measured_s": _slope(xs, [r["mean_slowest_s"] for r in plain]),
+              "predicted_s": _slope(xs, [r["predicted_s"] for r in plain]),
+              "predicted_idle_s": _slope(xs, [r["predicted_idle_s"] for r in plain])}
     return {"rank": rank, "world": world, "backend": dist.get_backend(),
             "profile": calibrated.to_json(), "idle_profile": idle.to_json(),
             "comm_rows": comm_rows, "compute_only_s": compute_s,
@@ -216,6 +229,10 @@ def _ms(s: float | None) -> str:
     return "-" if s is None else f"{1e3 * s:.1f}"
 
 
+def _kib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1024:,.0f} KiB"
+
+
 def format_plans(r: dict) -> str:
     c, ic, idle = r["config"], r["profile"], r["idle_profile"]
     lines = [f"sync plans at tp={r['world']} ({r['backend']}, {r['world']} processes): "
@@ -229,15 +246,16 @@ def format_plans(r: dict) -> str:
              f"{ic['sync_overhead_s'] * 1e6:.0f} us "
              + (f"(calibrated on `{r['calibrated_on']}` only)" if r["calibrated_on"]
                 else "(from the given profile; no plan used for calibration)"), "",
-             "| plan | fwd syncs | collectives (timed) | measured mean ms (median; rank 0 "
-             "min-max) | in-step collective ms (skew) | idle-link prediction ms (error) | "
-             "calibrated prediction ms (error) |", "|---|---|---|---|---|---|---|"]
+             "| plan | fwd syncs | collectives (timed) | sent per step | measured mean ms "
+             "(median; rank 0 min-max) | in-step collective ms (skew) | idle-link prediction ms "
+             "(error) | calibrated prediction ms (error) |", "|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
         skew = f" ({_ms(x['skew_mean_s'])})" if x["skew_mean_s"] is not None else ""
         role = " (calibration)" if x["role"] == "calibration" else ""
         lines.append(
             f"| `{x['plan']}`{role} | {x['forward_syncs']} | {x['collectives_planned']} "
-            f"({x['collectives_timed']}) | {_ms(x['mean_slowest_s'])} "
+            f"({x['collectives_timed']}) | {_kib(x.get('bytes_sent_per_step'))} | "
+            f"{_ms(x['mean_slowest_s'])} "
             f"({_ms(x['median_slowest_s'])}; {_ms(x['min_s'])}-{_ms(x['max_s'])}) | "
             f"{x['collective_mean_s'] * 1e3:.2f}{skew} | "
             f"{_ms(x['predicted_idle_s'])} ({100 * x['error_idle']:+.0f}%) | "
@@ -278,8 +296,9 @@ def run_plans_cli(args) -> int:
     from ..comm.plan import SyncPlan, validate_tp
     world = int(os.environ.get("WORLD_SIZE", "1"))
     validate_tp(world, config.n_head, config.vocab_size, False)  # tp = the process count
-    for p in args.plans:
-        SyncPlan.parse(p, config.n_layer)  # a bad plan fails here, before any measurement
+    for p in args.plans:  # a bad plan fails here, before any measurement
+        plan, _ = parse_variant(p, config.n_embd)
+        SyncPlan.parse(plan, config.n_layer)
     result = bench_plans(config, args.plans, args.batch_size or cfg.batch_size,
                          steps=args.steps or 60, comm_repeats=args.repeats, profile=profile,
                          calibrate_on=args.calibrate_on)

@@ -19,7 +19,8 @@ def register(sub) -> argparse.ArgumentParser:
     plan.add_argument("--tp", type=int, default=2, help="tensor-parallel degree (default 2)")
     plan.add_argument("--sync", nargs="+", metavar="PLAN",
                       help="one or more plans: tp | spd | parallel | a comma list such as "
-                           "tp,spd | bits:0111... (default tp)")
+                           "tp,spd | bits:0111... (default tp); PLAN@DTYPE sends its syncs in "
+                           "DTYPE (tp@int8)")
     flag(plan, "sync_dtype", nargs="+", metavar="DTYPE", default=["float32"],
          help="what the residual stream's syncs send: float32 (as computed), bfloat16, int8 "
               "(one or more; every plan is reported with each)")
@@ -100,9 +101,7 @@ def run(args) -> int:
                           f"{cfg.block_size}]")
     if args.dtype_bytes not in (2, 4, 8):
         raise ConfigError(f"dtype_bytes={args.dtype_bytes} is invalid: choose 2, 4 or 8")
-    args.wires = [SyncWire(d, args.sync_block) for d in dict.fromkeys(args.sync_dtype)]
-    for w in args.wires:
-        w.check(cfg.n_embd)
+    args.variants = _variants(args, cfg)
     if args.inference:
         for name, given in (("--achieved-tflops", args.achieved_tflops is not None),
                             ("--grad-clip", args.grad_clip)):
@@ -117,7 +116,7 @@ def run(args) -> int:
                            batch_size=args.batch_size, seq_len=seq_len,
                            vocab_parallel=args.vocab_parallel, dtype_bytes=args.dtype_bytes,
                            grad_clip=args.grad_clip, wire=w)
-               for s in args.sync or ["tp"] for w in args.wires]
+               for s, w in args.variants]
     rate_note = None
     if args.interconnect:
         ic, rate, rate_note = _interconnect(args, cfg)
@@ -133,6 +132,19 @@ def run(args) -> int:
         if rate_note:
             print("  " + rate_note)
     return 0
+
+
+def _variants(args, cfg) -> list[tuple[str, SyncWire]]:
+    """(plan, wire) to report: each --sync with each --sync-dtype, or with its own '@DTYPE'
+    (the benchmarks' spelling: tp@int8)."""
+    wires = [SyncWire(d, args.sync_block) for d in dict.fromkeys(args.sync_dtype)]
+    out = []
+    for spec in args.sync or ["tp"]:
+        plan, at, dtype = spec.partition("@")
+        out += [(plan, w) for w in ([SyncWire(dtype, args.sync_block)] if at else wires)]
+    for _, w in out:
+        w.check(cfg.n_embd)
+    return out
 
 
 def _interconnect(args, cfg):
@@ -172,8 +184,7 @@ def _run_inference(args, cfg) -> int:
         raise ConfigError(f"prompt_len + new_tokens = {P + N} exceeds block_size="
                           f"{cfg.block_size}: the KV cache holds block_size positions (longer "
                           f"generation restarts the window, see 'tpgpt sample')")
-    plans = [(SyncPlan.parse(s, cfg.n_layer), w) for s in args.sync or ["tp"]
-             for w in args.wires]
+    plans = [(SyncPlan.parse(s, cfg.n_layer), w) for s, w in args.variants]
     reports = [inference_report(cfg, plan, tp=args.tp, batch_size=args.batch_size,
                                 prompt_len=P, new_tokens=N, vocab_parallel=args.vocab_parallel,
                                 dtype_bytes=args.dtype_bytes, wire=w) for plan, w in plans]

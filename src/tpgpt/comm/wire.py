@@ -105,6 +105,15 @@ class SyncWire:
         return q.to(acc) * scale.to(acc)
 
 
+def parse_variant(spec: str, n_embd: int | None = None) -> tuple[str, SyncWire]:
+    """'PLAN' or 'PLAN@DTYPE' (the benchmarks' --plans): the plan and what its syncs send."""
+    plan, at, dtype = spec.partition("@")
+    wire = SyncWire(dtype if at else "float32")
+    if n_embd is not None:
+        wire.check(n_embd)
+    return plan, wire
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
