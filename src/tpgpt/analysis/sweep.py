@@ -1,5 +1,6 @@
 """`tpgpt sweep`: one model per sync plan, same data, seed and budget; the trade-off between
-communication and validation loss as a table (CSV, Markdown) and plots (PNG).
+communication and validation loss as a table (CSV, Markdown) and plots (PNG). A plan may name
+what its syncs send, PLAN@DTYPE (tp@int8: comm/wire.py), else the config's sync_dtype.
 
 Each plan trains in OUT/<plan>/; a plan whose summary.json exists is not trained again, and one
 that was interrupted resumes from its last checkpoint, so rerunning the command finishes a sweep.
@@ -14,7 +15,8 @@ from ..train.config import TrainConfig, replace
 from .evaluate import evaluate_checkpoint
 from ..checkpoint.store import find_checkpoint
 from ..errors import ConfigError
-from ..comm.plan import SyncPlan
+from ..comm.plan import SyncPlan, count_collectives, sent_bytes
+from ..comm.wire import SyncWire
 
 
 def plan_dir_name(plan: str) -> str:
@@ -33,8 +35,10 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
     if cfg.tp < 2:
         raise ConfigError(f"sweep needs tp >= 2 (tp={cfg.tp}: with one rank every plan is the "
                           f"dense model): pass --tp=2")
-    for p in plans:
-        SyncPlan.parse(p, cfg.n_layer)  # every plan checked before any training
+    for p in plans:  # every plan checked before any training
+        sync, wire = _variant(cfg, p)
+        SyncPlan.parse(sync, cfg.n_layer)
+        wire.check(cfg.n_embd)
     if "tp" not in plans:
         plans = ["tp", *plans]  # the all-sync baseline
     if len(set(plans)) != len(plans):
@@ -44,7 +48,15 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
     for i, plan in enumerate(plans):
         summary = train_plan(cfg, plan, os.path.join(out, plan_dir_name(plan)),
                              echo=lambda text, i=i: echo(f"[{i + 1}/{len(plans)}] {text}"))
-        rows.append({"plan": plan, "bits": SyncPlan.parse(plan, cfg.n_layer).bitstring,
+        sync, wire = _variant(cfg, plan)
+        steps = count_collectives(SyncPlan.parse(sync, cfg.n_layer), tp=cfg.tp,
+                                  n_embd=cfg.n_embd, bias=cfg.bias, batch_size=cfg.batch_size,
+                                  seq_len=cfg.block_size, vocab_parallel=cfg.vocab_parallel,
+                                  wire=wire, grad_clip=cfg.grad_clip > 0)
+        rows.append({"plan": plan, "bits": SyncPlan.parse(sync, cfg.n_layer).bitstring,
+                     "sync_dtype": wire.dtype,
+                     "sent_per_step": round(sum(c.count * sent_bytes(c.op, c.nbytes, cfg.tp)
+                                                for c in steps)),
                      **summary, "curve": curve(os.path.join(out, plan_dir_name(plan)))})
     base = next(r for r in rows if r["plan"] == "tp")
     for r in rows:
@@ -52,6 +64,12 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
         r["delta_full_val_loss"] = r["full_val_loss"] - base["full_val_loss"]
     write_results(rows, out, cfg)
     return rows
+
+
+def _variant(cfg: TrainConfig, plan: str) -> tuple[str, SyncWire]:
+    """'PLAN@DTYPE' or 'PLAN' (the config's sync_dtype) -> (plan, wire)."""
+    sync, at, dtype = plan.partition("@")
+    return sync, SyncWire(dtype if at else cfg.sync_dtype, cfg.sync_block)
 
 
 def finished_summary(run_dir: str, max_iters: int) -> dict | None:
@@ -73,7 +91,9 @@ def train_plan(cfg: TrainConfig, plan: str, run_dir: str, echo=print) -> dict:
         # last.old alone: killed between the two renames of a checkpoint save
         resume = find_checkpoint(os.path.join(run_dir, "last")) is not None
         echo(f"{plan}: " + ("resuming" if resume else "training"))
-        trainer = Trainer(replace(cfg, sync=plan, out_dir=run_dir), resume=resume)
+        sync, wire = _variant(cfg, plan)
+        trainer = Trainer(replace(cfg, sync=sync, sync_dtype=wire.dtype, out_dir=run_dir),
+                          resume=resume)
         summary = trainer.run()
         trainer.close()
     if "full_val_loss" not in summary:  # exact, computed once and kept in summary.json
@@ -100,7 +120,8 @@ def curve(run_dir: str) -> list[dict]:
     return out
 
 
-COLUMNS = ["plan", "bits", "forward_syncs", "collectives_per_step", "full_val_loss",
+COLUMNS = ["plan", "bits", "forward_syncs", "collectives_per_step", "sent_per_step",
+           "full_val_loss",
            "delta_full_val_loss", "final_val_loss", "delta_val_loss", "final_train_loss",
            "train_s"]
 
@@ -114,12 +135,13 @@ def write_results(rows: list[dict], out: str, cfg: TrainConfig) -> None:
              f"block {cfg.block_size}, tp={cfg.tp}, {cfg.max_iters} iterations, batch "
              f"{cfg.batch_size} x {cfg.gradient_accumulation_steps}, seed {cfg.seed}.", "",
              "| plan | bits (a m per layer) | forward syncs / pass | TP collectives / step | "
-             "val loss, full split | vs all-sync | val loss, sampled | vs all-sync | "
-             "train loss, sampled | train time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "sent / step (one rank) | val loss, full split | vs all-sync | val loss, sampled | "
+             "vs all-sync | train loss, sampled | train time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (-r["forward_syncs"], r["plan"])):
         lines.append(f"| `{r['plan']}` | `{r['bits']}` | {r['forward_syncs']} | "
-                     f"{r['collectives_per_step']} | {r['full_val_loss']:.4f} | "
+                     f"{r['collectives_per_step']} | {r['sent_per_step'] / 2**20:.2f} MiB | "
+                     f"{r['full_val_loss']:.4f} | "
                      f"{r['delta_full_val_loss']:+.4f} | {r['final_val_loss']:.4f} | "
                      f"{r['delta_val_loss']:+.4f} | {r['final_train_loss']:.4f} | "
                      f"{r['train_s']:.0f} |")

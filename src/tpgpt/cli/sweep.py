@@ -14,7 +14,8 @@ def register(sub) -> argparse.ArgumentParser:
                                     "frontier.png and loss_curves.png. Rerun to resume.")
     sw.add_argument("config", help="TOML config: path or preset name")
     sw.add_argument("--plans", nargs="+", required=True, metavar="PLAN",
-                    help="sync plans; the all-sync 'tp' baseline is added if missing")
+                    help="sync plans (PLAN@DTYPE: its syncs sent in DTYPE, e.g. tp@int8); the "
+                         "all-sync 'tp' baseline is added if missing")
     sw.add_argument("--out", required=True, help="sweep directory")
     sw.set_defaults(func=run, takes_overrides=True)
     return sw
