@@ -590,6 +590,21 @@ def _(root):
             "--tp", "2", "--out", str(root / "c")]
 
 
+@case("sweep: a finished run of another sync_dtype", "holds a finished run with sync_dtype="
+                                                    "float32, not int8: give the sweep another")
+def _(root):
+    run = tiny_train_overrides(root / "data", root / "sw" / "tp", max_iters=10, tp=2)
+    assert main(["train", "shakespeare_char_cpu", *[f"--{k}={v}" for k, v in run.items()]]) == 0
+    return ["sweep", "shakespeare_char_cpu", "--plans", "tp", "--out", str(root / "sw"),
+            *train_args(root, max_iters=10, tp=2, sync_dtype="int8")[2:]]
+
+
+@case("eval: an int8 block that does not divide n_embd", "sync_block=24 does not divide "
+                                                         "n_embd=32")
+def _(root):
+    return ["eval", "--ckpt", trained(root, tp=2), "--sync-dtype", "int8", "--sync-block", "24"]
+
+
 @case("export of a checkpoint with compressed syncs", "syncs or compresses them")
 def _(root):
     return ["export", "--ckpt", trained(root, tp=2, sync_dtype="bfloat16"), "--out",

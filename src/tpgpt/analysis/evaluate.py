@@ -63,7 +63,8 @@ def auto_batch_size(block_size: int, vocab_size: int, element_size: int,
 def evaluate_checkpoint(path: str, tp: int | None = None, sync: str | None = None,
                         split: str = "val", data_dir: str | None = None,
                         batch_size: int | None = None, device: str = "cpu",
-                        distributed: bool | None = None, sync_dtype: str | None = None) -> dict:
+                        distributed: bool | None = None, sync_dtype: str | None = None,
+                        sync_block: int | None = None) -> dict:
     """The full-split loss of a checkpoint under its trained tp and plan (or the ones given:
     a zero-shot conversion), on the data it was trained on (or `data_dir`). The data is checked
     before the model is loaded; `batch_size` defaults to what `auto_batch_size` allows."""
@@ -75,7 +76,7 @@ def evaluate_checkpoint(path: str, tp: int | None = None, sync: str | None = Non
     config = model_config(state)
     file = checkpoint_split(state, split, data_dir)
     loaded = load_trained(path, tp=tp, sync=sync, device=device, distributed=distributed,
-                          sync_dtype=sync_dtype, state=state)
+                          sync_dtype=sync_dtype, sync_block=sync_block, state=state)
     element = next(loaded.model.parameters()).element_size()
     batch_size = batch_size or auto_batch_size(config.block_size, config.vocab_size, element)
     loss = full_split_loss(loaded.model, file, batch_size)

@@ -52,7 +52,9 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
         steps = count_collectives(SyncPlan.parse(sync, cfg.n_layer), tp=cfg.tp,
                                   n_embd=cfg.n_embd, bias=cfg.bias, batch_size=cfg.batch_size,
                                   seq_len=cfg.block_size, vocab_parallel=cfg.vocab_parallel,
-                                  wire=wire, grad_clip=cfg.grad_clip > 0)
+                                  wire=wire, grad_clip=cfg.grad_clip > 0,
+                                  dtype_bytes=ACT_BYTES.get(cfg.dtype, 2),
+                                  param_bytes=4 if cfg.dtype in ("bfloat16", "float16") else None)
         rows.append({"plan": plan, "bits": SyncPlan.parse(sync, cfg.n_layer).bitstring,
                      "sync_dtype": wire.dtype,
                      "sent_per_step": round(sum(c.count * sent_bytes(c.op, c.nbytes, cfg.tp)
@@ -64,6 +66,9 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
         r["delta_full_val_loss"] = r["full_val_loss"] - base["full_val_loss"]
     write_results(rows, out, cfg)
     return rows
+
+
+ACT_BYTES = {"float64": 8, "float32": 4}  # else 2: autocast's bfloat16/float16 activations
 
 
 def _variant(cfg: TrainConfig, plan: str) -> tuple[str, SyncWire]:
@@ -84,14 +89,18 @@ def train_plan(cfg: TrainConfig, plan: str, run_dir: str, echo=print) -> dict:
     full-split validation loss of the final model added once."""
     from ..train.trainer import Trainer
 
+    sync, wire = _variant(cfg, plan)
     summary = finished_summary(run_dir, cfg.max_iters)
+    if summary and summary.get("sync_dtype", "float32") != wire.dtype:
+        raise ConfigError(f"{run_dir} holds a finished run with sync_dtype="
+                          f"{summary.get('sync_dtype', 'float32')}, not {wire.dtype}: give the "
+                          f"sweep another --out")
     if summary:
         echo(f"{plan}: done before, val loss {summary['final_val_loss']:.4f}")
     else:
         # last.old alone: killed between the two renames of a checkpoint save
         resume = find_checkpoint(os.path.join(run_dir, "last")) is not None
         echo(f"{plan}: " + ("resuming" if resume else "training"))
-        sync, wire = _variant(cfg, plan)
         trainer = Trainer(replace(cfg, sync=sync, sync_dtype=wire.dtype, out_dir=run_dir),
                           resume=resume)
         summary = trainer.run()

@@ -55,8 +55,10 @@ def trained_plan(state: dict) -> tuple[int, str]:
 
 def trained_wire(state: dict) -> SyncWire:
     """What the checkpoint's syncs sent in training (float32 for checkpoints from before
-    sync_dtype existed, and for imported models)."""
+    sync_dtype existed, for imported models, and at tp=1, where nothing is sent)."""
     config = state.get("config") or {}
+    if trained_plan(state)[0] == 1:
+        return SyncWire()
     try:
         return SyncWire(config.get("sync_dtype", "float32"), config.get("sync_block",
                                                                         DEFAULT_BLOCK))
@@ -177,13 +179,14 @@ def check_device(device: str | torch.device) -> torch.device:
 
 def load_trained(path: str, tp: int | None = None, sync: str | None = None,
                  device: str | torch.device = "cpu", distributed: bool | None = None,
-                 state: dict | None = None, sync_dtype: str | None = None) -> Loaded:
-    """The model a checkpoint (or a run's out_dir) was trained to be, or, with `tp` / `sync` /
-    `sync_dtype`, the conversion to another plan or sync precision. `distributed` (default:
-    under torchrun, RANK set): a model that drops syncs runs with its tp ranks spread over the
-    job's processes (collective: every process calls this); otherwise it is simulated in this
-    process. `state`: the checkpoint's
-    state.json as `read_checkpoint` returned it (read and verified once)."""
+                 state: dict | None = None, sync_dtype: str | None = None,
+                 sync_block: int | None = None) -> Loaded:
+    """The model a checkpoint (or a run's out_dir) was trained to be, or, with `tp`, `sync`,
+    `sync_dtype` or `sync_block`, the conversion to another plan or sync precision.
+    `distributed` (default: under torchrun, RANK set): a model that drops syncs runs with its tp
+    ranks spread over the job's processes (collective: every process calls this); otherwise it
+    is simulated in this process. `state`: the checkpoint's state.json as `read_checkpoint`
+    returned it (read and verified once)."""
     device = check_device(device)
     state = state if state is not None else read_checkpoint(path)
     ckpt = state["path"]
@@ -197,7 +200,9 @@ def load_trained(path: str, tp: int | None = None, sync: str | None = None,
         raise ConfigError(f"--sync {sync!r} at tp=1 is the dense GPT (one rank has nothing to "
                           f"sync): give --tp 2 or more to run the plan")
     t_wire = trained_wire(state)
-    wire = t_wire if sync_dtype is None else SyncWire(sync_dtype, t_wire.block)
+    wire = t_wire if sync_dtype is None and sync_block is None else SyncWire(
+        t_wire.dtype if sync_dtype is None else sync_dtype,
+        t_wire.block if sync_block is None else sync_block)
     wire.check(config.n_embd)
     if sync_dtype is not None and tp == 1 and wire.compressed:
         raise ConfigError(f"--sync-dtype {sync_dtype} at tp=1 sends nothing (one rank has "

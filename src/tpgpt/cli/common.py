@@ -90,3 +90,6 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-dtype", "--sync_dtype", dest="sync_dtype", default=None,
                    metavar="DTYPE", help="send the syncs in this dtype (float32, bfloat16, "
                                          "int8) instead of the trained one's")
+    p.add_argument("--sync-block", "--sync_block", dest="sync_block", type=positive_int,
+                   default=None, metavar="N", help="int8 syncs: channels per scale (default: "
+                                                   "the trained one's, else 32)")

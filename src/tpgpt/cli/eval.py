@@ -32,7 +32,7 @@ def run(args) -> int:
 
     try:
         r = evaluate_checkpoint(args.ckpt, tp=args.tp, sync=args.sync, sync_dtype=args.sync_dtype,
-                                split=args.split,
+                                sync_block=args.sync_block, split=args.split,
                                 data_dir=args.data_dir, batch_size=args.batch_size,
                                 device=args.device)
     finally:

@@ -35,7 +35,7 @@ def run(args) -> int:
     check_sampling(args.num_samples, args.max_new_tokens, args.temperature, args.top_k)
     try:
         loaded = load_trained(args.ckpt, tp=args.tp, sync=args.sync, device=args.device,
-                              sync_dtype=args.sync_dtype)
+                              sync_dtype=args.sync_dtype, sync_block=args.sync_block)
         texts = sample(args.ckpt, args.prompt, args.num_samples, args.max_new_tokens,
                        args.temperature, args.top_k, args.seed, args.device, loaded=loaded,
                        kv_cache=args.kv_cache)

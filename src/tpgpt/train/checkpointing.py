@@ -14,6 +14,7 @@ from ..checkpoint.sharded_state import ShardedState
 from ..checkpoint.store import (find_checkpoint, load_rank_state, load_sharded, load_state,
                                 save_checkpoint)
 from ..comm.layout import barrier_fn
+from ..comm.wire import DEFAULT_BLOCK
 from ..errors import ConfigError
 from ..model.parallel_gpt import ParallelGPT
 from .setup import Setup
@@ -62,7 +63,8 @@ def resume(s: Setup, p: Progress) -> None:
     if find_checkpoint(ckpt) is None:
         raise ConfigError(f"--resume: no checkpoint in {ckpt}")
     state = load_state(ckpt)
-    saved = state.get("config", {})
+    # keys that older checkpoints lack had their defaults then
+    saved = {"sync_dtype": "float32", "sync_block": DEFAULT_BLOCK, **state.get("config", {})}
     diff = [k for k in RESUME_KEYS if k in saved and saved[k] != getattr(cfg, k)]
     if diff:
         raise ConfigError("--resume: the config differs from the checkpoint's in "
