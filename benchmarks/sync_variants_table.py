@@ -25,9 +25,9 @@ RATE_TFLOPS = 300.0  # `tpgpt plan`'s default compute rate (about 30% of an H100
 
 
 def predicted(config: GPTConfig, variant: str, tp: int, batch: int, seq: int) -> dict:
-    plan, wire = parse_variant(variant)
+    plan, wire, ladder = parse_variant(variant)
     r = plan_report(config, SyncPlan.parse(plan, config.n_layer), tp=tp, batch_size=batch,
-                    seq_len=seq, vocab_parallel=False, grad_clip=True, wire=wire)
+                    seq_len=seq, vocab_parallel=False, grad_clip=True, wire=wire, ladder=ladder)
     return {ic: predict_step(r, config, BUILTIN[ic], RATE_TFLOPS)["step_s"]
             for ic in INTERCONNECTS}
 

@@ -23,11 +23,13 @@ def make_batch():
 
 
 def case_options(case: str) -> tuple[str, dict]:
-    """'PLAN@vp' / 'PLAN@int8' / 'PLAN' -> (plan, ParallelGPT options)."""
-    sync, _, opt = case.partition("@")
-    if opt in ("bfloat16", "int8"):
-        return sync, {"sync_dtype": opt, "sync_block": 8}
-    return sync, {"vocab_parallel": opt == "vp"}
+    """'PLAN[@vp][@bfloat16|@int8][@ladder]' -> (plan, ParallelGPT options)."""
+    sync, *opts = case.split("@")
+    out = {"vocab_parallel": "vp" in opts, "ladder": "ladder" in opts}
+    for dtype in ("bfloat16", "int8"):
+        if dtype in opts:
+            out.update(sync_dtype=dtype, sync_block=8)
+    return sync, out
 
 
 def wire_inputs(tp: int) -> dict:

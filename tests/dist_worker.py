@@ -2,7 +2,8 @@
 the KV cache per case, results saved.
 
 usage: torchrun --nproc_per_node=P tests/dist_worker.py OUT_DIR TP CASE [CASE ...]
-where CASE is PLAN, PLAN@vp (vocab-parallel) or PLAN@bfloat16 / PLAN@int8 (compressed syncs).
+where CASE is PLAN with options: @vp (vocab-parallel), @bfloat16 / @int8 (compressed syncs),
+@ladder (each sync's all-reduce launched asynchronously and waited for one region later).
 Every process builds the same dense GPT from the seed and takes its own shards; rank k writes
 OUT_DIR/rank{k}_case{i}.pt, and OUT_DIR/rank{k}_wire.pt: compressed all-reduces of fixed
 per-rank float32 tensors (`wire_inputs`), for the bit-for-bit check.
@@ -32,6 +33,9 @@ def main() -> None:
         torch.manual_seed(0)
         gpt = GPT(CONFIG).to(DTYPE)
         comm = DistributedComm(tp)
+        launched = []  # asynchronous all-reduces (ladder syncs)
+        start = comm._cross_all_reduce_async
+        comm._cross_all_reduce_async = lambda x: (launched.append(x.shape), start(x))[1]
         model = ParallelGPT.from_dense(gpt, tp=tp, sync=sync, comm=comm, **options)
         _, loss = model(idx, targets, return_logits=False)
         loss.backward()
@@ -43,6 +47,7 @@ def main() -> None:
         torch.save({"ranks": list(comm.ranks), "loss": loss.detach(), "logits": logits,
                     "decode": decoded,
                     "grads": {n: p.grad for n, p in model.named_parameters()},
+                    "async_launched": len(launched), "in_flight_left": len(comm._inflight),
                     "counts": counts, "cross_process": {e.cross_process for e in
                                                         comm.counter.events}},
                    os.path.join(out, f"rank{rank}_case{i}.pt"))

@@ -8,6 +8,8 @@ batched implementation against the specification, not against itself.
     between syncs, rank r's sublayers read LN(x + b_acc + p_r)
     p_r += sublayer_r(...)   (row-parallel output without bias);  b_acc += bias
     at a sync:  x = x + sum_r p_r + b_acc;  p_r = 0;  b_acc = 0
+    ladder:     at a sync x = x + pending; pending = sum_r p_r + b_acc (the sync's result lands
+                at the next sync, or before ln_f)
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def _mlp_rank(mlp, h, r, tp):
     return F.linear(a, mlp.c_proj.weight[:, sl])
 
 
-def reference_forward(gpt: GPT, tp: int, sync: str, idx, targets):
+def reference_forward(gpt: GPT, tp: int, sync: str, idx, targets, ladder: bool = False):
     """(logits, loss) of `gpt`'s weights run at `tp` under `sync`, the slow, obvious way."""
     cfg = gpt.config
     plan = SyncPlan.parse(sync, cfg.n_layer)
@@ -53,6 +55,7 @@ def reference_forward(gpt: GPT, tp: int, sync: str, idx, targets):
     x = t.wte(idx) + t.wpe(torch.arange(idx.shape[1]))
     partial = [torch.zeros_like(x) for _ in range(tp)]
     b_acc = torch.zeros_like(x)
+    pending = torch.zeros_like(x)
     for i, blk in enumerate(t.h):
         for j, (ln, run, proj) in enumerate((
                 (blk.ln_1, lambda h, r, blk=blk: _attn_rank(blk.attn, h, r, tp, cfg.n_head),
@@ -63,10 +66,14 @@ def reference_forward(gpt: GPT, tp: int, sync: str, idx, targets):
             partial = [p + o for p, o in zip(partial, outs)]
             if proj.bias is not None:
                 b_acc = b_acc + proj.bias
-            if plan.sync_after(2 * i + j):
+            if plan.sync_after(2 * i + j) and ladder:
+                x, pending = x + pending, sum(partial) + b_acc
+                partial = [torch.zeros_like(x) for _ in range(tp)]
+                b_acc = torch.zeros_like(x)
+            elif plan.sync_after(2 * i + j):
                 x = x + sum(partial) + b_acc
                 partial = [torch.zeros_like(x) for _ in range(tp)]
                 b_acc = torch.zeros_like(x)
-    logits = gpt.lm_head(t.ln_f(x))
+    logits = gpt.lm_head(t.ln_f(x + pending))
     loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
     return logits, loss

@@ -591,7 +591,7 @@ def _(root):
 
 
 @case("sweep: a finished run of another sync_dtype", "holds a finished run with sync_dtype="
-                                                    "float32, not int8: give the sweep another")
+                                                    "float32, ladder=False, not int8, False: give")
 def _(root):
     run = tiny_train_overrides(root / "data", root / "sw" / "tp", max_iters=10, tp=2)
     assert main(["train", "shakespeare_char_cpu", *[f"--{k}={v}" for k, v in run.items()]]) == 0
@@ -605,7 +605,40 @@ def _(root):
     return ["eval", "--ckpt", trained(root, tp=2), "--sync-dtype", "int8", "--sync-block", "24"]
 
 
-@case("export of a checkpoint with compressed syncs", "syncs or compresses them")
+@case("--ladder at tp=1", "ladder=true needs tp >= 2")
+def _(root):
+    return train_args(root, ladder="true")
+
+
+@case("--ladder with a pipeline", "ladder=true with pp>1 is not supported")
+def _(root):
+    return train_args(root, tp=2, pp=2, ladder="true")
+
+
+@case("--ladder not a boolean", "ladder='maybe' in --ladder is not true or false")
+def _(root):
+    return train_args(root, tp=2, ladder="maybe")
+
+
+@case("resume with the ladder switched off", "ladder (True -> False)")
+def _(root):
+    trained(root, tp=2, ladder="true")
+    return train_args(root, max_iters=10, tp=2) + ["--resume"]
+
+
+@case("sensitivity of a checkpoint trained with ladder syncs", "was trained with ladder syncs: "
+                                                               "sensitivity works on")
+def _(root):
+    return ["sensitivity", "--ckpt", trained(root, tp=2, ladder="true"), "--tp", "2"]
+
+
+@case("sweep: a plan with two sync dtypes", "names 2 sync dtypes: give at most one")
+def _(root):
+    return ["sweep", "shakespeare_char_cpu", "--plans", "tp@int8@bfloat16", "--out",
+            str(root / "sw"), *train_args(root, tp=2)[2:]]
+
+
+@case("export of a checkpoint with compressed syncs", "syncs, or compresses or ladders them")
 def _(root):
     return ["export", "--ckpt", trained(root, tp=2, sync_dtype="bfloat16"), "--out",
             str(root / "hf")]

@@ -12,7 +12,7 @@ from tpgpt.analysis.costmodel import load_interconnect
 from tpgpt.analysis.numerics import FLOAT64_RTOL
 from tpgpt.analysis.plan_report import label
 
-PLANS = ["tp", "spd", "parallel", "bits:01000101", "tp@int8", "spd@bfloat16"]
+PLANS = ["tp", "spd", "parallel", "bits:01000101", "tp@int8", "spd@bfloat16", "tp@ladder"]
 
 
 def test_bench_plans_times_every_planned_collective_and_calibrates_on_one(tmp_path, capsys):
@@ -27,7 +27,7 @@ def test_bench_plans_times_every_planned_collective_and_calibrates_on_one(tmp_pa
     assert {p: x["collectives_timed"] for p, x in rows.items()} == \
            {p: x["collectives_planned"] for p, x in rows.items()} == \
            {"tp": 16, "spd": 9, "parallel": 3, "bits:01000101": 7, "tp@int8": 16,
-            "spd@bfloat16": 9}
+            "spd@bfloat16": 9, "tp@ladder": 16}
     # at tp=2 a compressed sync is one all-gather of quantized parts: the bytes one rank sends
     # in a step are the quantized share of float32's (1 + 4/32 bytes of 4 for int8, 2 of 4)
     assert rows["tp@int8"]["bytes_sent_per_step"] == rows["tp"]["bytes_sent_per_step"] * 9 / 32
@@ -35,7 +35,10 @@ def test_bench_plans_times_every_planned_collective_and_calibrates_on_one(tmp_pa
     assert r["profile"]["sync_overhead_s"] >= 0
     if r["profile"]["sync_overhead_s"] > 0:
         assert rows["tp"]["error"] == pytest.approx(0, abs=1e-9)
-    assert [x["role"] for x in r["rows"]] == ["calibration"] + ["validation"] * 5
+    assert [x["role"] for x in r["rows"]] == ["calibration"] + ["validation"] * 6
+    # the ladder's prediction hides communication under compute, the others' hide none
+    assert rows["tp@ladder"]["predicted_hidden_s"] > 0
+    assert all(x["predicted_hidden_s"] == 0 for p, x in rows.items() if p != "tp@ladder")
     assert all(x["compute_s"] == pytest.approx(r["compute_only_s"]) for x in r["rows"])
     assert all(x["skew_mean_s"] is not None for x in r["rows"])  # both ranks on this host
 

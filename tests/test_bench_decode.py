@@ -11,7 +11,7 @@ from dist_common import torchrun
 from tpgpt.analysis.plan_report import label
 from tpgpt.cli import main
 
-PLANS = ["tp", "spd", "parallel", "bits:01000111", "tp@int8"]
+PLANS = ["tp", "spd", "parallel", "bits:01000111", "tp@int8", "spd@ladder"]
 
 
 def test_bench_decode_times_every_collective_and_feeds_plan_inference(tmp_path, capsys):
@@ -32,14 +32,15 @@ def test_bench_decode_times_every_collective_and_feeds_plan_inference(tmp_path, 
         # the timers inside a decode step saw exactly the collectives the plan counts
         assert {p: x["collectives_timed"] for p, x in rows.items()} == \
                {p: x["collectives_per_step"] for p, x in rows.items()} == \
-               {"tp": 8, "spd": 4, "parallel": 1, "bits:01000111": 4, "tp@int8": 8}
+               {"tp": 8, "spd": 4, "parallel": 1, "bits:01000111": 4, "tp@int8": 8,
+                "spd@ladder": 4}
         assert all(x["decode"]["n"] == 4 and x["ttft"]["n"] == 1 for x in rows.values())
         assert run["calibrated_on"] == "tp" and run["tokens_checked"] is True
         # on gloo a collective inside a step costs more than on the idle link: the overhead
         # is fitted, not clipped at 0, and reproduces the calibration plan exactly
         assert run["profile"]["sync_overhead_s"] > 0
         assert rows["tp"]["error"] == pytest.approx(0, abs=1e-9)
-        assert [x["role"] for x in run["rows"]] == ["calibration"] + ["validation"] * 4
+        assert [x["role"] for x in run["rows"]] == ["calibration"] + ["validation"] * 5
     # a repeated plan or batch is measured once (above); the references (rank 0), on the same
     # weights, tokens checked inside the run
     assert set(one["references"]) == {"tpgpt dense, KV cache", "tpgpt dense, no cache",

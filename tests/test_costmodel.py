@@ -67,3 +67,27 @@ def test_in_step_overhead_is_added_once_per_collective(tmp_path):
                                  "sync_overhead_s": bad}))
         with pytest.raises(ConfigError, match="must be finite"):
             load_interconnect(str(f))
+
+
+def test_a_ladder_sync_costs_max_of_compute_and_communication():
+    """Each sync but the last runs under the next region's forward compute: hidden is, per
+    such sync, the smaller of its time and that region's compute."""
+    from tpgpt.analysis.costmodel import ladder_hidden_s, predict_step, sublayer_flops
+    from tpgpt.analysis.plan_report import plan_report
+    from tpgpt.comm.plan import SyncPlan
+    from tpgpt.model import GPTConfig
+    regions = [[0], [1], [2, 3]]
+    assert ladder_hidden_s(regions, [1.0, 2.0, 0.5, 0.25], 1.5) == 1.5 + 0.75
+    assert ladder_hidden_s([[0, 1, 2, 3]], [1.0] * 4, 9.0) == 0.0  # one region: nothing after
+    cfg = GPTConfig(n_layer=2, n_embd=64, n_head=4, block_size=32, vocab_size=100)
+    assert sum(sublayer_flops(cfg, 32)) == pytest.approx(
+        (6 * 12 * 2 * 64 * 64 + 12 * 2 * 64 * 32) / 3)  # the blocks' share of train FLOPs / 3
+    ic = Interconnect("x", 1e-5, 1e9)
+    kw = dict(tp=2, batch_size=4, seq_len=32, vocab_parallel=False)
+    plain = plan_report(cfg, SyncPlan.parse("tp", 2), **kw)
+    ladder = plan_report(cfg, SyncPlan.parse("tp", 2), ladder=True, **kw)
+    p, q = (predict_step(r, cfg, ic, 1e-3) for r in (plain, ladder))
+    assert p["hidden_s"] == 0 and q["compute_s"] == p["compute_s"]
+    assert q["step_s"] == pytest.approx(p["step_s"] - q["hidden_s"]) and q["hidden_s"] > 0
+    # 3 of the 4 syncs hide (the last is read by ln_f), none for longer than it lasts
+    assert q["hidden_s"] <= 3 * ic.collective_time("all_reduce", 4 * 32 * 64 * 4, 2) * (1 + 1e-12)

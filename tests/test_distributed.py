@@ -23,7 +23,8 @@ RANDOM_BITS = "bits:" + "".join(str(rng.randint(0, 1)) for _ in range(2 * CONFIG
 assert 2 < RANDOM_BITS.count("1") < 2 * CONFIG.n_layer, RANDOM_BITS  # really a mixed plan
 PLANS = ["tp", "spd", "parallel", "tp,spd", "spd,parallel,parallel", RANDOM_BITS]
 CASES = PLANS + ["tp@vp", "spd,parallel,parallel@vp", "tp@int8", "tp,spd@bfloat16",
-                 "spd,parallel,parallel@int8"]
+                 "spd,parallel,parallel@int8", "tp@ladder", "spd,parallel,parallel@ladder",
+                 "tp,spd@int8@ladder"]
 LAYOUTS = {"tp2": (2, 2), "tp4": (4, 4), "hybrid_tp4_on_2": (2, 4)}  # name: (processes, tp)
 
 
@@ -66,6 +67,9 @@ def test_distributed_equals_simulated(layout, case):
         label = f"{name} {case} ranks {res['ranks']}"
         assert res["counts"] == expected, f"{label}: distributed counts differ from the plan"
         assert res["cross_process"] == {True}
+        # ladder syncs in float32 run asynchronously, and every one was waited for
+        assert (res["async_launched"] > 0) == (model.ladder and not model.wire.compressed)
+        assert res["in_flight_left"] == 0
         assert_close(res["loss"], loss, f"{label} loss")
         assert_close(res["logits"], logits, f"{label} logits")
         assert res["grads"].keys() == grads.keys()

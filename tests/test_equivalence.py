@@ -137,13 +137,15 @@ def test_tp1_is_dense_for_every_plan(sync, batch):
 @pytest.mark.parametrize("tp", [2, 4])
 @pytest.mark.parametrize("sync", PLANS)
 @pytest.mark.parametrize("bias", [True, False])
-def test_every_plan_matches_naive_reference(tp, sync, bias, batch):
-    """Forward and every gradient against the per-rank loop of DESIGN.md's equations."""
+@pytest.mark.parametrize("ladder", [False, True])
+def test_every_plan_matches_naive_reference(tp, sync, bias, ladder, batch):
+    """Forward and every gradient against the per-rank loop of DESIGN.md's equations (and of
+    the ladder: each sync's result added at the next sync)."""
     idx, targets = batch
     gpt = gpt64(bias=bias)
-    ref_logits, ref_loss = reference_forward(gpt, tp, sync, idx, targets)
+    ref_logits, ref_loss = reference_forward(gpt, tp, sync, idx, targets, ladder=ladder)
     ref_loss.backward()
-    par = ParallelGPT.from_dense(gpt, tp=tp, sync=sync)
+    par = ParallelGPT.from_dense(gpt, tp=tp, sync=sync, ladder=ladder)
     logits, loss = step(par, idx, targets)
     assert_close(logits, ref_logits, "logits")
     assert_close(loss, ref_loss, "loss")
@@ -159,7 +161,11 @@ def test_dropping_syncs_changes_the_model(batch):
     gpt = gpt64()
     logits = {s: ParallelGPT.from_dense(gpt, tp=2, sync=s)(idx, targets)[0]
               for s in ("tp", "spd", "parallel")}
-    for a, b in (("spd", "tp"), ("parallel", "tp"), ("parallel", "spd")):
+    logits["tp+ladder"] = ParallelGPT.from_dense(gpt, tp=2, ladder=True)(idx, targets)[0]
+    logits["spd+ladder"] = ParallelGPT.from_dense(gpt, tp=2, sync="spd", ladder=True)(
+        idx, targets)[0]
+    for a, b in (("spd", "tp"), ("parallel", "tp"), ("parallel", "spd"), ("tp+ladder", "tp"),
+                 ("spd+ladder", "spd"), ("tp+ladder", "spd")):
         assert rel_err(logits[a], logits[b]) > 1e5 * FLOAT64_RTOL, (a, b)
 
 

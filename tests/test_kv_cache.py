@@ -44,15 +44,18 @@ def test_dense_cache_equals_recompute():
 
 @pytest.mark.parametrize("vp", [False, True], ids=["replicated", "vocab_parallel"])
 @pytest.mark.parametrize("tp", [1, 2, 4])
-@pytest.mark.parametrize("sync", PLANS)
+@pytest.mark.parametrize("sync", PLANS + ["tp@ladder", "spd@ladder", "tp,spd@int8@ladder"])
 def test_parallel_cache_equals_recompute(sync, tp, vp):
     g = dense()
-    model = ParallelGPT.from_dense(g, tp=tp, sync=sync, vocab_parallel=vp).eval()
+    sync, *opts = sync.split("@")
+    wire = dict(sync_dtype="int8", sync_block=8) if "int8" in opts else {}
+    model = ParallelGPT.from_dense(g, tp=tp, sync=sync, vocab_parallel=vp,
+                                   ladder="ladder" in opts, **wire).eval()
     tokens, logits = greedy(model, prompt(), kv_cache=True)
     ref_tokens, ref_logits = greedy(model, prompt(), kv_cache=False)
     assert torch.equal(tokens, ref_tokens)
     assert_close(logits, ref_logits, f"tp={tp} {sync} decode logits, cache vs recompute")
-    if sync == "tp" or tp == 1:  # the dense GPT's tokens
+    if model.is_dense:  # the dense GPT's tokens
         assert torch.equal(tokens, greedy(g, prompt(), kv_cache=True)[0])
 
 

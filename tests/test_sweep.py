@@ -14,11 +14,12 @@ def test_sweep_writes_results_and_resumes(text_data, tmp_path, capsys):
     args = [f"--{k}={v}" for k, v in tiny_train_overrides(data, str(tmp_path / "unused"), tp=2,
                                                         max_iters=20).items()]
     cmd = ["sweep", "shakespeare_char_cpu", "--plans", "spd", "parallel", "bits:1001",
-           "tp@int8", "--out", str(out), *args]
+           "tp@int8", "tp@ladder", "--out", str(out), *args]
     assert main(cmd) == 0
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert [r["plan"] for r in rows] == ["tp", "spd", "parallel", "bits:1001", "tp@int8"]
-    assert [int(r["forward_syncs"]) for r in rows] == [4, 2, 1, 2, 4]
+    assert [r["plan"] for r in rows] == ["tp", "spd", "parallel", "bits:1001", "tp@int8",
+                                         "tp@ladder"]
+    assert [int(r["forward_syncs"]) for r in rows] == [4, 2, 1, 2, 4, 4]
     assert float(rows[0]["delta_val_loss"]) == 0.0
     md = (out / "results.md").read_text()
     assert "| `parallel` | `0001` | 1 |" in md
@@ -28,6 +29,10 @@ def test_sweep_writes_results_and_resumes(text_data, tmp_path, capsys):
     assert '"sync_dtype": "int8"' in (out / "tp@int8" / "summary.json").read_text()
     assert float(rows[4]["full_val_loss"]) != float(rows[0]["full_val_loss"])
     assert int(rows[4]["sent_per_step"]) - 8 == (int(rows[0]["sent_per_step"]) - 8) * 9 // 32
+    # the ladder variant trained with ladder syncs: the same bytes, another function
+    assert '"ladder": true' in (out / "tp@ladder" / "summary.json").read_text()
+    assert rows[5]["sent_per_step"] == rows[0]["sent_per_step"]
+    assert float(rows[5]["full_val_loss"]) != float(rows[0]["full_val_loss"])
     for png in ("frontier.png", "loss_curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
@@ -37,7 +42,7 @@ def test_sweep_writes_results_and_resumes(text_data, tmp_path, capsys):
     os.rename(out / "parallel" / "last", out / "parallel" / "last.old")
     assert main(cmd) == 0
     text = capsys.readouterr().out
-    assert text.count("done before") == 4 and "[3/5] parallel: resuming" in text
+    assert text.count("done before") == 5 and "[3/6] parallel: resuming" in text
     again = list(csv.DictReader(open(out / "results.csv")))
     assert [r["final_val_loss"] for r in again] == [r["final_val_loss"] for r in rows]
 

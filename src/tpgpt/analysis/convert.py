@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from ..checkpoint.load import (load_dense, model_config, read_checkpoint, require_float32_syncs,
+from ..checkpoint.load import (load_dense, model_config, read_checkpoint, require_plain_syncs,
                                trained_function)
 from ..checkpoint.sharded_state import ShardedState
 from ..checkpoint.store import save_checkpoint
@@ -36,7 +36,7 @@ def convert(path: str, out: str, sync: str, tp: int, head_grouping: bool = False
     if tp == 1 and not all(plan.bits):
         raise ConfigError(f"--sync {sync!r} at tp=1 is the dense GPT (one rank has nothing to "
                           f"synchronise): give the tp the plan is for")
-    require_float32_syncs(state, "convert")
+    require_plain_syncs(state, "convert")
     trained_tp, trained_sync = trained_function(state)
     calib = None
     if data_dir is not None or (state.get("config") or {}).get("data_dir") or head_grouping:

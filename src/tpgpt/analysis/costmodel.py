@@ -6,10 +6,13 @@ Collectives follow the alpha-beta model of a ring over n ranks (Thakur, Rabensei
     all-reduce of N bytes   T = 2 (n - 1) alpha + 2 (n - 1) / n * N / B
     all-gather to N bytes   T =   (n - 1) alpha +   (n - 1) / n * N / B
 
-with alpha the per-step latency and B the per-direction link bandwidth. A step's predicted time
-is its compute time (FLOPs / achieved FLOP/s, split over tp) plus the time of every collective
-of the plan, with no overlap assumed between the two (Megatron's activation all-reduces sit on
-the critical path; the model is pessimistic where a backend overlaps).
+with alpha the per-step latency and B the per-direction link bandwidth (an all-to-all, which
+compressed syncs use, moves (n - 1) / n of its buffer in n - 1 steps, as an all-gather). A
+step's predicted time is its compute time (FLOPs / achieved FLOP/s, split over tp) plus the time
+of every collective of the plan, with no overlap between the two (Megatron's activation
+all-reduces sit on the critical path), except where the model overlaps on purpose: a ladder
+sync's forward all-reduce runs under the next region's forward compute and costs
+max(compute, communication) there (`ladder_hidden_s`).
 
 Inside a training step a collective costs more than on an idle link: it waits for the slowest
 rank to arrive (compute jitter) and, on a CPU backend, for its threads to be scheduled beside
@@ -148,14 +151,38 @@ def train_flops_per_token(config, seq_len: int) -> float:
     return 6 * n_params + 12 * L * C * seq_len
 
 
+def sublayer_flops(config, keys: float) -> list[float]:
+    """Forward FLOPs per token of each sublayer in order (attention, MLP, attention, ...):
+    attention 8 C^2 (c_attn, c_proj) + 4 keys C (QK^T, AV), MLP 16 C^2; with keys = seq_len
+    their sum is the block part of train_flops_per_token / 3."""
+    C = config.n_embd
+    return [8 * C * C + 4 * keys * C, 16 * C * C] * config.n_layer
+
+
+def ladder_hidden_s(regions: list[list[int]], sublayer_s: list[float], sync_s: float) -> float:
+    """Communication a ladder hides: the all-reduce ending region k runs under region k + 1's
+    forward compute (`sublayer_s`: each sublayer's), so it costs max(compute, communication)
+    there instead of their sum; the last one, read by the final LayerNorm, is waited for."""
+    return sum(min(sync_s, sum(sublayer_s[i] for i in nxt)) for nxt in regions[1:])
+
+
 def predict_step(report: dict, config, ic: Interconnect, achieved_tflops: float) -> dict:
     """Predicted time of one training step (one micro-batch) for a `plan_report` dict."""
     tp = report["tp"]
     tokens = report["batch_size"] * report["seq_len"]
-    compute = train_flops_per_token(config, report["seq_len"]) * tokens / tp \
-        / (achieved_tflops * 1e12)
+    rate = achieved_tflops * 1e12
+    compute = train_flops_per_token(config, report["seq_len"]) * tokens / tp / rate
     comm = sum(c["count"] * ic.collective_time(c["op"], c["bytes_each"], tp)
                for c in report["collectives"])
+    hidden = 0.0
+    if report.get("ladder") and report.get("sync_dtype", "float32") == "float32" and tp > 1:
+        sync = next(c for c in report["collectives"] if c["phase"] == "fwd" and
+                    c["tag"] == "sync")
+        per_sublayer = [f * tokens / tp / rate
+                        for f in sublayer_flops(config, report["seq_len"])]
+        hidden = ladder_hidden_s(report["regions"], per_sublayer,
+                                 ic.collective_time(sync["op"], sync["bytes_each"], tp))
+    comm -= hidden
     total = compute + comm
     return {"interconnect": ic.name, "compute_s": compute, "comm_s": comm, "step_s": total,
-            "comm_share": comm / total if total else 0.0}
+            "comm_share": comm / total if total else 0.0, "hidden_s": hidden}

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import torch
 
 from ..checkpoint.load import (load_dense, load_trained, model_config, read_checkpoint,
-                               require_float32_syncs, trained_function)
+                               require_plain_syncs, trained_function)
 from ..checkpoint.sharded_state import ShardedState
 from ..checkpoint.store import find_checkpoint, load_sharded, load_state, save_checkpoint
 from ..comm.plan import SyncPlan
@@ -127,8 +127,8 @@ def _check_pair(student: dict, teacher: dict) -> tuple[int, SyncPlan]:
         raise ConfigError(f"the teacher {teacher['path']} has another shape than the student "
                           f"({diff})")
     n_layer = shape["n_layer"]
-    require_float32_syncs(teacher, "distill")
-    require_float32_syncs(student, "distill")
+    require_plain_syncs(teacher, "distill")
+    require_plain_syncs(student, "distill")
     t_tp, t_sync = trained_function(teacher)
     if not SyncPlan.parse(t_sync, n_layer).is_dense_at(t_tp):
         raise ConfigError(f"the teacher {teacher['path']} computes tp={t_tp}, sync={t_sync!r}, "

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 from ..comm.plan import SyncPlan, count_inference
 from ..errors import ConfigError
-from .costmodel import Interconnect, read_profile
+from .costmodel import Interconnect, ladder_hidden_s, read_profile, sublayer_flops
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,20 @@ def pass_work(config, tp: int, *, batch: int, new: int, keys: float, vocab_paral
     return flops, (matmul + head + kv_read) * dtype_bytes
 
 
-def _pass(work: tuple[float, float], colls, device: Device, ic: Interconnect, tp: int) -> dict:
+def _pass(work: tuple[float, float], colls, device: Device, ic: Interconnect, tp: int,
+          ladder: tuple | None = None) -> dict:
+    """`ladder`: (regions, each sublayer's FLOPs in this pass) of a ladder model whose syncs
+    are float32: the sync all-reduces overlap the next region (costmodel.ladder_hidden_s), its
+    compute taken as its share of the pass's FLOPs."""
     flops, nbytes = work
     t_flops, t_bytes = flops / (device.tflops * 1e12), nbytes / device.mem_bandwidth_Bps
     comm = sum(c.count * ic.collective_time(c.op, c.nbytes, tp) for c in colls)
     compute = max(t_flops, t_bytes)
+    if ladder and tp > 1:
+        regions, sub_flops = ladder
+        sync = next(c for c in colls if c.tag == "sync")
+        comm -= ladder_hidden_s(regions, [compute * f / flops for f in sub_flops],
+                                ic.collective_time(sync.op, sync.nbytes, tp))
     return {"compute_s": compute, "comm_s": comm, "total_s": compute + comm,
             "bound": "memory" if t_bytes >= t_flops else "compute",
             "collectives": sum(c.count for c in colls)}
@@ -98,7 +107,7 @@ def _pass(work: tuple[float, float], colls, device: Device, ic: Interconnect, tp
 
 def predict_generation(config, plan: SyncPlan, *, tp: int, batch: int, prompt_len: int,
                        new_tokens: int, vocab_parallel: bool, dtype_bytes: int, device: Device,
-                       ic: Interconnect, wire=None) -> dict:
+                       ic: Interconnect, wire=None, ladder: bool = False) -> dict:
     """Predicted prefill (time to first token) and mean per-token decode latency. The first
     new token comes from the prefill; the other new_tokens - 1 from decode steps whose keys
     grow from prompt_len + 1 to prompt_len + new_tokens - 1 (mean prompt_len + new_tokens/2)."""
@@ -106,10 +115,15 @@ def predict_generation(config, plan: SyncPlan, *, tp: int, batch: int, prompt_le
                             batch_size=batch, prompt_len=prompt_len,
                             vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes, wire=wire)
     kw = dict(batch=batch, vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes)
+    overlap = ladder and (wire is None or not wire.compressed)
+
+    def lad(new: int, keys: float):  # each sublayer's FLOPs on this rank in this pass
+        return (plan.regions(), [f * batch * new / tp for f in sublayer_flops(config, keys)]) \
+            if overlap else None
     prefill = _pass(pass_work(config, tp, new=prompt_len, keys=(prompt_len + 1) / 2, **kw),
-                    colls["prefill"], device, ic, tp)
+                    colls["prefill"], device, ic, tp, lad(prompt_len, (prompt_len + 1) / 2))
     decode = _pass(pass_work(config, tp, new=1, keys=prompt_len + new_tokens / 2, **kw),
-                   colls["decode"], device, ic, tp)
+                   colls["decode"], device, ic, tp, lad(1, prompt_len + new_tokens / 2))
     total = prefill["total_s"] + (new_tokens - 1) * decode["total_s"]
     return {"device": device.name, "interconnect": ic.name, "prefill": prefill,
             "decode": decode, "generation_s": total}

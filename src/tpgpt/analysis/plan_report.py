@@ -10,11 +10,12 @@ def label(r: dict) -> str:
     """A report's plan, with what its syncs send when that is not float32: 'tp', 'spd@int8'
     (the benchmarks' --plans spelling)."""
     return r["sync"] + ("" if r.get("sync_dtype", "float32") == "float32" else
-                        f"@{r['sync_dtype']}")
+                        f"@{r['sync_dtype']}") + ("@ladder" if r.get("ladder") else "")
 
 
 def _is_base(r: dict) -> bool:
-    return all(int(b) for b in r["bits"]) and r.get("sync_dtype", "float32") == "float32"
+    return all(int(b) for b in r["bits"]) and r.get("sync_dtype", "float32") == "float32" \
+        and not r.get("ladder")
 
 
 def _wire_fields(wire: SyncWire | None) -> dict:
@@ -48,7 +49,7 @@ def memory_per_rank(config, tp: int, vocab_parallel: bool) -> dict:
 
 def plan_report(config, plan: SyncPlan, *, tp: int, batch_size: int, seq_len: int,
                 vocab_parallel: bool, dtype_bytes: int = 4, grad_clip: bool = False,
-                wire: SyncWire | None = None) -> dict:
+                wire: SyncWire | None = None, ladder: bool = False) -> dict:
     """Everything `tpgpt plan --json` prints: layers, regions, and collectives per step."""
     step = count_collectives(plan, tp=tp, n_embd=config.n_embd, bias=config.bias,
                              batch_size=batch_size, seq_len=seq_len,
@@ -68,7 +69,7 @@ def plan_report(config, plan: SyncPlan, *, tp: int, batch_size: int, seq_len: in
         "model": {k: getattr(config, k) for k in
                   ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "bias")},
         "tp": tp, "sync": plan.spec, "bits": plan.bitstring, "vocab_parallel": vocab_parallel,
-        **_wire_fields(wire),
+        **_wire_fields(wire), "ladder": ladder,
         "batch_size": batch_size, "seq_len": seq_len, "dtype_bytes": dtype_bytes,
         "layers": [{"layer": i, "kind": plan.layer_kind(i), "attn_sync": plan.sync_after(2 * i),
                     "mlp_sync": plan.sync_after(2 * i + 1)} for i in range(config.n_layer)],
@@ -137,10 +138,12 @@ def format_plan(r: dict) -> str:
 
 
 def _wire_note(r: dict) -> str:
+    ladder = ("; ladder: each sync's result lands one region later, its all-reduce under that "
+              "region's compute") if r.get("ladder") else ""
     if r.get("sync_dtype", "float32") == "float32":
-        return ""
+        return ladder
     block = f" (a float32 scale per {r['sync_block']} channels)" if r["sync_block"] else ""
-    return f"; the residual stream's syncs sent in {r['sync_dtype']}{block}"
+    return f"; the residual stream's syncs sent in {r['sync_dtype']}{block}" + ladder
 
 
 def format_predictions(reports: list[dict], ic, achieved_tflops: float) -> str:
@@ -152,7 +155,9 @@ def format_predictions(reports: list[dict], ic, achieved_tflops: float) -> str:
              + (f", {ic.sync_overhead_s * 1e6:g} us in-step overhead per collective"
                 if ic.sync_overhead_s else "")
              + f"), compute at {achieved_tflops:g} TFLOP/s "
-             f"per device, no overlap:",
+             f"per device, no overlap" + (" but a ladder's (max of compute and communication "
+                                          "under the next region)" if any(
+                                              r.get("ladder") for r in reports) else "") + ":",
              f"  {'sync':<28} {'fwd syncs':>9} {'compute ms':>11} {'comm ms':>9} "
              f"{'step ms':>9} {'comm share':>10} {'vs ' + label(base):>12}"]
     for r in reports:
@@ -168,7 +173,7 @@ def format_predictions(reports: list[dict], ic, achieved_tflops: float) -> str:
 
 def inference_report(config, plan: SyncPlan, *, tp: int, batch_size: int, prompt_len: int,
                      new_tokens: int, vocab_parallel: bool, dtype_bytes: int = 4,
-                     wire: SyncWire | None = None) -> dict:
+                     wire: SyncWire | None = None, ladder: bool = False) -> dict:
     """Everything `tpgpt plan --inference --json` prints: the collectives of the prefill and
     of one decode step, and the KV cache one rank has filled at the end of the generation."""
     colls = count_inference(plan, tp=tp, n_embd=config.n_embd, vocab_size=config.vocab_size,
@@ -179,7 +184,7 @@ def inference_report(config, plan: SyncPlan, *, tp: int, batch_size: int, prompt
         "model": {k: getattr(config, k) for k in
                   ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "bias")},
         "tp": tp, "sync": plan.spec, "bits": plan.bitstring, "vocab_parallel": vocab_parallel,
-        **_wire_fields(wire),
+        **_wire_fields(wire), "ladder": ladder,
         "batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens,
         "dtype_bytes": dtype_bytes, "forward_syncs": plan.forward_syncs(tp),
         "forward_syncs_all_on": 2 * L if tp > 1 else 0,
@@ -223,7 +228,8 @@ def format_generation_predictions(reports: list[dict]) -> str:
         reports, key=lambda r: r["forward_syncs"])
     p0 = base["prediction"]
     lines = [f"predicted generation on {p0['device']} over {p0['interconnect']} (roofline: max "
-             f"of FLOPs/rate and bytes/bandwidth, plus the collectives, no overlap):",
+             f"of FLOPs/rate and bytes/bandwidth, plus the collectives, no overlap"
+             + (" but a ladder's" if any(r.get("ladder") for r in reports) else "") + "):",
              f"  {'sync':<22} {'fwd syncs':>9} {'TTFT ms':>9} {'decode ms/token':>15} "
              f"{'of which comm':>13} {'bound':>6} {'vs ' + label(base):>10}"]
     for r in reports:

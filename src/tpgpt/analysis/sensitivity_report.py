@@ -3,7 +3,7 @@ heat map (layer x {attn, mlp})."""
 from __future__ import annotations
 
 from ..bench.timing import save_figure
-from ..checkpoint.load import (load_dense, model_config, read_checkpoint, require_float32_syncs,
+from ..checkpoint.load import (load_dense, model_config, read_checkpoint, require_plain_syncs,
                                trained_function)
 from ..comm.plan import SyncPlan, validate_tp
 from ..errors import ConfigError
@@ -27,7 +27,7 @@ def sensitivity(path: str, tp: int, tokens: int = 8192, split: str = "val",
     validate_tp(tp, config.n_head, config.vocab_size, False)
     if tp < 2:
         raise ConfigError("--tp 1 has no syncs to drop: give the tp you will serve at (>= 2)")
-    require_float32_syncs(state, "sensitivity")
+    require_plain_syncs(state, "sensitivity")
     trained_tp, trained_sync = trained_function(state)
     base = SyncPlan.parse(trained_sync, config.n_layer).bits
     if budget is not None and not 1 <= budget <= sum(base):

@@ -16,7 +16,7 @@ from .evaluate import evaluate_checkpoint
 from ..checkpoint.store import find_checkpoint
 from ..errors import ConfigError
 from ..comm.plan import SyncPlan, count_collectives, sent_bytes
-from ..comm.wire import SyncWire
+from ..comm.wire import SyncWire, parse_variant
 
 
 def plan_dir_name(plan: str) -> str:
@@ -36,7 +36,7 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
         raise ConfigError(f"sweep needs tp >= 2 (tp={cfg.tp}: with one rank every plan is the "
                           f"dense model): pass --tp=2")
     for p in plans:  # every plan checked before any training
-        sync, wire = _variant(cfg, p)
+        sync, wire, _ = _variant(cfg, p)
         SyncPlan.parse(sync, cfg.n_layer)
         wire.check(cfg.n_embd)
     if "tp" not in plans:
@@ -48,7 +48,7 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
     for i, plan in enumerate(plans):
         summary = train_plan(cfg, plan, os.path.join(out, plan_dir_name(plan)),
                              echo=lambda text, i=i: echo(f"[{i + 1}/{len(plans)}] {text}"))
-        sync, wire = _variant(cfg, plan)
+        sync, wire, ladder = _variant(cfg, plan)
         steps = count_collectives(SyncPlan.parse(sync, cfg.n_layer), tp=cfg.tp,
                                   n_embd=cfg.n_embd, bias=cfg.bias, batch_size=cfg.batch_size,
                                   seq_len=cfg.block_size, vocab_parallel=cfg.vocab_parallel,
@@ -56,7 +56,7 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
                                   dtype_bytes=ACT_BYTES.get(cfg.dtype, 2),
                                   param_bytes=4 if cfg.dtype in ("bfloat16", "float16") else None)
         rows.append({"plan": plan, "bits": SyncPlan.parse(sync, cfg.n_layer).bitstring,
-                     "sync_dtype": wire.dtype,
+                     "sync_dtype": wire.dtype, "ladder": ladder,
                      "sent_per_step": round(sum(c.count * sent_bytes(c.op, c.nbytes, cfg.tp)
                                                 for c in steps)),
                      **summary, "curve": curve(os.path.join(out, plan_dir_name(plan)))})
@@ -71,10 +71,9 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
 ACT_BYTES = {"float64": 8, "float32": 4}  # else 2: autocast's bfloat16/float16 activations
 
 
-def _variant(cfg: TrainConfig, plan: str) -> tuple[str, SyncWire]:
-    """'PLAN@DTYPE' or 'PLAN' (the config's sync_dtype) -> (plan, wire)."""
-    sync, at, dtype = plan.partition("@")
-    return sync, SyncWire(dtype if at else cfg.sync_dtype, cfg.sync_block)
+def _variant(cfg: TrainConfig, plan: str) -> tuple[str, SyncWire, bool]:
+    """'PLAN[@DTYPE][@ladder]' -> (plan, wire, ladder); what is not named is the config's."""
+    return parse_variant(plan, dtype=cfg.sync_dtype, block=cfg.sync_block, ladder=cfg.ladder)
 
 
 def finished_summary(run_dir: str, max_iters: int) -> dict | None:
@@ -89,11 +88,13 @@ def train_plan(cfg: TrainConfig, plan: str, run_dir: str, echo=print) -> dict:
     full-split validation loss of the final model added once."""
     from ..train.trainer import Trainer
 
-    sync, wire = _variant(cfg, plan)
+    sync, wire, ladder = _variant(cfg, plan)
     summary = finished_summary(run_dir, cfg.max_iters)
-    if summary and summary.get("sync_dtype", "float32") != wire.dtype:
+    if summary and (summary.get("sync_dtype", "float32"), summary.get("ladder", False)) != \
+            (wire.dtype, ladder):
         raise ConfigError(f"{run_dir} holds a finished run with sync_dtype="
-                          f"{summary.get('sync_dtype', 'float32')}, not {wire.dtype}: give the "
+                          f"{summary.get('sync_dtype', 'float32')}, ladder="
+                          f"{summary.get('ladder', False)}, not {wire.dtype}, {ladder}: give the "
                           f"sweep another --out")
     if summary:
         echo(f"{plan}: done before, val loss {summary['final_val_loss']:.4f}")
@@ -101,8 +102,8 @@ def train_plan(cfg: TrainConfig, plan: str, run_dir: str, echo=print) -> dict:
         # last.old alone: killed between the two renames of a checkpoint save
         resume = find_checkpoint(os.path.join(run_dir, "last")) is not None
         echo(f"{plan}: " + ("resuming" if resume else "training"))
-        trainer = Trainer(replace(cfg, sync=sync, sync_dtype=wire.dtype, out_dir=run_dir),
-                          resume=resume)
+        trainer = Trainer(replace(cfg, sync=sync, sync_dtype=wire.dtype, ladder=ladder,
+                                  out_dir=run_dir), resume=resume)
         summary = trainer.run()
         trainer.close()
     if "full_val_loss" not in summary:  # exact, computed once and kept in summary.json

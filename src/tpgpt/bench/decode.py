@@ -133,11 +133,11 @@ def bench_one(config: GPTConfig, plans: list[str], batch: int, prompt_len: int,
     compute_key = f"compute only ({plans[0]}, no collectives)"
     models = {}
     for key, variant, only in [(p, p, False) for p in plans] + [(compute_key, plans[0], True)]:
-        plan, wire = parse_variant(variant)
+        plan, wire, ladder = parse_variant(variant)
         models[key] = ParallelGPT.from_dense(dense, tp=world, sync=plan,
                                              comm=TimedComm(world, compute_only=only),
-                                             sync_dtype=wire.dtype,
-                                             sync_block=wire.block).eval()
+                                             sync_dtype=wire.dtype, sync_block=wire.block,
+                                             ladder=ladder).eval()
     ttft, steps, spans, tokens = _time_generations(models, prompt, new_tokens, rounds)
     refs, want, failure = None, None, [None]
     if rank == 0:
@@ -172,8 +172,8 @@ def bench_one(config: GPTConfig, plans: list[str], batch: int, prompt_len: int,
 
 def _row(variant, config, world, ttft, steps, rank_spans, same_host, colls) -> dict:
     n_sync = sum(c.count for c in colls)
-    plan, wire = parse_variant(variant)
-    return {"plan": variant, "sync_dtype": wire.dtype,
+    plan, wire, ladder = parse_variant(variant)
+    return {"plan": variant, "sync_dtype": wire.dtype, "ladder": ladder,
             "forward_syncs": SyncPlan.parse(plan, config.n_layer).forward_syncs(world),
             "collectives_per_step": n_sync,
             "bytes_sent_per_step": sum(c.count * sent_bytes(c.op, c.nbytes, world)
@@ -201,14 +201,14 @@ def calibrate(result: dict, config: GPTConfig, world: int, idle: Interconnect, d
     predictions of every plan to the rows."""
     P, N, B = result["prompt_len"], result["new_tokens"], result["batch"]
     rows = {r["plan"]: r for r in result["rows"]}
-    plain = [p for p in rows if rows[p].get("sync_dtype", "float32") == "float32"] or list(rows)
+    plain = [p for p in rows if "@" not in p] or list(rows)
     cal = calibrate_on or max(plain, key=lambda p: rows[p]["collectives_per_step"])
 
     def predict(ic, p):
-        plan, wire = parse_variant(p)
+        plan, wire, ladder = parse_variant(p)
         return predict_generation(config, SyncPlan.parse(plan, config.n_layer), tp=world,
                                   batch=B, prompt_len=P, new_tokens=N, vocab_parallel=False,
-                                  dtype_bytes=4, device=dev, ic=ic, wire=wire)
+                                  dtype_bytes=4, device=dev, ic=ic, wire=wire, ladder=ladder)
     base = predict(idle, cal)["decode"]
     n = rows[cal]["collectives_per_step"]
     overhead = max((rows[cal]["decode"]["mean_s"] - base["total_s"]) / n, 0.0) if n else 0.0
@@ -224,7 +224,7 @@ def calibrate(result: dict, config: GPTConfig, world: int, idle: Interconnect, d
         r["predicted_decode_s"] = pr["decode"]["total_s"]
         r["predicted_ttft_s"] = pr["prefill"]["total_s"]
         r["error"] = pr["decode"]["total_s"] / r["decode"]["mean_s"] - 1
-    same = [r for r in result["rows"] if r.get("sync_dtype", "float32") == "float32"]
+    same = [r for r in result["rows"] if "@" not in r["plan"]]
     xs = [r["forward_syncs"] for r in same]
     result["saving_per_forward_sync"] = {
         "measured_s": _slope(xs, [r["decode"]["mean_s"] for r in same]),

@@ -71,6 +71,11 @@ class TimedComm(DistributedComm):
             return self._timed(lambda: x.contiguous().clone())
         return self._timed(lambda: super(TimedComm, self)._cross_all_reduce(x, op))
 
+    def _cross_all_reduce_async(self, x):  # a ladder sync: the span is its launch only
+        if self.compute_only:
+            return self._timed(lambda: x.contiguous().clone())
+        return self._timed(lambda: super(TimedComm, self)._cross_all_reduce_async(x))
+
     def _cross_all_to_all(self, x):
         if self.compute_only:  # what arrives has the shape of what is sent, transposed
             return self._timed(lambda: x.transpose(0, 1).contiguous().reshape(
@@ -156,9 +161,10 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
     comms, fns = {}, {}
     for key, variant, only in [(p, p, False) for p in plans] + [(compute_key, plans[0], True)]:
         comms[key] = TimedComm(world, compute_only=only)
-        plan, wire = parse_variant(variant)
+        plan, wire, ladder = parse_variant(variant)
         model = ParallelGPT.from_dense(dense, tp=world, sync=plan, comm=comms[key],
-                                       sync_dtype=wire.dtype, sync_block=wire.block)
+                                       sync_dtype=wire.dtype, sync_block=wire.block,
+                                       ladder=ladder)
         fns[key] = _step_fn(model, idx)
     times = time_interleaved(fns, steps, warmup, dist.barrier)
 
@@ -177,15 +183,18 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
     tokens = batch_size * config.block_size
     flops_per_rank = train_flops_per_token(config, config.block_size) * tokens / world
     achieved = flops_per_rank / compute_s / 1e12
-    reports = {p: plan_report(config, SyncPlan.parse(parse_variant(p)[0], config.n_layer),
-                              tp=world, batch_size=batch_size, seq_len=config.block_size,
-                              vocab_parallel=False, wire=parse_variant(p)[1]) for p in plans}
+    reports = {}
+    for p in plans:
+        plan, wire, ladder = parse_variant(p)
+        reports[p] = plan_report(config, SyncPlan.parse(plan, config.n_layer), tp=world,
+                                 batch_size=batch_size, seq_len=config.block_size,
+                                 vocab_parallel=False, wire=wire, ladder=ladder)
     n_coll = {p: sum(c["count"] for c in r["collectives"]) for p, r in reports.items()}
     idle_pred = {p: predict_step(r, config, idle, achieved) for p, r in reports.items()}
     if profile is not None:
         overhead, calibrate_on = profile.sync_overhead_s, None
     else:
-        plain = [p for p in plans if not parse_variant(p)[1].compressed] or plans
+        plain = [p for p in plans if "@" not in p] or plans
         calibrate_on = calibrate_on or max(plain, key=lambda p: n_coll[p])
         extra = mean[calibrate_on] - idle_pred[calibrate_on]["step_s"]
         overhead = max(extra / n_coll[calibrate_on], 0.0) if n_coll[calibrate_on] else 0.0
@@ -199,7 +208,8 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
         rows.append({
             "plan": p, "role": "calibration" if p == calibrate_on else "validation",
             "forward_syncs": reports[p]["forward_syncs"], "collectives_planned": n_coll[p],
-            "sync_dtype": reports[p]["sync_dtype"],
+            "sync_dtype": reports[p]["sync_dtype"], "ladder": reports[p]["ladder"],
+            "predicted_hidden_s": cal["hidden_s"],
             "bytes_sent_per_step": reports[p]["totals"]["step"]["sent"],
             "collectives_timed": per_step[p], **stats(times[p]),
             "mean_slowest_s": mean[p], "median_slowest_s": median[p], **spans[p],
@@ -208,7 +218,7 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
             "compute_s": cal["compute_s"],
             "error_idle": idle_pred[p]["step_s"] / mean[p] - 1,
             "error": cal["step_s"] / mean[p] - 1})
-    plain = [r for r in rows if r["sync_dtype"] == "float32"]  # plans that differ in syncs only
+    plain = [r for r in rows if "@" not in r["plan"]]  # plans that differ in syncs only
     xs = [r["forward_syncs"] for r in plain]
     # step time grows by this much per forward sync kept: what each removed one saves
     saving = {"measured_s": _slope(xs, [r["mean_slowest_s"] for r in plain]),
@@ -297,7 +307,7 @@ def run_plans_cli(args) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     validate_tp(world, config.n_head, config.vocab_size, False)  # tp = the process count
     for p in args.plans:  # a bad plan fails here, before any measurement
-        plan, _ = parse_variant(p, config.n_embd)
+        plan, _, _ = parse_variant(p, config.n_embd)
         SyncPlan.parse(plan, config.n_layer)
     result = bench_plans(config, args.plans, args.batch_size or cfg.batch_size,
                          steps=args.steps or 60, comm_repeats=args.repeats, profile=profile,

@@ -99,8 +99,9 @@ def export_hf(ckpt: str, out: str, force: bool = False, as_dense: bool = False) 
     dense = is_dense_function(state)
     if not dense and not as_dense:
         raise ConfigError(f"{found} was trained at tp={tp} with sync={sync!r}, which drops "
-                          f"{2 * n_layer - plan.num_syncs} of {2 * n_layer} syncs or compresses "
-                          f"them: a Hugging Face GPT-2 computes the dense GPT, another function; "
+                          f"{2 * n_layer - plan.num_syncs} of {2 * n_layer} syncs, or compresses "
+                          f"or ladders them: a Hugging Face GPT-2 computes the dense GPT, another "
+                          f"function; "
                           f"pass --as-dense to export its weights as the dense GPT anyway")
     if os.path.exists(os.path.join(out, "model.safetensors")) and not force:
         raise ConfigError(f"{out} already holds an exported model: pass --force to replace it")

@@ -66,14 +66,25 @@ def trained_wire(state: dict) -> SyncWire:
         raise ConfigError(f"{state['path']}/state.json: {e}") from None
 
 
-def require_float32_syncs(state: dict, command: str) -> None:
-    """`command` (convert, sensitivity, distill) measures plans with syncs sent as computed: a
-    checkpoint trained with compressed syncs is refused rather than measured as another
+def trained_ladder(state: dict) -> bool:
+    """Whether the checkpoint was trained with ladder syncs (model/blocks.py)."""
+    ladder = (state.get("config") or {}).get("ladder", False)
+    if not isinstance(ladder, bool):
+        raise ConfigError(f"{state['path']}/state.json: ladder={ladder!r} is not true or false")
+    return ladder
+
+
+def require_plain_syncs(state: dict, command: str) -> None:
+    """`command` (convert, sensitivity, distill) measures plans with plain syncs (float32, no
+    ladder): a checkpoint trained otherwise is refused rather than measured as another
     function."""
     wire = trained_wire(state)
     if wire.compressed:
         raise ConfigError(f"{state['path']} was trained with syncs sent in {wire.describe()}: "
                           f"{command} works on checkpoints whose syncs are float32")
+    if trained_ladder(state):
+        raise ConfigError(f"{state['path']} was trained with ladder syncs: {command} works on "
+                          f"checkpoints without them")
 
 
 def is_dense_function(state: dict) -> bool:
@@ -81,7 +92,7 @@ def is_dense_function(state: dict) -> bool:
     computed)."""
     tp, sync = trained_plan(state)
     plan = SyncPlan.parse(sync, model_config(state).n_layer)
-    return _function_key(tp, plan, trained_wire(state)) == ("dense",)
+    return _function_key(tp, plan, trained_wire(state), trained_ladder(state)) == ("dense",)
 
 
 def trained_function(state: dict) -> tuple[int, str]:
@@ -113,6 +124,7 @@ class Loaded:
     mesh: object | None = None  # distributed over several processes: the TP mesh of its shards
     wire: SyncWire = SyncWire()  # what the syncs send
     trained_wire: SyncWire = SyncWire()
+    ladder: bool = False  # trained (and run) with ladder syncs
 
     @property
     def sync(self) -> str:
@@ -122,8 +134,8 @@ class Loaded:
     def converted(self) -> bool:
         """Whether this is another function than the trained one (a zero-shot conversion)."""
         trained = SyncPlan.parse(self.trained_sync, self.plan.n_layer)
-        return _function_key(self.tp, self.plan, self.wire) != \
-            _function_key(self.trained_tp, trained, self.trained_wire)
+        return _function_key(self.tp, self.plan, self.wire, self.ladder) != \
+            _function_key(self.trained_tp, trained, self.trained_wire, self.ladder)
 
     @property
     def forward_syncs(self) -> int:
@@ -135,10 +147,13 @@ class Loaded:
         how = {"dense": "the dense GPT (every sync on)" if self.tp > 1 else "the dense GPT",
                "simulated": "simulated TP in one process",
                "distributed": "distributed TP over this torchrun job"}[self.mode]
-        if self.tp == 1:  # one rank has no syncs: the trained plan does not apply
+        if self.tp == 1 and self.ladder:  # one rank sends nothing; the ladder still applies
+            text = f"tp=1 (no communication), sync={self.sync!r} with ladder, {how}"
+        elif self.tp == 1:  # one rank has no syncs: the trained plan does not apply
             text = f"tp=1 (no syncs), {how}"
         else:
-            sent = "" if not self.wire.compressed else f" sent in {self.wire.describe()}"
+            sent = ("" if not self.wire.compressed else f" sent in {self.wire.describe()}") + \
+                (", ladder" if self.ladder else "")
             text = (f"tp={self.tp}, sync={self.sync!r} ({self.forward_syncs} of {n} forward "
                     f"syncs{sent}), {how}")
         if self.converted:
@@ -149,9 +164,11 @@ class Loaded:
         return text
 
 
-def _function_key(tp: int, plan: SyncPlan, wire: SyncWire):
+def _function_key(tp: int, plan: SyncPlan, wire: SyncWire, ladder: bool = False):
     """Equal keys compute equal functions: tp=1, or any all-sync plan sending float32, is the
-    dense GPT."""
+    dense GPT, unless laddered (its results land later at any tp)."""
+    if ladder:
+        return ("ladder", tp, plan.bits, wire if wire.compressed and tp > 1 else None)
     if tp == 1 or (plan.is_dense_at(tp) and not wire.compressed):
         return ("dense",)
     return (tp, plan.bits, wire if wire.compressed else None)
@@ -199,7 +216,7 @@ def load_trained(path: str, tp: int | None = None, sync: str | None = None,
     if sync is not None and tp == 1 and not all(plan.bits):
         raise ConfigError(f"--sync {sync!r} at tp=1 is the dense GPT (one rank has nothing to "
                           f"sync): give --tp 2 or more to run the plan")
-    t_wire = trained_wire(state)
+    t_wire, ladder = trained_wire(state), trained_ladder(state)
     wire = t_wire if sync_dtype is None and sync_block is None else SyncWire(
         t_wire.dtype if sync_dtype is None else sync_dtype,
         t_wire.block if sync_block is None else sync_block)
@@ -210,23 +227,24 @@ def load_trained(path: str, tp: int | None = None, sync: str | None = None,
     dtype = _dtype(state)
     common = dict(meta=load_meta(ckpt), path=ckpt, iteration=state.get("iter"), tp=tp,
                   plan=plan, trained_tp=trained_tp, trained_sync=trained_sync, wire=wire,
-                  trained_wire=t_wire)
-    if _function_key(tp, plan, wire) == ("dense",):
+                  trained_wire=t_wire, ladder=ladder)
+    if _function_key(tp, plan, wire, ladder) == ("dense",):
         model = GPT(config).to(dtype)
         load_sharded(ckpt, ShardedState(model))
         return Loaded(model=model.to(device).eval(), mode="dense", **common)
     if distributed if distributed is not None else "RANK" in os.environ:
-        model, mesh = _distributed_model(config, tp, plan, device, wire)
+        model, mesh = _distributed_model(config, tp, plan, device, wire, ladder)
         model.to(dtype)
         load_sharded(ckpt, ShardedState(model, None, mesh), distributed=True)
         return Loaded(model=model.to(device).eval(), mode="distributed", mesh=mesh, **common)
-    model = _unfilled_parallel(config, tp, plan, wire=wire)
+    model = _unfilled_parallel(config, tp, plan, wire=wire, ladder=ladder)
     model.to(dtype)
     load_sharded(ckpt, ShardedState(model))
     return Loaded(model=model.to(device).eval(), mode="simulated", **common)
 
 
-def _distributed_model(config: GPTConfig, tp: int, plan: SyncPlan, device, wire: SyncWire):
+def _distributed_model(config: GPTConfig, tp: int, plan: SyncPlan, device, wire: SyncWire,
+                       ladder: bool):
     """ParallelGPT with its tp ranks over every process of the torchrun job; the TP mesh on
     which its checkpoint shards are DTensors (None when one process holds every rank)."""
     import torch.distributed as dist
@@ -239,17 +257,17 @@ def _distributed_model(config: GPTConfig, tp: int, plan: SyncPlan, device, wire:
                           f"of processes that divides tp (torchrun --nproc_per_node)")
     mesh = init_device_mesh(dev.type, (world,)) if world > 1 else None
     return _unfilled_parallel(config, tp, plan, DistributedComm(tp, group=dist.group.WORLD),
-                              wire), mesh
+                              wire, ladder), mesh
 
 
 def _unfilled_parallel(config: GPTConfig, tp: int, plan: SyncPlan, comm=None,
-                       wire: SyncWire = SyncWire()) -> ParallelGPT:
+                       wire: SyncWire = SyncWire(), ladder: bool = False) -> ParallelGPT:
     """ParallelGPT with uninitialised weights (no throw-away random init: the checkpoint fills
     them)."""
     with torch.device("meta"):
         dense = GPT(config)
     return ParallelGPT(config, tp=tp, sync=plan, comm=comm, dense=dense.to_empty(device="cpu"),
-                       sync_dtype=wire.dtype, sync_block=wire.block)
+                       sync_dtype=wire.dtype, sync_block=wire.block, ladder=ladder)
 
 
 def load_dense(path: str, state: dict | None = None) -> tuple[GPT, dict, str]:

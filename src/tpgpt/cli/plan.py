@@ -5,7 +5,7 @@ import argparse
 import dataclasses
 import json
 
-from ..comm.wire import DEFAULT_BLOCK, SyncWire
+from ..comm.wire import DEFAULT_BLOCK, SyncWire, parse_variant
 from ..errors import ConfigError
 from ..model import GPTConfig
 from .common import add_model_args, boolean, flag, model_config
@@ -20,12 +20,15 @@ def register(sub) -> argparse.ArgumentParser:
     plan.add_argument("--sync", nargs="+", metavar="PLAN",
                       help="one or more plans: tp | spd | parallel | a comma list such as "
                            "tp,spd | bits:0111... (default tp); PLAN@DTYPE sends its syncs in "
-                           "DTYPE (tp@int8)")
+                           "DTYPE (tp@int8), PLAN@ladder ladders them")
     flag(plan, "sync_dtype", nargs="+", metavar="DTYPE", default=["float32"],
          help="what the residual stream's syncs send: float32 (as computed), bfloat16, int8 "
               "(one or more; every plan is reported with each)")
     flag(plan, "sync_block", type=int, default=DEFAULT_BLOCK,
          help=f"int8 syncs: channels per float32 scale (default {DEFAULT_BLOCK})")
+    flag(plan, "ladder", type=boolean, nargs="?", const=True, default=False,
+         help="ladder syncs: each sync's all-reduce overlaps the next region's compute (the "
+              "prediction counts max(compute, communication) there)")
     flag(plan, "vocab_parallel", type=boolean, nargs="?", const=True, default=False,
          help="vocab-parallel embedding/loss")
     flag(plan, "batch_size", type=int, default=None,
@@ -77,11 +80,11 @@ def defaults_from_config(plan: argparse.ArgumentParser, argv: list[str]) -> None
     # FLOPs (and so --interconnect's compute time): pass --vocab_size to be exact
     model["vocab_size"] = resolve_vocab_size(cfg, 50304)
     # a training batch is no generation batch: --inference keeps its own default (1)
-    batch = {} if "--inference" in argv else {"batch_size": cfg.batch_size}
+    batch = {} if "--inference" in argv else {"batch_size": cfg.batch_size,
+                                              "grad_clip": cfg.grad_clip > 0}
     plan.set_defaults(**model, tp=cfg.tp, sync=[cfg.sync], vocab_parallel=cfg.vocab_parallel,
-                      sync_dtype=[cfg.sync_dtype], sync_block=cfg.sync_block,
+                      sync_dtype=[cfg.sync_dtype], sync_block=cfg.sync_block, ladder=cfg.ladder,
                       **batch, seq_len=cfg.block_size,
-                      grad_clip=cfg.grad_clip > 0,
                       dtype_bytes={"float64": 8, "float32": 4}.get(cfg.dtype, 2))
 
 
@@ -115,8 +118,8 @@ def run(args) -> int:
     reports = [plan_report(cfg, SyncPlan.parse(s, cfg.n_layer), tp=args.tp,
                            batch_size=args.batch_size, seq_len=seq_len,
                            vocab_parallel=args.vocab_parallel, dtype_bytes=args.dtype_bytes,
-                           grad_clip=args.grad_clip, wire=w)
-               for s, w in args.variants]
+                           grad_clip=args.grad_clip, wire=w, ladder=lad)
+               for s, w, lad in args.variants]
     rate_note = None
     if args.interconnect:
         ic, rate, rate_note = _interconnect(args, cfg)
@@ -134,16 +137,15 @@ def run(args) -> int:
     return 0
 
 
-def _variants(args, cfg) -> list[tuple[str, SyncWire]]:
-    """(plan, wire) to report: each --sync with each --sync-dtype, or with its own '@DTYPE'
-    (the benchmarks' spelling: tp@int8)."""
-    wires = [SyncWire(d, args.sync_block) for d in dict.fromkeys(args.sync_dtype)]
+def _variants(args, cfg) -> list[tuple[str, SyncWire, bool]]:
+    """(plan, wire, ladder) to report: each --sync with each --sync-dtype, or with its own
+    '@DTYPE' / '@ladder' (the benchmarks' spelling: tp@int8, spd@ladder)."""
     out = []
     for spec in args.sync or ["tp"]:
-        plan, at, dtype = spec.partition("@")
-        out += [(plan, w) for w in ([SyncWire(dtype, args.sync_block)] if at else wires)]
-    for _, w in out:
-        w.check(cfg.n_embd)
+        named = any(o != "ladder" for o in spec.split("@")[1:])
+        for dtype in [None] if named else dict.fromkeys(args.sync_dtype):
+            out.append(parse_variant(spec, cfg.n_embd, dtype or "float32", args.sync_block,
+                                     args.ladder))
     return out
 
 
@@ -184,17 +186,18 @@ def _run_inference(args, cfg) -> int:
         raise ConfigError(f"prompt_len + new_tokens = {P + N} exceeds block_size="
                           f"{cfg.block_size}: the KV cache holds block_size positions (longer "
                           f"generation restarts the window, see 'tpgpt sample')")
-    plans = [(SyncPlan.parse(s, cfg.n_layer), w) for s, w in args.variants]
+    plans = [(SyncPlan.parse(s, cfg.n_layer), w, lad) for s, w, lad in args.variants]
     reports = [inference_report(cfg, plan, tp=args.tp, batch_size=args.batch_size,
                                 prompt_len=P, new_tokens=N, vocab_parallel=args.vocab_parallel,
-                                dtype_bytes=args.dtype_bytes, wire=w) for plan, w in plans]
+                                dtype_bytes=args.dtype_bytes, wire=w, ladder=lad)
+               for plan, w, lad in plans]
     if args.interconnect:
         ic, device = load_interconnect(args.interconnect), _device(args)
-        for r, (plan, w) in zip(reports, plans):
+        for r, (plan, w, lad) in zip(reports, plans):
             r["prediction"] = predict_generation(
                 cfg, plan, tp=args.tp, batch=args.batch_size,
                 prompt_len=P, new_tokens=N, vocab_parallel=args.vocab_parallel,
-                dtype_bytes=args.dtype_bytes, device=device, ic=ic, wire=w)
+                dtype_bytes=args.dtype_bytes, device=device, ic=ic, wire=w, ladder=lad)
     elif args.device:
         raise ConfigError("--device needs --interconnect (the prediction uses both)")
     if args.json:

@@ -43,11 +43,22 @@ class DistributedComm(TPComm):
         self.grad_group = grad_group if grad_group is not None else group
         self.grad_scale = grad_scale
         self._stash: dict[torch.nn.Parameter, torch.Tensor] = {}
+        self._inflight: dict[int, dist.Work] = {}  # data_ptr of a result -> its all-reduce
 
     def _cross_all_reduce(self, x: torch.Tensor, op: str = "sum") -> torch.Tensor:
         x = x.contiguous().clone()
         dist.all_reduce(x, op=_REDUCE_OPS[op], group=self.group)
         return x
+
+    def _cross_all_reduce_async(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous().clone()
+        self._inflight[x.data_ptr()] = dist.all_reduce(x, group=self.group, async_op=True)
+        return x
+
+    def wait(self, x: torch.Tensor) -> None:
+        work = self._inflight.pop(x.data_ptr(), None)
+        if work is not None:
+            work.wait()
 
     def _cross_all_gather(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()

@@ -92,10 +92,15 @@ class TPComm:
         return _CopyToTP.apply(x, self, tag, wire)
 
     def reduce_from_tp(self, x: torch.Tensor, tag: str = "sync",
-                       wire: SyncWire | None = None) -> torch.Tensor:
+                       wire: SyncWire | None = None, async_op: bool = False) -> torch.Tensor:
         """g: leave a parallel region. [R, ...] -> [1, ...] summed over all tp ranks (sent as
-        `wire` says; the backward passes the gradient through)."""
-        return _ReduceFromTP.apply(x, self, tag, wire)
+        `wire` says; the backward passes the gradient through). `async_op`: the sum may still
+        be in flight (a float32 sync across processes): call `wait` on it before reading it."""
+        return _ReduceFromTP.apply(x, self, tag, wire, async_op)
+
+    def wait(self, x: torch.Tensor) -> None:
+        """Wait for the asynchronous all-reduce whose result is `x`, if one is in flight."""
+        return None
 
     def gather_from_tp(self, x: torch.Tensor, dim: int = -1, tag: str = "gather") -> torch.Tensor:
         """[R, ..., n] -> [1, ..., n * tp], rank-major along `dim`; backward keeps each slice."""
@@ -144,6 +149,10 @@ class TPComm:
     def _cross_all_gather(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def _cross_all_reduce_async(self, x: torch.Tensor) -> torch.Tensor:
+        """Start the cross-process sum of x; the result may be read only after `wait`."""
+        return self._cross_all_reduce(x)
+
     def _cross_all_to_all(self, x: torch.Tensor) -> torch.Tensor:
         """[R, tp, ...] (dim 1: the rank each part is for) -> [tp, R, ...]: every rank's parts
         for this process's ranks, in rank order."""
@@ -158,10 +167,12 @@ class TPComm:
             self.counter.record(CommEvent(phase, op, tag, nbytes, self.cross_process))
 
     def _all_reduce_ranks(self, x: torch.Tensor, phase: str, tag: str,
-                          wire: SyncWire | None = None) -> torch.Tensor:
-        if wire is not None and wire.compressed and self.tp > 1:
+                          wire: SyncWire | None = None, async_op: bool = False) -> torch.Tensor:
+        if wire is not None and wire.compressed and self.tp > 1:  # waits (several steps)
             return compressed_all_reduce(self, x, wire, phase, tag)
         self._record(phase, "all_reduce", tag, x[0])
+        if async_op:
+            return self._cross_all_reduce_async(x.sum(dim=0, keepdim=True))
         return self._cross_all_reduce(x.sum(dim=0, keepdim=True))
 
     def _all_gather_ranks(self, x: torch.Tensor, dim: int, phase: str, tag: str) -> torch.Tensor:
@@ -197,13 +208,13 @@ class _ReduceFromTP(torch.autograd.Function):
     """g (Megatron): forward all-reduce, backward identity."""
 
     @staticmethod
-    def forward(ctx, x, comm, tag, wire):
+    def forward(ctx, x, comm, tag, wire, async_op):
         ctx.local_ranks = comm.local_ranks
-        return comm._all_reduce_ranks(x, "fwd", tag, wire)
+        return comm._all_reduce_ranks(x, "fwd", tag, wire, async_op)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.expand(ctx.local_ranks, *grad.shape[1:]), None, None, None
+        return grad.expand(ctx.local_ranks, *grad.shape[1:]), None, None, None, None
 
 
 class _GatherFromTP(torch.autograd.Function):

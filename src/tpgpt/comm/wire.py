@@ -105,13 +105,18 @@ class SyncWire:
         return q.to(acc) * scale.to(acc)
 
 
-def parse_variant(spec: str, n_embd: int | None = None) -> tuple[str, SyncWire]:
-    """'PLAN' or 'PLAN@DTYPE' (the benchmarks' --plans): the plan and what its syncs send."""
-    plan, at, dtype = spec.partition("@")
-    wire = SyncWire(dtype if at else "float32")
+def parse_variant(spec: str, n_embd: int | None = None, dtype: str = "float32",
+                  block: int = DEFAULT_BLOCK, ladder: bool = False) -> tuple[str, SyncWire, bool]:
+    """'PLAN[@DTYPE][@ladder]' (the --plans of bench and sweep, `plan --sync`) -> (plan, what its
+    syncs send, ladder); what the spec does not name comes from the arguments."""
+    plan, *opts = spec.split("@")
+    dtypes = [o for o in opts if o != "ladder"]
+    if len(dtypes) > 1:
+        raise ConfigError(f"plan {spec!r} names {len(dtypes)} sync dtypes: give at most one")
+    wire = SyncWire(dtypes[0] if dtypes else dtype, block)
     if n_embd is not None:
         wire.check(n_embd)
-    return plan, wire
+    return plan, wire, ladder or "ladder" in opts
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -11,6 +11,13 @@ A sublayer on rank r computes out_r = Sublayer_r(LN(view_r)) and adds it to part
 sets shared += dropout(all_reduce(partial) + bias). With every bit on this is Megatron's layer,
 exactly the dense GPT: x + Attn(LN1(x)), then + MLP(LN2(.)).
 
+Ladder (Ladder Residual, arXiv:2501.06589, as a switch on any plan): a sync's result is added to
+`shared` where the next region ends instead of where it begins, so the next region reads the
+stream without it and the all-reduce runs under that region's compute (the distributed comm
+launches it asynchronously and waits where `land` reads it). With one-sublayer regions (`tp`)
+each sublayer reads the stream from before the previous sublayer's all-reduce: the paper's
+Ladder Residual. The result of the last sync lands before the final LayerNorm.
+
 Communication per region (the sublayers between two syncs): one `copy_to_tp` where it starts
 (backward all-reduce) and one `reduce_from_tp` where it ends (forward all-reduce), both sent as
 the model's `SyncWire` says (float32 as computed, or compressed: comm/wire.py). A one-sublayer
@@ -39,6 +46,19 @@ class ResidualStream:
     view: torch.Tensor | None = None
     partial: torch.Tensor | None = None
     bias: torch.Tensor | None = None
+    # ladder: the last sync's all-reduced sum and output biases, not yet in `shared`
+    pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+
+def land(s: ResidualStream, comm: TPComm, dropout: nn.Module) -> torch.Tensor:
+    """`shared` with a ladder sync's pending result added (waiting for its all-reduce first)."""
+    if s.pending is None:
+        return s.shared
+    delta, bias = s.pending
+    comm.wait(delta)
+    if bias is not None:
+        delta = delta + bias
+    return s.shared + dropout(delta)
 
 
 class ParallelAttention(nn.Module):
@@ -85,9 +105,9 @@ class ParallelBlock(nn.Module):
     """A transformer block with sync points after attention (a) and MLP (m): a + m all-reduces."""
 
     def __init__(self, config, comm: TPComm, starts: tuple[bool, bool], syncs: tuple[bool, bool],
-                 wire: SyncWire | None = None):
+                 wire: SyncWire | None = None, ladder: bool = False):
         super().__init__()
-        self.comm, self.wire = comm, wire
+        self.comm, self.wire, self.ladder = comm, wire, ladder
         self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
         self.attn = ParallelAttention(config, comm.tp, comm.ranks)
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
@@ -134,6 +154,11 @@ class ParallelBlock(nn.Module):
         b = sub.c_proj.bias
         if b is not None:
             s.bias = b if s.bias is None else s.bias + b
+        if sync and self.ladder:  # launch this sync's all-reduce; land the previous one's
+            delta = self.comm.reduce_from_tp(s.partial, tag="sync", wire=self.wire,
+                                             async_op=True)
+            return ResidualStream(shared=land(s, self.comm, self.resid_dropout),
+                                  pending=(delta, s.bias))
         if sync:
             delta = self.comm.reduce_from_tp(s.partial, tag="sync", wire=self.wire)
             if s.bias is not None:

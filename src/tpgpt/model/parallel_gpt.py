@@ -14,7 +14,7 @@ from ..comm.plan import SyncPlan, validate_tp
 from ..comm.tp_comm import TPComm
 from ..comm.wire import DEFAULT_BLOCK, SyncWire
 from ..errors import ConfigError
-from .blocks import ParallelBlock, ResidualStream
+from .blocks import ParallelBlock, ResidualStream, land
 from .dense_weights import gather_dense_state, shard_dense_state
 from .gpt import GPT, LayerNorm
 from .kv_cache import KVCache
@@ -26,6 +26,8 @@ class ParallelGPT(nn.Module):
 
     `sync_dtype` (float32, bfloat16, int8 with a scale per `sync_block` channels) is what the
     residual stream's syncs send: part of the function unless float32 (comm/wire.py).
+    `ladder`: every sync's result is added one region later, its all-reduce overlapped with
+    that region's compute (blocks.py): another function.
     `comm` decides where the ranks live: a `TPComm` (default) simulates all of them in this
     process, a `DistributedComm` holds this process's share of a torch.distributed group. The
     weights always come from a dense GPT (built from `config` with the current RNG when `dense`
@@ -34,8 +36,12 @@ class ParallelGPT(nn.Module):
 
     def __init__(self, config, tp: int = 1, sync: str | SyncPlan = "tp", comm: TPComm | None = None,
                  vocab_parallel: bool = False, dense: GPT | None = None,
-                 sync_dtype: str = "float32", sync_block: int = DEFAULT_BLOCK):
+                 sync_dtype: str = "float32", sync_block: int = DEFAULT_BLOCK,
+                 ladder: bool = False):
         super().__init__()
+        if not isinstance(ladder, bool):
+            raise ConfigError(f"ladder={ladder!r} is invalid: it must be true or false")
+        self.ladder = ladder
         validate_tp(tp, config.n_head, config.vocab_size, vocab_parallel)
         self.wire = SyncWire(sync_dtype, sync_block)
         self.wire.check(config.n_embd)
@@ -57,7 +63,7 @@ class ParallelGPT(nn.Module):
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([
                 ParallelBlock(config, comm, (starts[2 * i], starts[2 * i + 1]),
-                              (bool(bits[2 * i]), bool(bits[2 * i + 1])), self.wire)
+                              (bool(bits[2 * i]), bool(bits[2 * i + 1])), self.wire, ladder)
                 for i in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
         ))
@@ -73,16 +79,19 @@ class ParallelGPT(nn.Module):
     @classmethod
     def from_dense(cls, gpt: GPT, tp: int = 1, sync: str | SyncPlan = "tp",
                    comm: TPComm | None = None, vocab_parallel: bool = False,
-                   sync_dtype: str = "float32", sync_block: int = DEFAULT_BLOCK
-                   ) -> "ParallelGPT":
+                   sync_dtype: str = "float32", sync_block: int = DEFAULT_BLOCK,
+                   ladder: bool = False) -> "ParallelGPT":
         """Shard a dense GPT over tp ranks (simulated when no comm is given)."""
         return cls(gpt.config, tp=tp, sync=sync, comm=comm, vocab_parallel=vocab_parallel,
-                   dense=gpt, sync_dtype=sync_dtype, sync_block=sync_block)
+                   dense=gpt, sync_dtype=sync_dtype, sync_block=sync_block, ladder=ladder)
 
     @property
     def is_dense(self) -> bool:
-        """Whether this computes the dense GPT: every sync on and sent exactly (or tp=1)."""
-        return self.plan.is_dense_at(self.tp) and (self.tp == 1 or not self.wire.compressed)
+        """Whether this computes the dense GPT: every sync on, sent exactly and not laddered
+        (or tp=1)."""
+        if self.ladder:  # a later landing is another function at any tp
+            return False
+        return self.tp == 1 or (self.plan.is_dense_at(self.tp) and not self.wire.compressed)
 
     # --- weights ---------------------------------------------------------------------------
     def load_dense_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
@@ -118,7 +127,7 @@ class ParallelGPT(nn.Module):
             s = block(s, None if cache is None else cache.layer(i))
         if cache is not None:
             cache.advance(idx.shape[1])
-        x = self.transformer.ln_f(s.shared)  # [1, B, T, C]
+        x = self.transformer.ln_f(land(s, self.comm, self.transformer.h[-1].resid_dropout))
         if targets is None:
             x = x[:, :, [-1], :]
         logits = head(self.transformer.wte, x, self.comm, self.vocab_parallel)

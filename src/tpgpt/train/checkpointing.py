@@ -22,7 +22,7 @@ from .setup import Setup
 # keys that must match the checkpoint for --resume to continue the same run; the layout (tp,
 # tp_procs, processes, vocab_parallel) may change where the model stays the same function
 RESUME_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "dropout",
-               "activation", "sync", "sync_dtype", "sync_block", "batch_size",
+               "activation", "sync", "sync_dtype", "sync_block", "ladder", "batch_size",
                "gradient_accumulation_steps", "seed", "data_dir", "dtype")
 MODEL_KEYS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias",
               "activation")
@@ -64,19 +64,19 @@ def resume(s: Setup, p: Progress) -> None:
         raise ConfigError(f"--resume: no checkpoint in {ckpt}")
     state = load_state(ckpt)
     # keys that older checkpoints lack had their defaults then
-    saved = {"sync_dtype": "float32", "sync_block": DEFAULT_BLOCK, **state.get("config", {})}
+    saved = {"sync_dtype": "float32", "sync_block": DEFAULT_BLOCK, "ladder": False,
+             **state.get("config", {})}
     diff = [k for k in RESUME_KEYS if k in saved and saved[k] != getattr(cfg, k)]
     if diff:
         raise ConfigError("--resume: the config differs from the checkpoint's in "
                           + ", ".join(f"{k} ({saved[k]!r} -> {getattr(cfg, k)!r})"
                                       for k in diff))
-    all_sync = all(s.inner.plan.bits) and not s.inner.wire.compressed \
-        if isinstance(s.inner, ParallelGPT) else True
+    all_sync = s.inner.is_dense if isinstance(s.inner, ParallelGPT) else True
     if saved.get("tp", cfg.tp) != cfg.tp and not all_sync:
         raise ConfigError(f"--resume: tp {saved['tp']} -> {cfg.tp} with sync={cfg.sync!r}, "
-                          f"sync_dtype={cfg.sync_dtype}: a plan that drops or compresses syncs "
-                          f"is another model at another tp (only the all-sync plan 'tp' in "
-                          f"float32 can change tp)")
+                          f"sync_dtype={cfg.sync_dtype}, ladder={cfg.ladder}: a plan that drops, "
+                          f"compresses or ladders syncs is another model at another tp (only "
+                          f"the dense GPT, plan 'tp' in float32, can change tp)")
     load_sharded(state["path"], ShardedState(s.inner, s.optimizer, s.tp_mesh),
                  distributed=s.layout.distributed)
     decode_generator(p.batch_gen, state["batch_rng"])

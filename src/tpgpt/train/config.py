@@ -47,6 +47,9 @@ class TrainConfig:
     # float32 scale per sync_block channels; bfloat16/int8 change the function (comm/wire.py)
     sync_dtype: str = "float32"
     sync_block: int = DEFAULT_BLOCK
+    # Ladder Residual: each sync's result lands one region later, its all-reduce overlapped with
+    # that region's compute (model/blocks.py); another function, so a training-time choice
+    ladder: bool = False
     vocab_parallel: bool = False
     tp_procs: int = 0
     # pipeline parallelism under torchrun: pp stages (x pp_virtual_stages for 'interleaved'),
@@ -210,6 +213,12 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"comm_timeout_s={cfg.comm_timeout_s} is invalid: it must be > 0")
     if cfg.tp_procs and cfg.tp % cfg.tp_procs:
         raise ConfigError(f"tp_procs={cfg.tp_procs} does not divide tp={cfg.tp}")
+    if cfg.ladder and cfg.tp < 2:
+        raise ConfigError("ladder=true needs tp >= 2: with one rank there is no all-reduce to "
+                          "overlap")
+    if cfg.ladder and cfg.pp > 1:
+        raise ConfigError("ladder=true with pp>1 is not supported: a ladder sync's result "
+                          "would have to cross the stage boundary")
     if cfg.compile and cfg.pp > 1:
         raise ConfigError("compile=true with pp>1 is not supported: the pipeline schedule "
                           "runs the stages itself; use compile=false")

@@ -128,7 +128,8 @@ def build_model(cfg: TrainConfig, layout: Layout, mesh, model_config: GPTConfig,
         comm = _tp_comm(cfg, layout, mesh)
         inner = ParallelGPT.from_dense(dense, tp=cfg.tp, sync=cfg.sync, comm=comm,
                                        vocab_parallel=cfg.vocab_parallel,
-                                       sync_dtype=cfg.sync_dtype, sync_block=cfg.sync_block)
+                                       sync_dtype=cfg.sync_dtype, sync_block=cfg.sync_block,
+                                       ladder=cfg.ladder)
     inner.to(layout.device)
     if cfg.compile and layout.pp == 1:
         # In place, so parameter names and checkpoints are unchanged; static shapes (the

@@ -90,7 +90,8 @@ class Trainer:
                          truncate_after=p.resumed_at)
         tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
         if not self.quiet:
-            wire = "" if cfg.sync_dtype == "float32" else f" sent in {cfg.sync_dtype}"
+            wire = ("" if cfg.sync_dtype == "float32" else f" sent in {cfg.sync_dtype}") + \
+                (", ladder" if cfg.ladder else "")
             print(f"tpgpt train: {s.layout.describe(cfg)}; sync={cfg.sync!r}{wire}; "
                   f"{s.inner.get_num_params() / 1e6:.2f}M parameters"
                   f"{' on this rank' if s.layout.pp > 1 else ''}; {tokens_per_iter} tokens/iter "
@@ -149,7 +150,7 @@ class Trainer:
         summary = {"final_train_loss": p.last_eval.get("train"),
                    "final_val_loss": p.last_eval.get("val"), "best_val_loss": p.best_val,
                    "iters": p.iter, "wall_s": wall_s, "train_s": train_s, "tp": cfg.tp,
-                   "sync": cfg.sync, "sync_dtype": cfg.sync_dtype,
+                   "sync": cfg.sync, "sync_dtype": cfg.sync_dtype, "ladder": cfg.ladder,
                    "forward_syncs": self.setup.inner.plan.num_syncs if cfg.tp > 1 else 0,
                    "collectives_per_step": self.planned_collectives(),
                    "step_ms": spread_ms(step_s), "memory": self.memory_report(),
