@@ -23,6 +23,16 @@ from tpgpt import GPT, ParallelGPT  # noqa: E402
 from tpgpt.comm.distributed import DistributedComm, init_distributed  # noqa: E402
 
 
+def _count_async_launches(comm: DistributedComm) -> list:
+    launched, start = [], comm._cross_all_reduce_async
+
+    def counted(x):
+        launched.append(x.shape)
+        return start(x)
+    comm._cross_all_reduce_async = counted
+    return launched
+
+
 def main() -> None:
     out, tp, cases = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     rank, _, _ = init_distributed(backend="gloo", timeout_s=120)
@@ -33,9 +43,7 @@ def main() -> None:
         torch.manual_seed(0)
         gpt = GPT(CONFIG).to(DTYPE)
         comm = DistributedComm(tp)
-        launched = []  # asynchronous all-reduces (ladder syncs)
-        start = comm._cross_all_reduce_async
-        comm._cross_all_reduce_async = lambda x: (launched.append(x.shape), start(x))[1]
+        launched = _count_async_launches(comm)  # asynchronous all-reduces (ladder syncs)
         model = ParallelGPT.from_dense(gpt, tp=tp, sync=sync, comm=comm, **options)
         _, loss = model(idx, targets, return_logits=False)
         loss.backward()
