@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The side-by-side table of what a sync sends (README and BENCHMARKS "Methods side by side"):
-# the CPU preset at distributed tp=2 over gloo, each plan with its syncs in float32, bfloat16
-# and int8: training step time and decode latency against the cost model (bench plans, bench
-# decode), the loss of each variant trained (tpgpt sweep, 2000 iterations each), and the
-# table with predictions on the built-in interconnects (sync_variants_table.py). About 50
-# minutes on the 2-core machine, most of it the sweep; a rerun skips finished training runs.
+# The side-by-side table of what a sync sends and when (README and BENCHMARKS "Methods side by
+# side"): the CPU preset at distributed tp=2 over gloo, plans with their syncs in float32,
+# bfloat16, int8 and laddered: training step time and decode latency against the cost model
+# (bench plans, bench decode), the loss of each variant trained (tpgpt sweep, 2000 iterations
+# each), and the table with predictions on the built-in interconnects (sync_variants_table.py).
+# About an hour on the 2-core machine, most of it the sweep; a rerun skips finished runs.
 #   bash benchmarks/sync_variants.sh [results-dir] [sweep-dir]
 #        (defaults benchmarks/results and out/sweep_variants; bench results are replaced)
 set -euo pipefail
@@ -13,7 +13,8 @@ R="${1:-benchmarks/results}"
 S="${2:-out/sweep_variants}"
 mkdir -p "$R"
 RUN="env OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 -m tpgpt bench"
-VARIANTS="tp tp@bfloat16 tp@int8 spd spd@bfloat16 spd@int8 parallel parallel@int8"
+VARIANTS="tp tp@bfloat16 tp@int8 tp@ladder spd spd@bfloat16 spd@int8 spd@ladder parallel
+    parallel@int8"
 $RUN plans --plans $VARIANTS --steps 60 --out "$R/variants_plans_gloo_tp2" --overwrite
 $RUN decode --shapes cpu-preset --plans $VARIANTS --batches 1 8 \
     --out "$R/variants_decode_gloo_tp2" --overwrite
@@ -21,4 +22,6 @@ source benchmarks/study_common.sh  # the prepared data: TPGPT_SHAKESPEARE or the
 tpgpt sweep shakespeare_char_cpu --tp=2 --plans $VARIANTS --out "$S" --progress=false
 python benchmarks/sync_variants_table.py "$R/variants_plans_gloo_tp2.json" \
     "$R/variants_decode_gloo_tp2.json" "$S/results.csv" > "$R/variants_table.md"
+
+cp "$S/results.md" "$R/variants_sweep.md"
 cat "$R/variants_table.md"

@@ -76,7 +76,8 @@ def main(plans_json: str, decode_json: str, sweep_csv: str) -> None:
           f"{100 * worst_dec:.1f}%.")
 
     gpt2 = GPTConfig(n_head=16)  # GPT-2 small's shape; 16 heads so that tp=8 divides them
-    print("\nGPT-2 small (124M) at tp=8, batch 12 x 1024, predicted step:\n")
+    print(f"\nGPT-2 small (124M) at tp=8, batch 12 x 1024, float32 activations, compute at "
+          f"{RATE_TFLOPS:g} TFLOP/s per device, predicted step:\n")
     print("| variant | " + " | ".join(INTERCONNECTS) + " |")
     print("|---" * (1 + len(INTERCONNECTS)) + "|")
     for v in steps:
