@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo verify test bench study-spd study-12layer clean
+.PHONY: setup demo verify test bench study-spd study-12layer sync-variants clean
 
 # A virtual environment with the pinned CPU torch of requirements-ci.txt and tpgpt (editable).
 $(BIN)/tpgpt: pyproject.toml requirements-ci.txt
@@ -61,6 +61,11 @@ study-spd: setup
 
 study-12layer: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash benchmarks/study_12layer.sh
+
+# compressed and ladder syncs side by side (BENCHMARKS.md; about an hour; replaces the committed
+# variants_* results, keeps finished training runs in out/sweep_variants)
+sync-variants: setup
+	PATH="$(abspath $(BIN)):$$PATH" bash benchmarks/sync_variants.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

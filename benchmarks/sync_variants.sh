@@ -5,7 +5,7 @@
 # (bench plans, bench decode), the loss of each variant trained (tpgpt sweep, 2000 iterations
 # each), and the table with predictions on the built-in interconnects (sync_variants_table.py).
 # About an hour on the 2-core machine, most of it the sweep; a rerun skips finished runs.
-#   bash benchmarks/sync_variants.sh [results-dir] [sweep-dir]
+#   make sync-variants, or in the venv: bash benchmarks/sync_variants.sh [results-dir] [sweep-dir]
 #        (defaults benchmarks/results and out/sweep_variants; bench results are replaced)
 set -euo pipefail
 cd "$(dirname "$0")/.."
