@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The side-by-side table of what a sync sends and when (README and BENCHMARKS "Methods side by
-# side"): the CPU preset at distributed tp=2 over gloo, plans with their syncs in float32,
-# bfloat16, int8 and laddered: training step time and decode latency against the cost model
-# (bench plans, bench decode), the loss of each variant trained (tpgpt sweep, 2000 iterations
-# each), and the table with predictions on the built-in interconnects (sync_variants_table.py).
+# The side-by-side table of what a sync sends and when (README "What a sync sends, and when",
+# BENCHMARKS "compressed and ladder syncs side by side"): the CPU preset at distributed tp=2 over
+# gloo, plans with their syncs in float32, bfloat16, int8 and laddered: training step time and
+# decode latency against the cost model (bench plans, bench decode), the loss of each variant
+# trained (tpgpt sweep, 2000 iterations each), and the table with predictions on the built-in
+# interconnects (sync_variants_table.py).
 # About an hour on the 2-core machine, most of it the sweep; a rerun skips finished runs.
 #   make sync-variants, or in the venv: bash benchmarks/sync_variants.sh [results-dir] [sweep-dir]
 #        (defaults benchmarks/results and out/sweep_variants; bench results are replaced)
