@@ -3,8 +3,10 @@ its syncs send, on the CPU preset at tp=2, the bytes one rank sends per training
 measured step time and decode latency (bench plans, bench decode, over gloo here) with the cost
 model's calibrated prediction, the step time predicted on the built-in interconnects, and the
 validation loss of the variant trained (tpgpt sweep); then the same variants predicted for
-GPT-2 small at tp=8 (as `tpgpt plan --config gpt2_owt_sync24 --n_head 16 --tp 8 --sync V
---interconnect NAME` prints them: the prediction does not depend on the head count).
+GPT-2 small at tp=8 with float32 activations (as `tpgpt plan --n_head 16 --tp 8 --batch_size 12
+--grad-clip --sync V --interconnect NAME` prints them: the prediction does not depend on the
+head count; under bfloat16 autocast, as the gpt2_owt presets train, the uncompressed syncs
+already travel in bfloat16).
 
 usage: python benchmarks/sync_variants_table.py PLANS.json DECODE.json SWEEP/results.csv
 """

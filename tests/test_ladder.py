@@ -58,7 +58,11 @@ def test_a_run_with_ladder_syncs_loads_as_what_it_trained(text_data, tmp_path):
     loaded = load_trained(str(tmp_path / "run"))
     assert loaded.model.ladder and loaded.mode == "simulated" and not loaded.converted
     assert "sync='tp' (4 of 4 forward syncs, ladder)" in loaded.describe()
-    at1 = load_trained(str(tmp_path / "run"), tp=1)  # the ladder at one rank: not the dense GPT
-    assert at1.mode == "simulated" and at1.model.ladder and at1.converted
+    # every sync on: the same function at any tp (sums reorder), the ladder kept, not the dense
+    # GPT even at one rank; a plan that drops syncs is another function
+    at1 = load_trained(str(tmp_path / "run"), tp=1)
+    assert at1.mode == "simulated" and at1.model.ladder and not at1.converted
     assert "tp=1 (no communication), sync='tp' with ladder" in at1.describe()
-    assert load_trained(str(tmp_path / "run"), tp=4).converted  # its sums reorder at tp=4
+    assert not load_trained(str(tmp_path / "run"), tp=4).converted
+    spd = load_trained(str(tmp_path / "run"), tp=1, sync="spd")  # no "is the dense GPT" refusal
+    assert spd.model.ladder and spd.converted

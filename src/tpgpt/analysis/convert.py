@@ -33,10 +33,10 @@ def convert(path: str, out: str, sync: str, tp: int, head_grouping: bool = False
     config = model_config(state)
     validate_tp(tp, config.n_head, config.vocab_size, False)
     plan = SyncPlan.parse(sync, config.n_layer)
+    require_plain_syncs(state, "convert")
     if tp == 1 and not all(plan.bits):
         raise ConfigError(f"--sync {sync!r} at tp=1 is the dense GPT (one rank has nothing to "
                           f"synchronise): give the tp the plan is for")
-    require_plain_syncs(state, "convert")
     trained_tp, trained_sync = trained_function(state)
     calib = None
     if data_dir is not None or (state.get("config") or {}).get("data_dir") or head_grouping:

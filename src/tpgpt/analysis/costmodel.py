@@ -162,7 +162,9 @@ def sublayer_flops(config, keys: float) -> list[float]:
 def ladder_hidden_s(regions: list[list[int]], sublayer_s: list[float], sync_s: float) -> float:
     """Communication a ladder hides: the all-reduce ending region k runs under region k + 1's
     forward compute (`sublayer_s`: each sublayer's), so it costs max(compute, communication)
-    there instead of their sum; the last one, read by the final LayerNorm, is waited for."""
+    there instead of their sum; the last one, read by the final LayerNorm, is waited for.
+    Callers pass the idle-link time as `sync_s`: the in-step overhead (waiting for the slowest
+    rank, threads scheduled beside the compute) is not hidden by starting early."""
     return sum(min(sync_s, sum(sublayer_s[i] for i in nxt)) for nxt in regions[1:])
 
 
@@ -180,8 +182,8 @@ def predict_step(report: dict, config, ic: Interconnect, achieved_tflops: float)
                     c["tag"] == "sync")
         per_sublayer = [f * tokens / tp / rate
                         for f in sublayer_flops(config, report["seq_len"])]
-        hidden = ladder_hidden_s(report["regions"], per_sublayer,
-                                 ic.collective_time(sync["op"], sync["bytes_each"], tp))
+        hidden = ladder_hidden_s(report["regions"], per_sublayer, ic.collective_time(
+            sync["op"], sync["bytes_each"], tp, in_step=False))
     comm -= hidden
     total = compute + comm
     return {"interconnect": ic.name, "compute_s": compute, "comm_s": comm, "step_s": total,

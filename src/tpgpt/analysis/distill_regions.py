@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..model.blocks import ResidualStream
 from ..model.parallel_gpt import ParallelGPT, embed
 from .sensitivity import point_code
@@ -84,6 +85,8 @@ def teacher_streams(dense, idx: torch.Tensor, points: set[int]) -> dict[int, tor
 def student_region(model: ParallelGPT, region: Region, x: torch.Tensor) -> torch.Tensor:
     """The student's stream after the region's closing sync, from the synced stream x
     [B, T, C] before it (identical on every rank): [B, T, C]."""
+    if model.ladder:  # a region's result would land in the next one (refused earlier, by load)
+        raise ConfigError("distill does not support ladder syncs")
     s = ResidualStream(shared=x.unsqueeze(0))
     for j in region.sublayers:
         s = model.transformer.h[j // 2].run_sublayer(s, j % 2)

@@ -99,7 +99,7 @@ def _pass(work: tuple[float, float], colls, device: Device, ic: Interconnect, tp
         regions, sub_flops = ladder
         sync = next(c for c in colls if c.tag == "sync")
         comm -= ladder_hidden_s(regions, [compute * f / flops for f in sub_flops],
-                                ic.collective_time(sync.op, sync.nbytes, tp))
+                                ic.collective_time(sync.op, sync.nbytes, tp, in_step=False))
     return {"compute_s": compute, "comm_s": comm, "total_s": compute + comm,
             "bound": "memory" if t_bytes >= t_flops else "compute",
             "collectives": sum(c.count for c in colls)}

@@ -229,8 +229,9 @@ def calibrate(result: dict, config: GPTConfig, world: int, idle: Interconnect, d
     result["saving_per_forward_sync"] = {
         "measured_s": _slope(xs, [r["decode"]["mean_s"] for r in same]),
         "predicted_s": _slope(xs, [r["predicted_decode_s"] for r in same]),
-        # the mean in-step collective of the decode steps, pooled over the plans
+        # the mean in-step collective of the decode steps, pooled over the plain plans (a
+        # compressed sync is another collective; a ladder's span is only its launch)
         "in_step_collective_s": sum(r["collective_mean_s"] * r["collectives_per_step"]
-                                    for r in result["rows"]) /
-        max(sum(r["collectives_per_step"] for r in result["rows"]), 1)}
+                                    for r in same) /
+        max(sum(r["collectives_per_step"] for r in same), 1)}
     result.update(calibrated_on=cal, profile=ic.to_json(), device=dev.to_json())

@@ -167,7 +167,9 @@ class Loaded:
 def _function_key(tp: int, plan: SyncPlan, wire: SyncWire, ladder: bool = False):
     """Equal keys compute equal functions: tp=1, or any all-sync plan sending float32, is the
     dense GPT, unless laddered (its results land later at any tp)."""
-    if ladder:
+    if ladder and all(plan.bits) and (tp == 1 or not wire.compressed):
+        return ("ladder",)  # every sync on, sent as computed: the same function at any tp
+    if ladder:  # at tp=1 the plan still says where results land
         return ("ladder", tp, plan.bits, wire if wire.compressed and tp > 1 else None)
     if tp == 1 or (plan.is_dense_at(tp) and not wire.compressed):
         return ("dense",)
@@ -213,7 +215,7 @@ def load_trained(path: str, tp: int | None = None, sync: str | None = None,
         tp = trained_tp
     validate_tp(tp, config.n_head, config.vocab_size, False)
     plan = SyncPlan.parse(trained_sync if sync is None else sync, config.n_layer)
-    if sync is not None and tp == 1 and not all(plan.bits):
+    if sync is not None and tp == 1 and not all(plan.bits) and not trained_ladder(state):
         raise ConfigError(f"--sync {sync!r} at tp=1 is the dense GPT (one rank has nothing to "
                           f"sync): give --tp 2 or more to run the plan")
     t_wire, ladder = trained_wire(state), trained_ladder(state)

@@ -55,6 +55,8 @@ class StageModule(nn.Module):
 
     def __init__(self, full: ParallelGPT, layers: range, first: bool, last: bool, n_micro: int):
         super().__init__()
+        if full.ladder:  # a stage's last result would have to cross the boundary (config.py)
+            raise ConfigError("ladder=true with pp>1 is not supported")
         self.first, self.last, self.n_micro = first, last, n_micro
         self.comm, self.vocab_parallel = full.comm, full.vocab_parallel
         t = full.transformer
