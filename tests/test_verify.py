@@ -28,8 +28,8 @@ def test_verify_passes(dtype, capsys):
 def test_verify_catches_a_slightly_wrong_sync(dtype, off, capsys, monkeypatch):
     real = TPComm._all_reduce_ranks
 
-    def slightly_wrong(self, x, phase, tag, wire=None):
-        out = real(self, x, phase, tag, wire)
+    def slightly_wrong(self, x, phase, tag, *options):
+        out = real(self, x, phase, tag, *options)
         return out * (1 + off) if phase == "fwd" and tag == "sync" else out
     monkeypatch.setattr(TPComm, "_all_reduce_ranks", slightly_wrong)
     assert main(["verify", *SMALL, "--dtype", dtype]) == 1
