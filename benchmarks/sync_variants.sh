@@ -5,9 +5,9 @@
 # decode latency against the cost model (bench plans, bench decode), the loss of each variant
 # trained (tpgpt sweep, 2000 iterations each), and the table with predictions on the built-in
 # interconnects (sync_variants_table.py).
-# About an hour on the 2-core machine, most of it the sweep; a rerun skips finished runs.
+# About 90 minutes on the 2-core machine, most of it the sweeps; a rerun skips finished runs.
 #   make sync-variants, or in the venv: bash benchmarks/sync_variants.sh [results-dir] [sweep-dir]
-#        (defaults benchmarks/results and out/sweep_variants; bench results are replaced)
+#        (defaults benchmarks/results and out/sweep_variants[_12layer]; bench results replaced)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R="${1:-benchmarks/results}"
@@ -25,4 +25,9 @@ python benchmarks/sync_variants_table.py "$R/variants_plans_gloo_tp2.json" \
     "$R/variants_decode_gloo_tp2.json" "$S/results.csv" > "$R/variants_table.md"
 
 cp "$S/results.md" "$R/variants_sweep.md"
+# the 12-layer preset at the 12-layer study's budget (about 27 minutes)
+tpgpt sweep shakespeare_char_cpu_12layer --tp=2 --plans tp tp@bfloat16 tp@int8 tp@ladder spd \
+    spd@int8 spd@ladder --max_iters=1200 --lr_decay_iters=1200 --eval_interval=200 \
+    --out "${S}_12layer" --progress=false
+cp "${S}_12layer/results.md" "$R/variants_sweep_12layer.md"
 cat "$R/variants_table.md"
