@@ -62,8 +62,8 @@ study-spd: setup
 study-12layer: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash benchmarks/study_12layer.sh
 
-# compressed and ladder syncs side by side (BENCHMARKS.md; about an hour; replaces the committed
-# variants_* results, keeps finished training runs in out/sweep_variants)
+# compressed and ladder syncs side by side (BENCHMARKS.md; about 90 minutes; replaces the
+# committed variants_* results, keeps finished training runs in out/sweep_variants*)
 sync-variants: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash benchmarks/sync_variants.sh
 
