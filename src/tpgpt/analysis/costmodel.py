@@ -29,6 +29,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 
+from ..comm.plan import sent_bytes
 from ..errors import ConfigError
 
 
@@ -45,7 +46,7 @@ class Interconnect:
         if n < 2:
             return 0.0
         steps = 2 * (n - 1) if op.startswith("all_reduce") else n - 1
-        link = steps * self.alpha_s + steps / n * nbytes / self.bandwidth_Bps
+        link = steps * self.alpha_s + sent_bytes(op, nbytes, n) / self.bandwidth_Bps
         return link + (self.sync_overhead_s if in_step else 0.0)
 
     def to_json(self) -> dict:

@@ -11,7 +11,7 @@ import csv
 import json
 import os
 
-from ..train.config import TrainConfig, replace
+from ..train.config import TrainConfig, activation_bytes, replace
 from .evaluate import evaluate_checkpoint
 from ..checkpoint.store import find_checkpoint
 from ..errors import ConfigError
@@ -49,12 +49,12 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
         summary = train_plan(cfg, plan, os.path.join(out, plan_dir_name(plan)),
                              echo=lambda text, i=i: echo(f"[{i + 1}/{len(plans)}] {text}"))
         sync, wire, ladder = _variant(cfg, plan)
+        act = activation_bytes(cfg.dtype)
         steps = count_collectives(SyncPlan.parse(sync, cfg.n_layer), tp=cfg.tp,
                                   n_embd=cfg.n_embd, bias=cfg.bias, batch_size=cfg.batch_size,
                                   seq_len=cfg.block_size, vocab_parallel=cfg.vocab_parallel,
-                                  wire=wire, grad_clip=cfg.grad_clip > 0,
-                                  dtype_bytes=ACT_BYTES.get(cfg.dtype, 2),
-                                  param_bytes=4 if cfg.dtype in ("bfloat16", "float16") else None)
+                                  wire=wire, grad_clip=cfg.grad_clip > 0, dtype_bytes=act,
+                                  param_bytes=4 if act < 4 else None)
         rows.append({"plan": plan, "bits": SyncPlan.parse(sync, cfg.n_layer).bitstring,
                      "sync_dtype": wire.dtype, "ladder": ladder,
                      "sent_per_step": round(sum(c.count * sent_bytes(c.op, c.nbytes, cfg.tp)
@@ -66,9 +66,6 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
         r["delta_full_val_loss"] = r["full_val_loss"] - base["full_val_loss"]
     write_results(rows, out, cfg)
     return rows
-
-
-ACT_BYTES = {"float64": 8, "float32": 4}  # else 2: autocast's bfloat16/float16 activations
 
 
 def _variant(cfg: TrainConfig, plan: str) -> tuple[str, SyncWire, bool]:

@@ -155,10 +155,13 @@ def bench_one(config: GPTConfig, plans: list[str], batch: int, prompt_len: int,
     dist.all_gather_object(gathered, {k: spans[k] for k in plans})
     # skew compares start times across ranks: wall clocks of one host only
     same_host = int(os.environ.get("LOCAL_WORLD_SIZE", -1)) == world and device.type == "cpu"
-    decode_colls = {p: count_inference(
-        SyncPlan.parse(parse_variant(p)[0], config.n_layer), tp=world, n_embd=config.n_embd,
-        vocab_size=config.vocab_size, batch_size=batch, prompt_len=prompt_len,
-        wire=parse_variant(p)[1])["decode"] for p in plans}
+    decode_colls = {}
+    for p in plans:
+        plan, wire, _ = parse_variant(p)
+        decode_colls[p] = count_inference(
+            SyncPlan.parse(plan, config.n_layer), tp=world, n_embd=config.n_embd,
+            vocab_size=config.vocab_size, batch_size=batch, prompt_len=prompt_len,
+            wire=wire)["decode"]
     rows = [_row(p, config, world, slow_ttft[p], slow_steps[p], [g[p] for g in gathered],
                  same_host, decode_colls[p]) for p in plans]
     return {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "rows": rows,

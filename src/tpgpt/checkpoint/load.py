@@ -19,6 +19,7 @@ from ..comm.plan import SyncPlan, validate_tp
 from ..comm.wire import DEFAULT_BLOCK, SyncWire
 from ..errors import ConfigError
 from ..model import GPT, GPTConfig, ParallelGPT
+from ..model.parallel_gpt import function_key
 from .sharded_state import ShardedState
 from .store import find_checkpoint, load_meta, load_sharded, load_state
 
@@ -92,7 +93,7 @@ def is_dense_function(state: dict) -> bool:
     computed)."""
     tp, sync = trained_plan(state)
     plan = SyncPlan.parse(sync, model_config(state).n_layer)
-    return _function_key(tp, plan, trained_wire(state), trained_ladder(state)) == ("dense",)
+    return function_key(tp, plan, trained_wire(state), trained_ladder(state)) == ("dense",)
 
 
 def trained_function(state: dict) -> tuple[int, str]:
@@ -134,8 +135,8 @@ class Loaded:
     def converted(self) -> bool:
         """Whether this is another function than the trained one (a zero-shot conversion)."""
         trained = SyncPlan.parse(self.trained_sync, self.plan.n_layer)
-        return _function_key(self.tp, self.plan, self.wire, self.ladder) != \
-            _function_key(self.trained_tp, trained, self.trained_wire, self.ladder)
+        return function_key(self.tp, self.plan, self.wire, self.ladder) != \
+            function_key(self.trained_tp, trained, self.trained_wire, self.ladder)
 
     @property
     def forward_syncs(self) -> int:
@@ -162,18 +163,6 @@ class Loaded:
             text += (f"; converted zero-shot from the trained tp={self.trained_tp}, "
                      f"sync={self.trained_sync!r}{sent}")
         return text
-
-
-def _function_key(tp: int, plan: SyncPlan, wire: SyncWire, ladder: bool = False):
-    """Equal keys compute equal functions: tp=1, or any all-sync plan sending float32, is the
-    dense GPT, unless laddered (its results land later at any tp)."""
-    if ladder and all(plan.bits) and (tp == 1 or not wire.compressed):
-        return ("ladder",)  # every sync on, sent as computed: the same function at any tp
-    if ladder:  # at tp=1 the plan still says where results land
-        return ("ladder", tp, plan.bits, wire if wire.compressed and tp > 1 else None)
-    if tp == 1 or (plan.is_dense_at(tp) and not wire.compressed):
-        return ("dense",)
-    return (tp, plan.bits, wire if wire.compressed else None)
 
 
 def read_checkpoint(path: str) -> dict:
@@ -230,7 +219,7 @@ def load_trained(path: str, tp: int | None = None, sync: str | None = None,
     common = dict(meta=load_meta(ckpt), path=ckpt, iteration=state.get("iter"), tp=tp,
                   plan=plan, trained_tp=trained_tp, trained_sync=trained_sync, wire=wire,
                   trained_wire=t_wire, ladder=ladder)
-    if _function_key(tp, plan, wire, ladder) == ("dense",):
+    if function_key(tp, plan, wire, ladder) == ("dense",):
         model = GPT(config).to(dtype)
         load_sharded(ckpt, ShardedState(model))
         return Loaded(model=model.to(device).eval(), mode="dense", **common)

@@ -67,7 +67,7 @@ def register(sub) -> argparse.ArgumentParser:
 def defaults_from_config(plan: argparse.ArgumentParser, argv: list[str]) -> None:
     """`tpgpt plan --config X`: the config's values become the plan command's defaults."""
     from ..data import resolve_vocab_size
-    from ..train.config import load_config
+    from ..train.config import activation_bytes, load_config
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
@@ -85,7 +85,7 @@ def defaults_from_config(plan: argparse.ArgumentParser, argv: list[str]) -> None
     plan.set_defaults(**model, tp=cfg.tp, sync=[cfg.sync], vocab_parallel=cfg.vocab_parallel,
                       sync_dtype=[cfg.sync_dtype], sync_block=cfg.sync_block, ladder=cfg.ladder,
                       **batch, seq_len=cfg.block_size,
-                      dtype_bytes={"float64": 8, "float32": 4}.get(cfg.dtype, 2))
+                      dtype_bytes=activation_bytes(cfg.dtype))
 
 
 def run(args) -> int:
@@ -140,13 +140,9 @@ def run(args) -> int:
 def _variants(args, cfg) -> list[tuple[str, SyncWire, bool]]:
     """(plan, wire, ladder) to report: each --sync with each --sync-dtype, or with its own
     '@DTYPE' / '@ladder' (the benchmarks' spelling: tp@int8, spd@ladder)."""
-    out = []
-    for spec in args.sync or ["tp"]:
-        named = any(o != "ladder" for o in spec.split("@")[1:])
-        for dtype in [None] if named else dict.fromkeys(args.sync_dtype):
-            out.append(parse_variant(spec, cfg.n_embd, dtype or "float32", args.sync_block,
-                                     args.ladder))
-    return out
+    return list(dict.fromkeys(  # a spec naming its dtype gives one variant, whatever the list
+        parse_variant(spec, cfg.n_embd, dtype, args.sync_block, args.ladder)
+        for spec in args.sync or ["tp"] for dtype in args.sync_dtype))
 
 
 def _interconnect(args, cfg):

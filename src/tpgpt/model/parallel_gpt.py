@@ -89,9 +89,7 @@ class ParallelGPT(nn.Module):
     def is_dense(self) -> bool:
         """Whether this computes the dense GPT: every sync on, sent exactly and not laddered
         (or tp=1)."""
-        if self.ladder:  # a later landing is another function at any tp
-            return False
-        return self.tp == 1 or (self.plan.is_dense_at(self.tp) and not self.wire.compressed)
+        return function_key(self.tp, self.plan, self.wire, self.ladder) == ("dense",)
 
     # --- weights ---------------------------------------------------------------------------
     def load_dense_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
@@ -173,6 +171,18 @@ class ParallelGPT(nn.Module):
         """As `GPT.generate`. Distributed ranks draw the same tokens: their logits are equal."""
         from ..inference.generate import generate
         return generate(self, idx, max_new_tokens, temperature, top_k, generator, kv_cache)
+
+
+def function_key(tp: int, plan: SyncPlan, wire: SyncWire, ladder: bool = False) -> tuple:
+    """Equal keys compute equal functions: tp=1, or any all-sync plan sending float32, is the
+    dense GPT, unless laddered (its results land later at any tp)."""
+    if ladder and all(plan.bits) and (tp == 1 or not wire.compressed):
+        return ("ladder",)  # every sync on, sent as computed: the same function at any tp
+    if ladder:  # at tp=1 the plan still says where results land
+        return ("ladder", tp, plan.bits, wire if wire.compressed and tp > 1 else None)
+    if tp == 1 or (plan.is_dense_at(tp) and not wire.compressed):
+        return ("dense",)
+    return (tp, plan.bits, wire if wire.compressed else None)
 
 
 def embed(t: nn.ModuleDict, idx: torch.Tensor, vocab_parallel: bool,

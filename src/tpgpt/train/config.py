@@ -105,6 +105,11 @@ CHOICES = {"device": ("auto", "cpu", "cuda"), "activation": ("gelu", "gelu_tanh"
            "pp_schedule": ("gpipe", "1f1b", "interleaved")}
 
 
+def activation_bytes(dtype: str) -> int:
+    """Bytes of an activation element under `dtype` (autocast's bfloat16/float16: 2)."""
+    return {"float64": 8, "float32": 4}.get(dtype, 2)
+
+
 def config_keys() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 
