@@ -18,6 +18,8 @@ from ..errors import ConfigError
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 # torch 2.13 renamed all_gather_into_tensor (deprecated there) to all_gather_single
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_single = (getattr(dist, "reduce_scatter_single", None)
+                          or dist.reduce_scatter_tensor)
 
 
 class DistributedComm(TPComm):
@@ -65,6 +67,20 @@ class DistributedComm(TPComm):
         out = x.new_empty((self.nproc * x.shape[0], *x.shape[1:]))
         _all_gather_single(out, x, group=self.group)
         return out
+
+    def _cross_reduce_scatter(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        return self._reduce_scatter(x, dim, async_op=False)
+
+    def _cross_reduce_scatter_async(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        return self._reduce_scatter(x, dim, async_op=True)
+
+    def _reduce_scatter(self, x: torch.Tensor, dim: int, async_op: bool) -> torch.Tensor:
+        send = x.movedim(dim, 0).contiguous()  # the collective scatters dimension 0
+        out = send.new_empty((send.shape[0] // self.nproc, *send.shape[1:]))
+        work = _reduce_scatter_single(out, send, group=self.group, async_op=async_op)
+        if async_op:
+            self._inflight[out.data_ptr()] = work  # the view below shares the pointer
+        return out.movedim(0, dim)
 
     def _cross_all_to_all(self, x: torch.Tensor) -> torch.Tensor:
         R, P = self.local_ranks, self.nproc

@@ -149,18 +149,39 @@ class Collective:
     nbytes: int
 
 
-def replicated_per_rank_numel(plan: SyncPlan, n_embd: int, bias: bool) -> int:
+def replicated_per_rank_numel(plan: SyncPlan, n_embd: int, bias: bool,
+                              sequence_parallel: bool = False) -> int:
     """Elements of replicated parameters whose gradients differ per rank under `plan`.
 
     Inside a multi-sublayer region each sublayer's LayerNorm reads a per-rank stream, and each
-    sublayer's output bias except the region's last is added to the per-rank stream.
+    sublayer's output bias except the region's last is added to the per-rank stream. Under
+    sequence parallelism every LayerNorm (the final one too) and every output bias does.
     """
     ln = n_embd * (2 if bias else 1)
+    if sequence_parallel:
+        return (len(plan.bits) + 1) * ln + len(plan.bits) * (n_embd if bias else 0)
     n = 0
     for region in plan.regions():
         if len(region) > 1:
             n += len(region) * ln + (len(region) - 1) * (n_embd if bias else 0)
     return n
+
+
+def sequence_collectives(plan: SyncPlan, phases: tuple[str, ...], act: int) -> list[Collective]:
+    """The residual stream's collectives under sequence parallelism (`act` bytes: the whole
+    stream, one rank's buffer): each region entered by an all-gather and left by a
+    reduce-scatter, the backward the other way round; the stream is split after the embedding
+    (backward all-gather) and gathered after the final LayerNorm (forward)."""
+    fwd, *bwd = phases
+    regions, syncs = len(plan.regions()), plan.num_syncs
+    out = [Collective(fwd, "all_gather", "region", regions, act),
+           Collective(fwd, "reduce_scatter", "sync", syncs, act),
+           Collective(fwd, "all_gather", "sequence", 1, act)]
+    for phase in bwd:
+        out += [Collective(phase, "reduce_scatter", "region", regions, act),
+                Collective(phase, "all_gather", "sync", syncs, act),
+                Collective(phase, "all_gather", "sequence", 1, act)]
+    return out
 
 
 def stream_collectives(phase: str, tag: str, count: int, numel: int, dtype_bytes: int, tp: int,
@@ -181,7 +202,8 @@ def sent_bytes(op: str, nbytes: int, n: int) -> float:
 def count_collectives(plan: SyncPlan, *, tp: int, n_embd: int, bias: bool, batch_size: int,
                       seq_len: int, vocab_parallel: bool = False, dtype_bytes: int = 4,
                       backward: bool = True, grad_clip: bool = False,
-                      param_bytes: int | None = None, wire=None) -> list[Collective]:
+                      param_bytes: int | None = None, wire=None,
+                      sequence_parallel: bool = False) -> list[Collective]:
     """Every collective of one training step (forward with loss, backward, gradient sync);
     `wire`: the model's SyncWire (None: float32, as computed)."""
     if tp == 1:
@@ -189,17 +211,21 @@ def count_collectives(plan: SyncPlan, *, tp: int, n_embd: int, bias: bool, batch
     numel = batch_size * seq_len * n_embd
     act = numel * dtype_bytes
     loss_bytes = max(dtype_bytes, 4)  # the vocab-parallel loss is computed in fp32 or wider
-    out = stream_collectives("fwd", "sync", plan.num_syncs, numel, dtype_bytes, tp, wire)
+    if sequence_parallel:
+        out = sequence_collectives(plan, ("fwd", "bwd") if backward else ("fwd",), act)
+    else:
+        out = stream_collectives("fwd", "sync", plan.num_syncs, numel, dtype_bytes, tp, wire)
     if vocab_parallel:
         out += [Collective("fwd", "all_reduce", "embedding", 1, act),
                 Collective("fwd", "all_reduce_max", "loss", 1, batch_size * seq_len * loss_bytes),
                 Collective("fwd", "all_reduce", "loss", 1, 2 * batch_size * seq_len * loss_bytes)]
     if backward:
-        out += stream_collectives("bwd", "region", len(plan.regions()), numel, dtype_bytes, tp,
-                                  wire)
+        if not sequence_parallel:
+            out += stream_collectives("bwd", "region", len(plan.regions()), numel, dtype_bytes,
+                                      tp, wire)
         if vocab_parallel:
             out.append(Collective("bwd", "all_reduce", "head", 1, act))
-        n = replicated_per_rank_numel(plan, n_embd, bias)
+        n = replicated_per_rank_numel(plan, n_embd, bias, sequence_parallel)
         if n:
             out.append(Collective("grad", "all_reduce", "replicated_grads", 1,
                                   n * (param_bytes or dtype_bytes)))
@@ -210,17 +236,23 @@ def count_collectives(plan: SyncPlan, *, tp: int, n_embd: int, bias: bool, batch
 
 def count_inference(plan: SyncPlan, *, tp: int, n_embd: int, vocab_size: int, batch_size: int,
                     prompt_len: int, vocab_parallel: bool = False,
-                    dtype_bytes: int = 4, wire=None) -> dict[str, list[Collective]]:
+                    dtype_bytes: int = 4, wire=None,
+                    sequence_parallel: bool = False) -> dict[str, list[Collective]]:
     """Every collective of generation: the prefill of `prompt_len` tokens and one decode step
     (one new position per sequence; every decode step sends the same). Logits are computed for
-    the last position only, so with vocab_parallel the gather of the head's slices is [B, V]."""
+    the last position only, so with vocab_parallel the gather of the head's slices is [B, V].
+    Sequence parallelism shards a pass whose length tp divides (the prefill, perhaps; a decode
+    step of one position runs unsharded)."""
     if tp == 1:
         return {"prefill": [], "decode": []}
     out = {}
     for phase, T in (("prefill", prompt_len), ("decode", 1)):
         act = batch_size * T * n_embd * dtype_bytes
-        out[phase] = stream_collectives(phase, "sync", plan.num_syncs, batch_size * T * n_embd,
-                                        dtype_bytes, tp, wire)
+        if sequence_parallel and T % tp == 0:
+            out[phase] = sequence_collectives(plan, (phase,), act)
+        else:
+            out[phase] = stream_collectives(phase, "sync", plan.num_syncs,
+                                            batch_size * T * n_embd, dtype_bytes, tp, wire)
         if vocab_parallel:
             out[phase] += [Collective(phase, "all_reduce", "embedding", 1, act),
                            Collective(phase, "all_gather", "logits", 1,

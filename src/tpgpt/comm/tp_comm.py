@@ -12,6 +12,17 @@ of autograd logic here, and simulated runs count exactly what a distributed run 
     reduce_from_tp   all-reduce              identity          Megatron's g
     gather_from_tp   all-gather              split
     scatter_to_tp    split                   all-gather
+
+Sequence parallelism (Megatron-LM, arXiv:2205.05198) replaces the pair f ... g around a region by
+a pair that keeps the stream between regions sharded along the sequence, [R, B, T/tp, C]:
+
+    gather_sequence          all-gather (T)      reduce-scatter (T)   enters a region
+    reduce_scatter_sequence  reduce-scatter (T)  all-gather (T)       leaves it
+
+A ring sends the same bytes for a reduce-scatter plus an all-gather as for one all-reduce; what
+changes is that everything between the regions (LayerNorm, dropout, the residual adds) works on a
+tp-th of the sequence. The reduce-scatter sums in the all-reduce's order and slices the sum, so
+simulated it gives the all-reduce's exact bits.
 """
 from __future__ import annotations
 
@@ -23,6 +34,8 @@ import torch
 from .plan import Collective
 from .wire import SyncWire, compressed_all_reduce
 from ..errors import ConfigError
+
+SEQ_DIM = 2  # the sequence dimension of the residual stream [R, B, T, C]
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,18 @@ class TPComm:
         """[1, ..., n] -> [R, ..., n / tp], this process's slices; backward all-gathers."""
         return _ScatterToTP.apply(x, self, dim, tag)
 
+    def gather_sequence(self, x: torch.Tensor, tag: str = "region") -> torch.Tensor:
+        """Enter a region under sequence parallelism: [R, B, T/tp, C] sequence shards ->
+        [R, B, T, C], the whole sequence on every rank; backward reduce-scatters."""
+        return _GatherSequence.apply(x, self, tag)
+
+    def reduce_scatter_sequence(self, x: torch.Tensor, tag: str = "sync",
+                                async_op: bool = False) -> torch.Tensor:
+        """Leave a region under sequence parallelism: [R, B, T, C] per-rank partial sums ->
+        [R, B, T/tp, C], rank r's sequence shard of their sum; backward all-gathers. `async_op`
+        as for `reduce_from_tp`."""
+        return _ReduceScatterSequence.apply(x, self, tag, async_op)
+
     @torch.no_grad()
     def all_reduce_sum(self, x: torch.Tensor, phase: str, tag: str) -> torch.Tensor:
         """[R, ...] -> [1, ...] summed over all tp ranks, outside autograd (e.g. a grad norm)."""
@@ -153,6 +178,15 @@ class TPComm:
         """Start the cross-process sum of x; the result may be read only after `wait`."""
         return self._cross_all_reduce(x)
 
+    def _cross_reduce_scatter(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """[1, ..., n, ...] -> [1, ..., n / processes, ...]: this process's slice along `dim` of
+        the sum over processes."""
+        return x
+
+    def _cross_reduce_scatter_async(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """Start `_cross_reduce_scatter`; the result may be read only after `wait`."""
+        return self._cross_reduce_scatter(x, dim)
+
     def _cross_all_to_all(self, x: torch.Tensor) -> torch.Tensor:
         """[R, tp, ...] (dim 1: the rank each part is for) -> [tp, R, ...]: every rank's parts
         for this process's ranks, in rank order."""
@@ -180,6 +214,17 @@ class TPComm:
         full = self._cross_all_gather(x)  # [tp, ..., n]
         self._record(phase, "all_gather", tag, full)
         return torch.cat(full.unbind(0), dim=dim if dim < 0 else dim - 1).unsqueeze(0)
+
+    def _reduce_scatter_ranks(self, x: torch.Tensor, dim: int, phase: str, tag: str,
+                              async_op: bool = False) -> torch.Tensor:
+        """[R, ..., n, ...] -> [R, ..., n / tp, ...]: rank r's slice along dim of the sum over
+        all tp ranks, summed as `_all_reduce_ranks` sums (local ranks, then processes)."""
+        self._record(phase, "reduce_scatter", tag, x[0])
+        s = x.sum(dim=0, keepdim=True)
+        if async_op and self.local_ranks == 1:  # the result is the collective's own buffer
+            return self._cross_reduce_scatter_async(s, dim)
+        s = self._cross_reduce_scatter(s, dim)  # this process's share of the sequence
+        return torch.cat(s.chunk(self.local_ranks, dim=dim), dim=0)
 
     def _split_ranks(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         """[1, ..., n] -> [R, ..., n / tp]: this process's slices."""
@@ -241,3 +286,33 @@ class _ScatterToTP(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return ctx.comm._all_gather_ranks(grad, ctx.dim, "bwd", ctx.tag), None, None, None
+
+
+class _GatherSequence(torch.autograd.Function):
+    """Sequence parallelism's entry to a region: forward all-gather along T, backward
+    reduce-scatter."""
+
+    @staticmethod
+    def forward(ctx, x, comm, tag):
+        ctx.comm, ctx.tag = comm, tag
+        full = comm._all_gather_ranks(x, SEQ_DIM, "fwd", tag)
+        return full.expand(comm.local_ranks, *full.shape[1:])
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.comm._reduce_scatter_ranks(grad, SEQ_DIM, "bwd", ctx.tag), None, None
+
+
+class _ReduceScatterSequence(torch.autograd.Function):
+    """Sequence parallelism's exit from a region: forward reduce-scatter along T, backward
+    all-gather."""
+
+    @staticmethod
+    def forward(ctx, x, comm, tag, async_op):
+        ctx.comm, ctx.tag = comm, tag
+        return comm._reduce_scatter_ranks(x, SEQ_DIM, "fwd", tag, async_op)
+
+    @staticmethod
+    def backward(ctx, grad):
+        full = ctx.comm._all_gather_ranks(grad, SEQ_DIM, "bwd", ctx.tag)
+        return full.expand(ctx.comm.local_ranks, *full.shape[1:]), None, None, None

@@ -24,6 +24,15 @@ the model's `SyncWire` says (float32 as computed, or compressed: comm/wire.py). 
 region applies the LayerNorm to the shared stream before `copy_to_tp`, as Megatron does; a longer
 region enters with the stream itself, so its LayerNorms and inner biases read per-rank values and
 their gradients are summed by one bucketed all-reduce per step (`sync_replicated_grads`).
+
+Sequence parallelism (`sharded` stream, Megatron-LM's, arXiv:2205.05198): `shared` is rank r's
+slice of the sequence, [R, B, T/tp, C]; a region starts with `gather_sequence` (an all-gather)
+instead of `copy_to_tp` and ends with `reduce_scatter_sequence` instead of the all-reduce, so the
+LayerNorm of a one-sublayer region, the residual adds and the dropout between regions each work
+on a tp-th of the sequence. The function is the same: LayerNorm is per position, dropout draws
+the whole stream's mask and keeps this rank's slice, and the reduce-scatter slices the all-reduce's
+sum. What runs on a shard uses the replicated LayerNorm weights and output biases per rank, so
+their gradients join the bucketed all-reduce.
 """
 from __future__ import annotations
 
@@ -33,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..comm.tp_comm import TPComm
+from ..comm.tp_comm import SEQ_DIM, TPComm
 from ..comm.wire import SyncWire
 from .gpt import GELU_APPROXIMATE, LayerNorm
 from .kv_cache import LayerKV
@@ -48,6 +57,7 @@ class ResidualStream:
     bias: torch.Tensor | None = None
     # ladder: the last sync's all-reduced sum and output biases, not yet in `shared`
     pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    sharded: bool = False  # sequence parallelism: `shared` is [R, B, T/tp, C]
 
 
 def land(s: ResidualStream, comm: TPComm, dropout: nn.Module) -> torch.Tensor:
@@ -58,7 +68,27 @@ def land(s: ResidualStream, comm: TPComm, dropout: nn.Module) -> torch.Tensor:
     comm.wait(delta)
     if bias is not None:
         delta = delta + bias
-    return s.shared + dropout(delta)
+    return s.shared + stream_dropout(dropout, delta, comm, s.sharded)
+
+
+def stream_dropout(dropout: nn.Module, x: torch.Tensor, comm: TPComm,
+                   sharded: bool) -> torch.Tensor:
+    """Dropout of the shared stream. On sequence shards it draws the mask of the whole stream
+    and keeps this process's slices, so sequence parallelism drops exactly what the unsharded
+    stream drops (dropout(x) is x times dropout of ones, bit for bit: scaling by 0 or 1 is
+    exact)."""
+    if not (sharded and dropout.training and dropout.p > 0):
+        return dropout(x)
+    _, B, T, C = x.shape
+    mask = dropout(x.new_ones(1, B, T * comm.tp, C))  # [1, B, T_whole, C]
+    return x * comm._split_ranks(mask, SEQ_DIM)
+
+
+def rank_layer_norm(comm: TPComm, ln: LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm of a per-rank stream: its parameters' gradients differ per rank."""
+    w = comm.per_rank_param(ln.weight)
+    b = None if ln.bias is None else comm.per_rank_param(ln.bias)
+    return F.layer_norm(x, w.shape, w, b, 1e-5)
 
 
 class ParallelAttention(nn.Module):
@@ -105,9 +135,11 @@ class ParallelBlock(nn.Module):
     """A transformer block with sync points after attention (a) and MLP (m): a + m all-reduces."""
 
     def __init__(self, config, comm: TPComm, starts: tuple[bool, bool], syncs: tuple[bool, bool],
-                 wire: SyncWire | None = None, ladder: bool = False):
+                 wire: SyncWire | None = None, ladder: bool = False,
+                 sequence_parallel: bool = False):
         super().__init__()
         self.comm, self.wire, self.ladder = comm, wire, ladder
+        self.sequence_parallel = sequence_parallel
         self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
         self.attn = ParallelAttention(config, comm.tp, comm.ranks)
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
@@ -121,20 +153,18 @@ class ParallelBlock(nn.Module):
             (self.starts[k], self.syncs[k])
 
     def per_rank_params(self) -> list[nn.Parameter]:
-        """Replicated parameters this block uses per rank (gradients summed across ranks)."""
+        """Replicated parameters this block uses per rank (gradients summed across ranks): under
+        sequence parallelism every LayerNorm and output bias (each works on a shard or inside a
+        region)."""
         out = []
         for ln, sub, start, sync in map(self.sublayer, (0, 1)):
-            if not (start and sync):
+            if self.sequence_parallel:
+                out += [p for p in (ln.weight, ln.bias, sub.c_proj.bias) if p is not None]
+            elif not (start and sync):
                 out += [p for p in (ln.weight, ln.bias) if p is not None]
             if not sync and sub.c_proj.bias is not None:
                 out.append(sub.c_proj.bias)
         return out
-
-    def _layer_norm(self, ln: LayerNorm, x: torch.Tensor) -> torch.Tensor:
-        """LayerNorm of a per-rank stream: its parameters' gradients differ per rank."""
-        w = self.comm.per_rank_param(ln.weight)
-        b = None if ln.bias is None else self.comm.per_rank_param(ln.bias)
-        return F.layer_norm(x, w.shape, w, b, 1e-5)
 
     def run_sublayer(self, s: ResidualStream, k: int, kv: LayerKV | None = None
                      ) -> ResidualStream:
@@ -143,30 +173,35 @@ class ParallelBlock(nn.Module):
 
     def _sublayer(self, s: ResidualStream, ln, sub, start: bool, sync: bool,
                   kv: LayerKV | None = None) -> ResidualStream:
-        if start and sync:  # one-sublayer region: Megatron's LN -> f -> sublayer -> g
-            h = self.comm.copy_to_tp(ln(s.shared), wire=self.wire)
+        comm, sp = self.comm, s.sharded
+        if start and sync and sp:  # one-sublayer region, Megatron's SP: LN on the shard
+            h = comm.gather_sequence(rank_layer_norm(comm, ln, s.shared))
+        elif start and sync:  # one-sublayer region: Megatron's LN -> f -> sublayer -> g
+            h = comm.copy_to_tp(ln(s.shared), wire=self.wire)
         else:
             if start:
-                s.view = self.comm.copy_to_tp(s.shared, wire=self.wire)
-            h = self._layer_norm(ln, s.view)
+                s.view = comm.gather_sequence(s.shared) if sp else \
+                    comm.copy_to_tp(s.shared, wire=self.wire)
+            h = rank_layer_norm(comm, ln, s.view)
         out = sub(h) if kv is None else sub(h, kv)  # [R, B, T, C] partial sums of this rank
         s.partial = out if s.partial is None else s.partial + out
         b = sub.c_proj.bias
         if b is not None:
-            s.bias = b if s.bias is None else s.bias + b
-        if sync and self.ladder:  # launch this sync's all-reduce; land the previous one's
-            delta = self.comm.reduce_from_tp(s.partial, tag="sync", wire=self.wire,
-                                             async_op=True)
-            return ResidualStream(shared=land(s, self.comm, self.resid_dropout),
-                                  pending=(delta, s.bias))
-        if sync:
-            delta = self.comm.reduce_from_tp(s.partial, tag="sync", wire=self.wire)
+            landed = comm.per_rank_param(b) if sp else b  # added to a shard under SP
+            s.bias = landed if s.bias is None else s.bias + landed
+        if sync:  # a ladder launches this all-reduce and lands the previous one's result
+            delta = comm.reduce_scatter_sequence(s.partial, async_op=self.ladder) if sp else \
+                comm.reduce_from_tp(s.partial, tag="sync", wire=self.wire, async_op=self.ladder)
+            if self.ladder:
+                return ResidualStream(shared=land(s, comm, self.resid_dropout),
+                                      pending=(delta, s.bias), sharded=sp)
             if s.bias is not None:
                 delta = delta + s.bias
-            return ResidualStream(shared=s.shared + self.resid_dropout(delta))
+            return ResidualStream(shared=s.shared + stream_dropout(self.resid_dropout, delta,
+                                                                   comm, sp), sharded=sp)
         s.view = s.view + out
         if b is not None:
-            s.view = s.view + self.comm.per_rank_param(b)
+            s.view = s.view + comm.per_rank_param(b)
         return s
 
     def forward(self, s: ResidualStream, kv: LayerKV | None = None) -> ResidualStream:

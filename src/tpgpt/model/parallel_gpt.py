@@ -11,10 +11,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..comm.plan import SyncPlan, validate_tp
-from ..comm.tp_comm import TPComm
+from ..comm.tp_comm import SEQ_DIM, TPComm
 from ..comm.wire import DEFAULT_BLOCK, SyncWire
 from ..errors import ConfigError
-from .blocks import ParallelBlock, ResidualStream, land
+from .blocks import ParallelBlock, ResidualStream, land, rank_layer_norm
 from .dense_weights import gather_dense_state, shard_dense_state
 from .gpt import GPT, LayerNorm
 from .kv_cache import KVCache
@@ -28,6 +28,10 @@ class ParallelGPT(nn.Module):
     residual stream's syncs send: part of the function unless float32 (comm/wire.py).
     `ladder`: every sync's result is added one region later, its all-reduce overlapped with
     that region's compute (blocks.py): another function.
+    `sequence_parallel`: between regions each rank keeps only its slice of the sequence
+    (Megatron-LM's sequence parallelism, blocks.py): the same function with less activation
+    memory, for every plan; a forward whose length tp does not divide runs unsharded in eval
+    mode (a decode step) and is refused in training.
     `comm` decides where the ranks live: a `TPComm` (default) simulates all of them in this
     process, a `DistributedComm` holds this process's share of a torch.distributed group. The
     weights always come from a dense GPT (built from `config` with the current RNG when `dense`
@@ -37,14 +41,16 @@ class ParallelGPT(nn.Module):
     def __init__(self, config, tp: int = 1, sync: str | SyncPlan = "tp", comm: TPComm | None = None,
                  vocab_parallel: bool = False, dense: GPT | None = None,
                  sync_dtype: str = "float32", sync_block: int = DEFAULT_BLOCK,
-                 ladder: bool = False):
+                 ladder: bool = False, sequence_parallel: bool = False):
         super().__init__()
-        if not isinstance(ladder, bool):
-            raise ConfigError(f"ladder={ladder!r} is invalid: it must be true or false")
-        self.ladder = ladder
+        for name, value in (("ladder", ladder), ("sequence_parallel", sequence_parallel)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name}={value!r} is invalid: it must be true or false")
+        self.ladder, self.sequence_parallel = ladder, sequence_parallel
         validate_tp(tp, config.n_head, config.vocab_size, vocab_parallel)
         self.wire = SyncWire(sync_dtype, sync_block)
         self.wire.check(config.n_embd)
+        check_sequence_parallel(sequence_parallel, tp, self.wire, config.block_size)
         comm = TPComm(tp) if comm is None else comm
         if comm.tp != tp:
             raise ConfigError(f"tp={tp} but the comm was built for tp={comm.tp}")
@@ -63,15 +69,19 @@ class ParallelGPT(nn.Module):
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([
                 ParallelBlock(config, comm, (starts[2 * i], starts[2 * i + 1]),
-                              (bool(bits[2 * i]), bool(bits[2 * i + 1])), self.wire, ladder)
+                              (bool(bits[2 * i]), bool(bits[2 * i + 1])), self.wire, ladder,
+                              sequence_parallel)
                 for i in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
         ))
         if not vocab_parallel:  # replicated head, tied to the replicated embedding
             self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
             self.transformer.wte.weight = self.lm_head.weight
+        ln_f = self.transformer.ln_f  # on the sequence shard under SP
         self._per_rank = list({id(p): p for blk in self.transformer.h
                                for p in blk.per_rank_params()}.values())
+        if sequence_parallel:
+            self._per_rank += [p for p in (ln_f.weight, ln_f.bias) if p is not None]
         dense = dense if dense is not None else GPT(config)
         self.to(dtype=next(dense.parameters()).dtype)  # float64 for exactness checks, say
         self.load_dense_state_dict(dense.state_dict())
@@ -80,10 +90,11 @@ class ParallelGPT(nn.Module):
     def from_dense(cls, gpt: GPT, tp: int = 1, sync: str | SyncPlan = "tp",
                    comm: TPComm | None = None, vocab_parallel: bool = False,
                    sync_dtype: str = "float32", sync_block: int = DEFAULT_BLOCK,
-                   ladder: bool = False) -> "ParallelGPT":
+                   ladder: bool = False, sequence_parallel: bool = False) -> "ParallelGPT":
         """Shard a dense GPT over tp ranks (simulated when no comm is given)."""
         return cls(gpt.config, tp=tp, sync=sync, comm=comm, vocab_parallel=vocab_parallel,
-                   dense=gpt, sync_dtype=sync_dtype, sync_block=sync_block, ladder=ladder)
+                   dense=gpt, sync_dtype=sync_dtype, sync_block=sync_block, ladder=ladder,
+                   sequence_parallel=sequence_parallel)
 
     @property
     def is_dense(self) -> bool:
@@ -120,12 +131,21 @@ class ParallelGPT(nn.Module):
         if cache is not None:
             cache.check_room(idx.shape[1], idx.shape[0])
             start = cache.length
-        s = ResidualStream(shared=embed(self.transformer, idx, self.vocab_parallel, start))
+        x = embed(self.transformer, idx, self.vocab_parallel, start)
+        sharded = self._shards_sequence(idx.shape[1])
+        if sharded:  # each rank keeps its slice; backward all-gathers the embedding's gradient
+            x = self.comm.scatter_to_tp(x, dim=SEQ_DIM, tag="sequence")
+        s = ResidualStream(shared=x, sharded=sharded)
         for i, block in enumerate(self.transformer.h):
             s = block(s, None if cache is None else cache.layer(i))
         if cache is not None:
             cache.advance(idx.shape[1])
-        x = self.transformer.ln_f(land(s, self.comm, self.transformer.h[-1].resid_dropout))
+        x = land(s, self.comm, self.transformer.h[-1].resid_dropout)
+        if sharded:  # the final LayerNorm on the shard, then the whole sequence for the head
+            x = rank_layer_norm(self.comm, self.transformer.ln_f, x)
+            x = self.comm.gather_from_tp(x, dim=SEQ_DIM, tag="sequence")
+        else:
+            x = self.transformer.ln_f(x)
         if targets is None:
             x = x[:, :, [-1], :]
         logits = head(self.transformer.wte, x, self.comm, self.vocab_parallel)
@@ -134,6 +154,17 @@ class ParallelGPT(nn.Module):
         if return_logits and self.vocab_parallel:
             logits = self.comm.gather_from_tp(logits, dim=-1, tag="logits").squeeze(0)
         return (logits if return_logits else None), loss
+
+    def _shards_sequence(self, T: int) -> bool:
+        """Whether this forward keeps the stream sharded along the sequence (blocks.py)."""
+        if not self.sequence_parallel or self.tp == 1:
+            return False
+        if T % self.tp == 0:
+            return True
+        if self.training:
+            raise ConfigError(f"sequence_parallel needs a sequence length divisible by "
+                              f"tp={self.tp}: this batch has {T} positions")
+        return False  # inference (a decode step of one token, say): the same function unsharded
 
     def get_num_params(self, non_embedding: bool = True) -> int:
         """The dense model's parameter count (as GPT.get_num_params), whatever the layout."""
@@ -171,6 +202,19 @@ class ParallelGPT(nn.Module):
         """As `GPT.generate`. Distributed ranks draw the same tokens: their logits are equal."""
         from ..inference.generate import generate
         return generate(self, idx, max_new_tokens, temperature, top_k, generator, kv_cache)
+
+
+def check_sequence_parallel(sequence_parallel: bool, tp: int, wire: SyncWire,
+                            block_size: int) -> None:
+    """What sequence parallelism needs (bad configs name the problem)."""
+    if not sequence_parallel or tp == 1:
+        return
+    if wire.compressed:
+        raise ConfigError(f"sequence_parallel with sync_dtype={wire.dtype} is not supported: "
+                          f"compressed syncs are sent as all-reduces (sync_dtype=float32 for SP)")
+    if block_size % tp:
+        raise ConfigError(f"sequence_parallel needs block_size divisible by tp: block_size="
+                          f"{block_size} is not a multiple of tp={tp}")
 
 
 def function_key(tp: int, plan: SyncPlan, wire: SyncWire, ladder: bool = False) -> tuple:

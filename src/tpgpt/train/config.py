@@ -19,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from ..errors import ConfigError
 from ..model import GPTConfig
+from ..model.parallel_gpt import check_sequence_parallel
 from ..comm.plan import SyncPlan, validate_tp
 from ..comm.wire import DEFAULT_BLOCK, SYNC_DTYPES, SyncWire
 
@@ -50,6 +51,9 @@ class TrainConfig:
     # Ladder Residual: each sync's result lands one region later, its all-reduce overlapped with
     # that region's compute (model/blocks.py); another function, so a training-time choice
     ladder: bool = False
+    # Megatron-LM's sequence parallelism: between syncs each rank keeps a tp-th of the sequence
+    # (less activation memory, the same function; model/blocks.py); block_size divisible by tp
+    sequence_parallel: bool = False
     vocab_parallel: bool = False
     tp_procs: int = 0
     # pipeline parallelism under torchrun: pp stages (x pp_virtual_stages for 'interleaved'),
@@ -224,13 +228,21 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.ladder and cfg.pp > 1:
         raise ConfigError("ladder=true with pp>1 is not supported: a ladder sync's result "
                           "would have to cross the stage boundary")
+    if cfg.sequence_parallel and cfg.tp < 2:
+        raise ConfigError("sequence_parallel=true needs tp >= 2: one rank holds the whole "
+                          "sequence")
+    if cfg.sequence_parallel and cfg.pp > 1:
+        raise ConfigError("sequence_parallel=true with pp>1 is not supported: the stages pass "
+                          "the whole stream to each other")
     if cfg.compile and cfg.pp > 1:
         raise ConfigError("compile=true with pp>1 is not supported: the pipeline schedule "
                           "runs the stages itself; use compile=false")
     model = cfg.model_config(vocab_size=cfg.vocab_size or 1)  # shape checks
     validate_tp(cfg.tp, model.n_head, cfg.vocab_size or cfg.tp, cfg.vocab_parallel)
     SyncPlan.parse(cfg.sync, cfg.n_layer)
-    SyncWire(cfg.sync_dtype, cfg.sync_block).check(cfg.n_embd)
+    wire = SyncWire(cfg.sync_dtype, cfg.sync_block)
+    wire.check(cfg.n_embd)
+    check_sequence_parallel(cfg.sequence_parallel, cfg.tp, wire, cfg.block_size)
 
 
 def replace(cfg: TrainConfig, **changes) -> TrainConfig:

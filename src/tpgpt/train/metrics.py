@@ -5,6 +5,8 @@ import json
 import os
 import sys
 
+import torch
+
 
 class _NoBar:
     def update(self, n=1):
@@ -116,3 +118,32 @@ def peak_resident_mib() -> float:
     import resource
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10
+
+
+class SavedActivations:
+    """Activation memory: the bytes autograd saves for the backward pass while a forward runs,
+    each storage once, parameters left out. `saved_tensors_hooks` sees every saved tensor; what
+    is saved at the end of the forward is what the process holds until backward frees it (the
+    activation memory of Megatron-LM's arXiv:2205.05198), measured the same way on any device."""
+
+    def __init__(self, params) -> None:
+        self._params = {p.untyped_storage().data_ptr() for p in params}
+        self._storages: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in self._params:
+            self._storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    def __enter__(self) -> "SavedActivations":
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+    @property
+    def mib(self) -> float:
+        return sum(self._storages.values()) / 2 ** 20

@@ -43,6 +43,8 @@ class Setup:
     optimizer: torch.optim.Optimizer
     autocast: object  # a context manager: nullcontext() in float32
     scaler: torch.amp.GradScaler  # enabled for float16 only
+    # what autograd saved for backward in the run's first micro-batch, MiB (train/metrics.py)
+    saved_activations_mib: float | None = None
 
     @property
     def device(self) -> torch.device:
@@ -129,7 +131,8 @@ def build_model(cfg: TrainConfig, layout: Layout, mesh, model_config: GPTConfig,
         inner = ParallelGPT.from_dense(dense, tp=cfg.tp, sync=cfg.sync, comm=comm,
                                        vocab_parallel=cfg.vocab_parallel,
                                        sync_dtype=cfg.sync_dtype, sync_block=cfg.sync_block,
-                                       ladder=cfg.ladder)
+                                       ladder=cfg.ladder,
+                                       sequence_parallel=cfg.sequence_parallel)
     inner.to(layout.device)
     if cfg.compile and layout.pp == 1:
         # In place, so parameter names and checkpoints are unchanged; static shapes (the

@@ -13,6 +13,7 @@ import torch
 
 from ..data import TokenFile
 from ..model.parallel_gpt import ParallelGPT
+from .metrics import SavedActivations
 from .optim import clip_grad_norm, lr_at
 from .setup import Setup
 
@@ -44,8 +45,15 @@ def _step(s: Setup, mine: torch.Tensor) -> float:
         x, y = (t.to(s.device) for t in s.files["train"].batch(mine[micro]))
         last = micro == s.accum - 1
         ctx = s.model.no_sync() if s.layout.dp > 1 and not last else nullcontext()
+        # the first micro-batch's activation memory (not under compile, whose graphs save
+        # their own tensors)
+        meter = SavedActivations(s.model.parameters()) \
+            if s.saved_activations_mib is None and not s.cfg.compile else nullcontext()
         with ctx:
-            loss = s.loss(s.model, x, y) / s.accum
+            with meter:
+                loss = s.loss(s.model, x, y) / s.accum
+            if isinstance(meter, SavedActivations):
+                s.saved_activations_mib = meter.mib
             s.scaler.scale(loss).backward()
         total += loss.item()
     if isinstance(s.inner, ParallelGPT):

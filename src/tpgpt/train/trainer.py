@@ -78,7 +78,8 @@ class Trainer:
         c = count_collectives(self.setup.inner.plan, tp=cfg.tp, n_embd=cfg.n_embd, bias=cfg.bias,
                               batch_size=cfg.batch_size, seq_len=cfg.block_size,
                               vocab_parallel=cfg.vocab_parallel, grad_clip=cfg.grad_clip > 0,
-                              wire=getattr(self.setup.inner, "wire", None))
+                              wire=getattr(self.setup.inner, "wire", None),
+                              sequence_parallel=cfg.sequence_parallel)
         fwd_bwd = sum(x.count for x in c if x.phase in ("fwd", "bwd"))
         return fwd_bwd * self.setup.accum + sum(x.count for x in c if x.phase == "grad")
 
@@ -91,7 +92,8 @@ class Trainer:
         tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
         if not self.quiet:
             wire = ("" if cfg.sync_dtype == "float32" else f" sent in {cfg.sync_dtype}") + \
-                (", ladder" if cfg.ladder else "")
+                (", ladder" if cfg.ladder else "") + \
+                (", sequence-parallel" if cfg.sequence_parallel else "")
             print(f"tpgpt train: {s.layout.describe(cfg)}; sync={cfg.sync!r}{wire}; "
                   f"{s.inner.get_num_params() / 1e6:.2f}M parameters"
                   f"{' on this rank' if s.layout.pp > 1 else ''}; {tokens_per_iter} tokens/iter "
@@ -151,6 +153,7 @@ class Trainer:
                    "final_val_loss": p.last_eval.get("val"), "best_val_loss": p.best_val,
                    "iters": p.iter, "wall_s": wall_s, "train_s": train_s, "tp": cfg.tp,
                    "sync": cfg.sync, "sync_dtype": cfg.sync_dtype, "ladder": cfg.ladder,
+                   "sequence_parallel": cfg.sequence_parallel,
                    "forward_syncs": self.setup.inner.plan.num_syncs if cfg.tp > 1 else 0,
                    "collectives_per_step": self.planned_collectives(),
                    "step_ms": spread_ms(step_s), "memory": self.memory_report(),
@@ -169,11 +172,14 @@ class Trainer:
         return summary
 
     def memory_report(self) -> dict:
-        """Per rank: peak resident memory, resident memory before the model was built, the peak
-        of CUDA allocations, and the plan's accounting of parameters + grads + AdamW state."""
+        """Per rank: peak resident memory, the activations saved for backward in one
+        micro-batch (all of this process's ranks), resident memory before the model was built,
+        the peak of CUDA allocations, and the plan's accounting of parameters + grads + AdamW
+        state."""
         from ..analysis.plan_report import memory_per_rank
         s = self.setup
         mine = {"rank": s.layout.rank, "peak_rss_mib": peak_resident_mib(),
+                "saved_activations_mib": s.saved_activations_mib,
                 "rss_before_model_mib": self.rss_before_mib,
                 "cuda_peak_allocated_mib": torch.cuda.max_memory_allocated(s.device) / 2 ** 20
                 if s.device.type == "cuda" else None}
