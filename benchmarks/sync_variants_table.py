@@ -27,9 +27,10 @@ RATE_TFLOPS = 300.0  # `tpgpt plan`'s default compute rate (about 30% of an H100
 
 
 def predicted(config: GPTConfig, variant: str, tp: int, batch: int, seq: int) -> dict:
-    plan, wire, ladder = parse_variant(variant)
-    r = plan_report(config, SyncPlan.parse(plan, config.n_layer), tp=tp, batch_size=batch,
-                    seq_len=seq, vocab_parallel=False, grad_clip=True, wire=wire, ladder=ladder)
+    v = parse_variant(variant)
+    r = plan_report(config, SyncPlan.parse(v.sync, config.n_layer), tp=tp, batch_size=batch,
+                    seq_len=seq, vocab_parallel=False, grad_clip=True, wire=v.wire,
+                    ladder=v.ladder, sequence_parallel=v.sequence_parallel)
     return {ic: predict_step(r, config, BUILTIN[ic], RATE_TFLOPS)["step_s"]
             for ic in INTERCONNECTS}
 
@@ -52,16 +53,19 @@ def main(plans_json: str, decode_json: str, sweep_csv: str) -> None:
     print(f"CPU preset ({c['n_layer']} layers, n_embd {c['n_embd']}, batch "
           f"{plans['batch_size']} x {c['block_size']}) at tp=2 over gloo on this machine; "
           f"decode at batch {min(dec)}; predictions at {RATE_TFLOPS:g} TFLOP/s per device\n")
-    print("| variant | fwd syncs | sent / training step (one rank) | step ms here (vs `tp`) | "
-          "cost model (error) | decode ms/token here (vs `tp`) | cost model (error) | "
+    print("| variant | fwd syncs | sent / training step (one rank) | activations saved / rank "
+          "| step ms here (vs `tp`) | cost model (error) | decode ms/token here (vs `tp`) | "
+          "cost model (error) | "
           + " | ".join(f"predicted step on {ic}" for ic in INTERCONNECTS)
           + " | val loss (vs `tp`) |")
-    print("|---" * (8 + len(INTERCONNECTS)) + "|")
+    print("|---" * (9 + len(INTERCONNECTS)) + "|")
     for v, r in steps.items():
         d = b1[v]
         pred = predicted(config, v, 2, plans["batch_size"], c["block_size"])
         val = loss.get(v)
         print(f"| `{v}` | {r['forward_syncs']} | {r['bytes_sent_per_step'] / 2**20:.2f} MiB | "
+              f"{r['saved_activations_mib']:.2f} MiB "
+              f"({r['saved_activations_mib'] / base['saved_activations_mib']:.2f}x) | "
               f"{1e3 * r['mean_slowest_s']:.1f} "
               f"({r['mean_slowest_s'] / base['mean_slowest_s']:.2f}x) | "
               f"{1e3 * r['predicted_s']:.1f} ({100 * r['error']:+.0f}%) | "

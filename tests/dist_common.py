@@ -23,9 +23,10 @@ def make_batch():
 
 
 def case_options(case: str) -> tuple[str, dict]:
-    """'PLAN[@vp][@bfloat16|@int8][@ladder]' -> (plan, ParallelGPT options)."""
+    """'PLAN[@vp][@bfloat16|@int8][@ladder][@sp]' -> (plan, ParallelGPT options)."""
     sync, *opts = case.split("@")
-    out = {"vocab_parallel": "vp" in opts, "ladder": "ladder" in opts}
+    out = {"vocab_parallel": "vp" in opts, "ladder": "ladder" in opts,
+           "sequence_parallel": "sp" in opts}
     for dtype in ("bfloat16", "int8"):
         if dtype in opts:
             out.update(sync_dtype=dtype, sync_block=8)

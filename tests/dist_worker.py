@@ -3,7 +3,8 @@ the KV cache per case, results saved.
 
 usage: torchrun --nproc_per_node=P tests/dist_worker.py OUT_DIR TP CASE [CASE ...]
 where CASE is PLAN with options: @vp (vocab-parallel), @bfloat16 / @int8 (compressed syncs),
-@ladder (each sync's all-reduce launched asynchronously and waited for one region later).
+@ladder (each sync's all-reduce launched asynchronously and waited for one region later), @sp
+(sequence parallelism).
 Every process builds the same dense GPT from the seed and takes its own shards; rank k writes
 OUT_DIR/rank{k}_case{i}.pt, and OUT_DIR/rank{k}_wire.pt: compressed all-reduces of fixed
 per-rank float32 tensors (`wire_inputs`), for the bit-for-bit check.
@@ -24,12 +25,12 @@ from tpgpt.comm.distributed import DistributedComm, init_distributed  # noqa: E4
 
 
 def _count_async_launches(comm: DistributedComm) -> list:
-    launched, start = [], comm._cross_all_reduce_async
-
-    def counted(x):
-        launched.append(x.shape)
-        return start(x)
-    comm._cross_all_reduce_async = counted
+    launched = []
+    for name in ("_cross_all_reduce_async", "_cross_reduce_scatter_async"):
+        def counted(*args, start=getattr(comm, name)):
+            launched.append(args[0].shape)
+            return start(*args)
+        setattr(comm, name, counted)
     return launched
 
 

@@ -1,6 +1,7 @@
 """Distributed (torchrun, gloo on loopback) against simulated: logits, loss, every gradient shard,
-the counted collectives against the plan, and greedy decoding with the KV cache, for every plan,
-at tp=2, tp=4 and hybrid tp=4 on 2 processes (2 ranks each)."""
+the counted collectives against the plan, and greedy decoding with the KV cache, for every plan
+(with compressed, ladder and sequence-parallel syncs too), at tp=2, tp=4 and hybrid tp=4 on 2
+processes (2 ranks each)."""
 from __future__ import annotations
 
 import os
@@ -24,7 +25,8 @@ assert 2 < RANDOM_BITS.count("1") < 2 * CONFIG.n_layer, RANDOM_BITS  # really a 
 PLANS = ["tp", "spd", "parallel", "tp,spd", "spd,parallel,parallel", RANDOM_BITS]
 CASES = PLANS + ["tp@vp", "spd,parallel,parallel@vp", "tp@int8", "tp,spd@bfloat16",
                  "spd,parallel,parallel@int8", "tp@ladder", "spd,parallel,parallel@ladder",
-                 "tp,spd@int8@ladder"]
+                 "tp,spd@int8@ladder", "tp@sp", "spd,parallel,parallel@vp@sp",
+                 RANDOM_BITS + "@sp", "tp,spd@ladder@sp"]
 LAYOUTS = {"tp2": (2, 2), "tp4": (4, 4), "hybrid_tp4_on_2": (2, 4)}  # name: (processes, tp)
 
 
@@ -60,14 +62,16 @@ def test_distributed_equals_simulated(layout, case):
     model, loss, logits, counts = simulated(tp, case)
     expected = summarize(count_collectives(
         model.plan, tp=tp, n_embd=CONFIG.n_embd, bias=CONFIG.bias, batch_size=2, seq_len=8,
-        vocab_parallel=model.vocab_parallel, dtype_bytes=8, wire=model.wire))
+        vocab_parallel=model.vocab_parallel, dtype_bytes=8, wire=model.wire,
+        sequence_parallel=model.sequence_parallel))
     assert counts == expected, "simulated counts differ from the plan"
     grads = {n: p.grad for n, p in model.named_parameters()}
     for res in results[case]:
         label = f"{name} {case} ranks {res['ranks']}"
         assert res["counts"] == expected, f"{label}: distributed counts differ from the plan"
         assert res["cross_process"] == {True}
-        # ladder syncs in float32 run asynchronously, and every one was waited for
+        # ladder syncs in float32 run asynchronously (all-reduces, or reduce-scatters under
+        # sequence parallelism), and every one was waited for
         assert (res["async_launched"] > 0) == (model.ladder and not model.wire.compressed)
         assert res["in_flight_left"] == 0
         assert_close(res["loss"], loss, f"{label} loss")

@@ -107,13 +107,15 @@ def _pass(work: tuple[float, float], colls, device: Device, ic: Interconnect, tp
 
 def predict_generation(config, plan: SyncPlan, *, tp: int, batch: int, prompt_len: int,
                        new_tokens: int, vocab_parallel: bool, dtype_bytes: int, device: Device,
-                       ic: Interconnect, wire=None, ladder: bool = False) -> dict:
+                       ic: Interconnect, wire=None, ladder: bool = False,
+                       sequence_parallel: bool = False) -> dict:
     """Predicted prefill (time to first token) and mean per-token decode latency. The first
     new token comes from the prefill; the other new_tokens - 1 from decode steps whose keys
     grow from prompt_len + 1 to prompt_len + new_tokens - 1 (mean prompt_len + new_tokens/2)."""
     colls = count_inference(plan, tp=tp, n_embd=config.n_embd, vocab_size=config.vocab_size,
                             batch_size=batch, prompt_len=prompt_len,
-                            vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes, wire=wire)
+                            vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes, wire=wire,
+                            sequence_parallel=sequence_parallel)
     kw = dict(batch=batch, vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes)
     overlap = ladder and (wire is None or not wire.compressed)
 

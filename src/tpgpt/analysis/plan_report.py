@@ -10,12 +10,13 @@ def label(r: dict) -> str:
     """A report's plan, with what its syncs send when that is not float32: 'tp', 'spd@int8'
     (the benchmarks' --plans spelling)."""
     return r["sync"] + ("" if r.get("sync_dtype", "float32") == "float32" else
-                        f"@{r['sync_dtype']}") + ("@ladder" if r.get("ladder") else "")
+                        f"@{r['sync_dtype']}") + ("@ladder" if r.get("ladder") else "") + \
+        ("@sp" if r.get("sequence_parallel") else "")
 
 
 def _is_base(r: dict) -> bool:
     return all(int(b) for b in r["bits"]) and r.get("sync_dtype", "float32") == "float32" \
-        and not r.get("ladder")
+        and not r.get("ladder") and not r.get("sequence_parallel")
 
 
 def _wire_fields(wire: SyncWire | None) -> dict:
@@ -49,13 +50,14 @@ def memory_per_rank(config, tp: int, vocab_parallel: bool) -> dict:
 
 def plan_report(config, plan: SyncPlan, *, tp: int, batch_size: int, seq_len: int,
                 vocab_parallel: bool, dtype_bytes: int = 4, grad_clip: bool = False,
-                wire: SyncWire | None = None, ladder: bool = False) -> dict:
+                wire: SyncWire | None = None, ladder: bool = False,
+                sequence_parallel: bool = False) -> dict:
     """Everything `tpgpt plan --json` prints: layers, regions, and collectives per step."""
     step = count_collectives(plan, tp=tp, n_embd=config.n_embd, bias=config.bias,
                              batch_size=batch_size, seq_len=seq_len,
                              vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes,
                              grad_clip=grad_clip, param_bytes=4 if dtype_bytes < 4 else None,
-                             wire=wire)
+                             wire=wire, sequence_parallel=sequence_parallel)
     collectives = [_collective(c, tp) for c in step]
     totals: dict[str, dict[str, int]] = {}
     for c in collectives:
@@ -69,14 +71,15 @@ def plan_report(config, plan: SyncPlan, *, tp: int, batch_size: int, seq_len: in
         "model": {k: getattr(config, k) for k in
                   ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "bias")},
         "tp": tp, "sync": plan.spec, "bits": plan.bitstring, "vocab_parallel": vocab_parallel,
-        **_wire_fields(wire), "ladder": ladder,
+        **_wire_fields(wire), "ladder": ladder, "sequence_parallel": sequence_parallel,
         "batch_size": batch_size, "seq_len": seq_len, "dtype_bytes": dtype_bytes,
         "layers": [{"layer": i, "kind": plan.layer_kind(i), "attn_sync": plan.sync_after(2 * i),
                     "mlp_sync": plan.sync_after(2 * i + 1)} for i in range(config.n_layer)],
         "regions": plan.regions(),
         "forward_syncs": plan.forward_syncs(tp),
         "forward_syncs_all_on": baseline if tp > 1 else 0,
-        "replicated_grad_elements": replicated_per_rank_numel(plan, config.n_embd, config.bias),
+        "replicated_grad_elements": replicated_per_rank_numel(plan, config.n_embd, config.bias,
+                                                              sequence_parallel),
         "collectives": collectives,
         "memory_per_rank": memory_per_rank(config, tp, vocab_parallel),
         "totals": totals,
@@ -90,6 +93,7 @@ def _mb(n: int) -> str:
 
 _WHAT = {"sync": "residual stream, leaving a region (g)",
          "region": "residual stream, entering a region (f)",
+         "sequence": "sequence-parallel stream: split after the embedding, gathered for the head",
          "embedding": "vocab-parallel embedding lookup",
          "loss": "vocab-parallel cross-entropy",
          "head": "vocab-parallel LM head input (f)",
@@ -140,6 +144,9 @@ def format_plan(r: dict) -> str:
 def _wire_note(r: dict) -> str:
     ladder = ("; ladder: each sync's result lands one region later, its all-reduce under that "
               "region's compute") if r.get("ladder") else ""
+    if r.get("sequence_parallel"):
+        ladder += ("; sequence-parallel: each all-reduce a reduce-scatter + all-gather, the "
+                   "stream between regions split along the sequence")
     if r.get("sync_dtype", "float32") == "float32":
         return ladder
     block = f" (a float32 scale per {r['sync_block']} channels)" if r["sync_block"] else ""
@@ -173,18 +180,20 @@ def format_predictions(reports: list[dict], ic, achieved_tflops: float) -> str:
 
 def inference_report(config, plan: SyncPlan, *, tp: int, batch_size: int, prompt_len: int,
                      new_tokens: int, vocab_parallel: bool, dtype_bytes: int = 4,
-                     wire: SyncWire | None = None, ladder: bool = False) -> dict:
+                     wire: SyncWire | None = None, ladder: bool = False,
+                     sequence_parallel: bool = False) -> dict:
     """Everything `tpgpt plan --inference --json` prints: the collectives of the prefill and
     of one decode step, and the KV cache one rank has filled at the end of the generation."""
     colls = count_inference(plan, tp=tp, n_embd=config.n_embd, vocab_size=config.vocab_size,
                             batch_size=batch_size, prompt_len=prompt_len,
-                            vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes, wire=wire)
+                            vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes, wire=wire,
+                            sequence_parallel=sequence_parallel)
     C, L = config.n_embd, config.n_layer
     return {
         "model": {k: getattr(config, k) for k in
                   ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "bias")},
         "tp": tp, "sync": plan.spec, "bits": plan.bitstring, "vocab_parallel": vocab_parallel,
-        **_wire_fields(wire), "ladder": ladder,
+        **_wire_fields(wire), "ladder": ladder, "sequence_parallel": sequence_parallel,
         "batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens,
         "dtype_bytes": dtype_bytes, "forward_syncs": plan.forward_syncs(tp),
         "forward_syncs_all_on": 2 * L if tp > 1 else 0,
@@ -218,6 +227,8 @@ def format_inference(r: dict) -> str:
 
 
 _WHAT_INFERENCE = {"sync": "residual stream, leaving a region (g)",
+                   "region": "residual stream, entering a region (sequence-parallel)",
+                   "sequence": "sequence-parallel stream, gathered for the head",
                    "embedding": "vocab-parallel embedding lookup",
                    "logits": "vocab-parallel logits of the last position"}
 

@@ -16,7 +16,7 @@ from .evaluate import evaluate_checkpoint
 from ..checkpoint.store import find_checkpoint
 from ..errors import ConfigError
 from ..comm.plan import SyncPlan, count_collectives, sent_bytes
-from ..comm.wire import SyncWire, parse_variant
+from ..comm.wire import Variant, parse_variant
 
 
 def plan_dir_name(plan: str) -> str:
@@ -36,9 +36,9 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
         raise ConfigError(f"sweep needs tp >= 2 (tp={cfg.tp}: with one rank every plan is the "
                           f"dense model): pass --tp=2")
     for p in plans:  # every plan checked before any training
-        sync, wire, _ = _variant(cfg, p)
-        SyncPlan.parse(sync, cfg.n_layer)
-        wire.check(cfg.n_embd)
+        v = _variant(cfg, p)  # the config's checks (sequence parallelism's too)
+        replace(cfg, sync=v.sync, sync_dtype=v.wire.dtype, ladder=v.ladder,
+                sequence_parallel=v.sequence_parallel)
     if "tp" not in plans:
         plans = ["tp", *plans]  # the all-sync baseline
     if len(set(plans)) != len(plans):
@@ -48,15 +48,15 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
     for i, plan in enumerate(plans):
         summary = train_plan(cfg, plan, os.path.join(out, plan_dir_name(plan)),
                              echo=lambda text, i=i: echo(f"[{i + 1}/{len(plans)}] {text}"))
-        sync, wire, ladder = _variant(cfg, plan)
+        sync, wire, ladder, sp = _variant(cfg, plan)
         act = activation_bytes(cfg.dtype)
         steps = count_collectives(SyncPlan.parse(sync, cfg.n_layer), tp=cfg.tp,
                                   n_embd=cfg.n_embd, bias=cfg.bias, batch_size=cfg.batch_size,
                                   seq_len=cfg.block_size, vocab_parallel=cfg.vocab_parallel,
                                   wire=wire, grad_clip=cfg.grad_clip > 0, dtype_bytes=act,
-                                  param_bytes=4 if act < 4 else None)
+                                  param_bytes=4 if act < 4 else None, sequence_parallel=sp)
         rows.append({"plan": plan, "bits": SyncPlan.parse(sync, cfg.n_layer).bitstring,
-                     "sync_dtype": wire.dtype, "ladder": ladder,
+                     "sync_dtype": wire.dtype, "ladder": ladder, "sequence_parallel": sp,
                      "sent_per_step": round(sum(c.count * sent_bytes(c.op, c.nbytes, cfg.tp)
                                                 for c in steps)),
                      **summary, "curve": curve(os.path.join(out, plan_dir_name(plan)))})
@@ -68,9 +68,10 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
     return rows
 
 
-def _variant(cfg: TrainConfig, plan: str) -> tuple[str, SyncWire, bool]:
-    """'PLAN[@DTYPE][@ladder]' -> (plan, wire, ladder); what is not named is the config's."""
-    return parse_variant(plan, dtype=cfg.sync_dtype, block=cfg.sync_block, ladder=cfg.ladder)
+def _variant(cfg: TrainConfig, plan: str) -> Variant:
+    """'PLAN[@DTYPE][@ladder][@sp]' -> the Variant; what is not named is the config's."""
+    return parse_variant(plan, dtype=cfg.sync_dtype, block=cfg.sync_block, ladder=cfg.ladder,
+                         sequence_parallel=cfg.sequence_parallel)
 
 
 def finished_summary(run_dir: str, max_iters: int) -> dict | None:
@@ -85,7 +86,7 @@ def train_plan(cfg: TrainConfig, plan: str, run_dir: str, echo=print) -> dict:
     full-split validation loss of the final model added once."""
     from ..train.trainer import Trainer
 
-    sync, wire, ladder = _variant(cfg, plan)
+    sync, wire, ladder, sp = _variant(cfg, plan)
     summary = finished_summary(run_dir, cfg.max_iters)
     if summary and (summary.get("sync_dtype", "float32"), summary.get("ladder", False)) != \
             (wire.dtype, ladder):
@@ -100,7 +101,7 @@ def train_plan(cfg: TrainConfig, plan: str, run_dir: str, echo=print) -> dict:
         resume = find_checkpoint(os.path.join(run_dir, "last")) is not None
         echo(f"{plan}: " + ("resuming" if resume else "training"))
         trainer = Trainer(replace(cfg, sync=sync, sync_dtype=wire.dtype, ladder=ladder,
-                                  out_dir=run_dir), resume=resume)
+                                  sequence_parallel=sp, out_dir=run_dir), resume=resume)
         summary = trainer.run()
         trainer.close()
     if "full_val_loss" not in summary:  # exact, computed once and kept in summary.json

@@ -133,11 +133,12 @@ def bench_one(config: GPTConfig, plans: list[str], batch: int, prompt_len: int,
     compute_key = f"compute only ({plans[0]}, no collectives)"
     models = {}
     for key, variant, only in [(p, p, False) for p in plans] + [(compute_key, plans[0], True)]:
-        plan, wire, ladder = parse_variant(variant)
-        models[key] = ParallelGPT.from_dense(dense, tp=world, sync=plan,
+        v = parse_variant(variant)
+        models[key] = ParallelGPT.from_dense(dense, tp=world, sync=v.sync,
                                              comm=TimedComm(world, compute_only=only),
-                                             sync_dtype=wire.dtype, sync_block=wire.block,
-                                             ladder=ladder).eval()
+                                             sync_dtype=v.wire.dtype, sync_block=v.wire.block,
+                                             ladder=v.ladder,
+                                             sequence_parallel=v.sequence_parallel).eval()
     ttft, steps, spans, tokens = _time_generations(models, prompt, new_tokens, rounds)
     refs, want, failure = None, None, [None]
     if rank == 0:
@@ -157,11 +158,11 @@ def bench_one(config: GPTConfig, plans: list[str], batch: int, prompt_len: int,
     same_host = int(os.environ.get("LOCAL_WORLD_SIZE", -1)) == world and device.type == "cpu"
     decode_colls = {}
     for p in plans:
-        plan, wire, _ = parse_variant(p)
+        v = parse_variant(p)
         decode_colls[p] = count_inference(
-            SyncPlan.parse(plan, config.n_layer), tp=world, n_embd=config.n_embd,
+            SyncPlan.parse(v.sync, config.n_layer), tp=world, n_embd=config.n_embd,
             vocab_size=config.vocab_size, batch_size=batch, prompt_len=prompt_len,
-            wire=wire)["decode"]
+            wire=v.wire, sequence_parallel=v.sequence_parallel)["decode"]
     rows = [_row(p, config, world, slow_ttft[p], slow_steps[p], [g[p] for g in gathered],
                  same_host, decode_colls[p]) for p in plans]
     return {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "rows": rows,
@@ -175,9 +176,10 @@ def bench_one(config: GPTConfig, plans: list[str], batch: int, prompt_len: int,
 
 def _row(variant, config, world, ttft, steps, rank_spans, same_host, colls) -> dict:
     n_sync = sum(c.count for c in colls)
-    plan, wire, ladder = parse_variant(variant)
-    return {"plan": variant, "sync_dtype": wire.dtype, "ladder": ladder,
-            "forward_syncs": SyncPlan.parse(plan, config.n_layer).forward_syncs(world),
+    v = parse_variant(variant)
+    return {"plan": variant, "sync_dtype": v.wire.dtype, "ladder": v.ladder,
+            "sequence_parallel": v.sequence_parallel,
+            "forward_syncs": SyncPlan.parse(v.sync, config.n_layer).forward_syncs(world),
             "collectives_per_step": n_sync,
             "bytes_sent_per_step": sum(c.count * sent_bytes(c.op, c.nbytes, world)
                                        for c in colls),
@@ -208,10 +210,11 @@ def calibrate(result: dict, config: GPTConfig, world: int, idle: Interconnect, d
     cal = calibrate_on or max(plain, key=lambda p: rows[p]["collectives_per_step"])
 
     def predict(ic, p):
-        plan, wire, ladder = parse_variant(p)
-        return predict_generation(config, SyncPlan.parse(plan, config.n_layer), tp=world,
+        v = parse_variant(p)
+        return predict_generation(config, SyncPlan.parse(v.sync, config.n_layer), tp=world,
                                   batch=B, prompt_len=P, new_tokens=N, vocab_parallel=False,
-                                  dtype_bytes=4, device=dev, ic=ic, wire=wire, ladder=ladder)
+                                  dtype_bytes=4, device=dev, ic=ic, wire=v.wire,
+                                  ladder=v.ladder, sequence_parallel=v.sequence_parallel)
     base = predict(idle, cal)["decode"]
     n = rows[cal]["collectives_per_step"]
     overhead = max((rows[cal]["decode"]["mean_s"] - base["total_s"]) / n, 0.0) if n else 0.0

@@ -167,6 +167,7 @@ def plot_decode(r: dict, path: str, overwrite: bool = False) -> None:
 def run_decode_cli(args) -> int:
     from ..comm.plan import SyncPlan, validate_tp
     from ..comm.wire import parse_variant
+    from ..model.parallel_gpt import check_sequence_parallel
 
     base = check_out(args.out, args.overwrite, (".json", ".md", ".png"))
     png = base + ".png" if base else None
@@ -179,7 +180,9 @@ def run_decode_cli(args) -> int:
         validate_tp(world, cfg.n_head, cfg.vocab_size, False)
         lengths(cfg, args.prompt_len, args.new_tokens)
         for p in plans:
-            SyncPlan.parse(parse_variant(p, cfg.n_embd)[0], cfg.n_layer)
+            v = parse_variant(p, cfg.n_embd)
+            SyncPlan.parse(v.sync, cfg.n_layer)
+            check_sequence_parallel(v.sequence_parallel, world, v.wire, cfg.block_size)
     if args.calibrate_on is not None and args.calibrate_on not in plans:
         raise ConfigError(f"--calibrate-on {args.calibrate_on!r} is not one of --plans")
     if "RANK" not in os.environ or world < 2:

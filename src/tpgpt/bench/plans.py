@@ -28,6 +28,7 @@ import torch.distributed as dist
 from ..analysis.costmodel import Interconnect, predict_step, train_flops_per_token
 from ..comm.distributed import DistributedComm
 from ..comm.wire import parse_variant
+from ..train.metrics import SavedActivations
 from .timing import check_out, report_and_finish, slowest_rank, stats, time_interleaved
 
 
@@ -75,6 +76,17 @@ class TimedComm(DistributedComm):
         if self.compute_only:
             return self._timed(lambda: x.contiguous().clone())
         return self._timed(lambda: super(TimedComm, self)._cross_all_reduce_async(x))
+
+    def _cross_reduce_scatter(self, x, dim):
+        if self.compute_only:  # this process's slice of what it holds
+            return self._timed(lambda: x.chunk(self.nproc, dim=dim)[self.ranks.start // len(
+                self.ranks)].contiguous())
+        return self._timed(lambda: super(TimedComm, self)._cross_reduce_scatter(x, dim))
+
+    def _cross_reduce_scatter_async(self, x, dim):  # a ladder sync: the span is its launch
+        if self.compute_only:
+            return self._cross_reduce_scatter(x, dim)
+        return self._timed(lambda: super(TimedComm, self)._cross_reduce_scatter_async(x, dim))
 
     def _cross_all_to_all(self, x):
         if self.compute_only:  # what arrives has the shape of what is sent, transposed
@@ -158,13 +170,19 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
     idx = torch.randint(0, config.vocab_size, (batch_size, config.block_size),
                         generator=g).to(device)
     compute_key = f"compute only ({plans[0]}, no collectives)"
-    comms, fns = {}, {}
+    comms, fns, activations = {}, {}, {}
     for key, variant, only in [(p, p, False) for p in plans] + [(compute_key, plans[0], True)]:
+        v = parse_variant(variant)
         comms[key] = TimedComm(world, compute_only=only)
-        plan, wire, ladder = parse_variant(variant)
-        model = ParallelGPT.from_dense(dense, tp=world, sync=plan, comm=comms[key],
-                                       sync_dtype=wire.dtype, sync_block=wire.block,
-                                       ladder=ladder)
+        model = ParallelGPT.from_dense(dense, tp=world, sync=v.sync, comm=comms[key],
+                                       sync_dtype=v.wire.dtype, sync_block=v.wire.block,
+                                       ladder=v.ladder, sequence_parallel=v.sequence_parallel)
+        with SavedActivations(model.parameters()) as saved:  # one forward, before the timing
+            loss = model(idx, idx, return_logits=False)[1]
+        activations[key] = saved.mib
+        del loss
+        comms[key].spans.clear()
+        comms[key].counter.reset()
         fns[key] = _step_fn(model, idx)
     times = time_interleaved(fns, steps, warmup, dist.barrier)
 
@@ -185,10 +203,11 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
     achieved = flops_per_rank / compute_s / 1e12
     reports = {}
     for p in plans:
-        plan, wire, ladder = parse_variant(p)
-        reports[p] = plan_report(config, SyncPlan.parse(plan, config.n_layer), tp=world,
+        v = parse_variant(p)
+        reports[p] = plan_report(config, SyncPlan.parse(v.sync, config.n_layer), tp=world,
                                  batch_size=batch_size, seq_len=config.block_size,
-                                 vocab_parallel=False, wire=wire, ladder=ladder)
+                                 vocab_parallel=False, wire=v.wire, ladder=v.ladder,
+                                 sequence_parallel=v.sequence_parallel)
     n_coll = {p: sum(c["count"] for c in r["collectives"]) for p, r in reports.items()}
     idle_pred = {p: predict_step(r, config, idle, achieved) for p, r in reports.items()}
     if profile is not None:
@@ -209,6 +228,8 @@ def bench_plans(config, plans: list[str], batch_size: int, steps: int = 60, warm
             "plan": p, "role": "calibration" if p == calibrate_on else "validation",
             "forward_syncs": reports[p]["forward_syncs"], "collectives_planned": n_coll[p],
             "sync_dtype": reports[p]["sync_dtype"], "ladder": reports[p]["ladder"],
+            "sequence_parallel": reports[p]["sequence_parallel"],
+            "saved_activations_mib": activations[p],
             "predicted_hidden_s": cal["hidden_s"],
             "bytes_sent_per_step": reports[p]["totals"]["step"]["sent"],
             "collectives_timed": per_step[p], **stats(times[p]),
@@ -243,6 +264,10 @@ def _kib(n: float | None) -> str:
     return "-" if n is None else f"{n / 1024:,.0f} KiB"
 
 
+def _mib(n: float | None) -> str:
+    return "-" if n is None else f"{n:.2f} MiB"
+
+
 def format_plans(r: dict) -> str:
     c, ic, idle = r["config"], r["profile"], r["idle_profile"]
     lines = [f"sync plans at tp={r['world']} ({r['backend']}, {r['world']} processes): "
@@ -256,16 +281,17 @@ def format_plans(r: dict) -> str:
              f"{ic['sync_overhead_s'] * 1e6:.0f} us "
              + (f"(calibrated on `{r['calibrated_on']}` only)" if r["calibrated_on"]
                 else "(from the given profile; no plan used for calibration)"), "",
-             "| plan | fwd syncs | collectives (timed) | sent per step | measured mean ms "
+             "| plan | fwd syncs | collectives (timed) | sent per step | activations saved "
+             "per rank | measured mean ms "
              "(median; rank 0 min-max) | in-step collective ms (skew) | idle-link prediction ms "
-             "(error) | calibrated prediction ms (error) |", "|---|---|---|---|---|---|---|---|"]
+             "(error) | calibrated prediction ms (error) |", "|---" * 9 + "|"]
     for x in r["rows"]:
         skew = f" ({_ms(x['skew_mean_s'])})" if x["skew_mean_s"] is not None else ""
         role = " (calibration)" if x["role"] == "calibration" else ""
         lines.append(
             f"| `{x['plan']}`{role} | {x['forward_syncs']} | {x['collectives_planned']} "
             f"({x['collectives_timed']}) | {_kib(x.get('bytes_sent_per_step'))} | "
-            f"{_ms(x['mean_slowest_s'])} "
+            f"{_mib(x.get('saved_activations_mib'))} | {_ms(x['mean_slowest_s'])} "
             f"({_ms(x['median_slowest_s'])}; {_ms(x['min_s'])}-{_ms(x['max_s'])}) | "
             f"{x['collective_mean_s'] * 1e3:.2f}{skew} | "
             f"{_ms(x['predicted_idle_s'])} ({100 * x['error_idle']:+.0f}%) | "
@@ -306,9 +332,11 @@ def run_plans_cli(args) -> int:
     from ..comm.plan import SyncPlan, validate_tp
     world = int(os.environ.get("WORLD_SIZE", "1"))
     validate_tp(world, config.n_head, config.vocab_size, False)  # tp = the process count
+    from ..model.parallel_gpt import check_sequence_parallel
     for p in args.plans:  # a bad plan fails here, before any measurement
-        plan, _, _ = parse_variant(p, config.n_embd)
-        SyncPlan.parse(plan, config.n_layer)
+        v = parse_variant(p, config.n_embd)
+        SyncPlan.parse(v.sync, config.n_layer)
+        check_sequence_parallel(v.sequence_parallel, world, v.wire, config.block_size)
     result = bench_plans(config, args.plans, args.batch_size or cfg.batch_size,
                          steps=args.steps or 60, comm_repeats=args.repeats, profile=profile,
                          calibrate_on=args.calibrate_on)

@@ -5,7 +5,7 @@ import argparse
 import dataclasses
 import json
 
-from ..comm.wire import DEFAULT_BLOCK, SyncWire, parse_variant
+from ..comm.wire import DEFAULT_BLOCK, Variant, parse_variant
 from ..errors import ConfigError
 from ..model import GPTConfig
 from .common import add_model_args, boolean, flag, model_config
@@ -20,7 +20,8 @@ def register(sub) -> argparse.ArgumentParser:
     plan.add_argument("--sync", nargs="+", metavar="PLAN",
                       help="one or more plans: tp | spd | parallel | a comma list such as "
                            "tp,spd | bits:0111... (default tp); PLAN@DTYPE sends its syncs in "
-                           "DTYPE (tp@int8), PLAN@ladder ladders them")
+                           "DTYPE (tp@int8), PLAN@ladder ladders them, PLAN@sp adds sequence "
+                           "parallelism")
     flag(plan, "sync_dtype", nargs="+", metavar="DTYPE", default=["float32"],
          help="what the residual stream's syncs send: float32 (as computed), bfloat16, int8 "
               "(one or more; every plan is reported with each)")
@@ -29,6 +30,9 @@ def register(sub) -> argparse.ArgumentParser:
     flag(plan, "ladder", type=boolean, nargs="?", const=True, default=False,
          help="ladder syncs: each sync's all-reduce overlaps the next region's compute (the "
               "prediction counts max(compute, communication) there)")
+    flag(plan, "sequence_parallel", type=boolean, nargs="?", const=True, default=False,
+         help="sequence parallelism: each sync a reduce-scatter + all-gather, the stream "
+              "between them split along the sequence (a decode step of one token unsplit)")
     flag(plan, "vocab_parallel", type=boolean, nargs="?", const=True, default=False,
          help="vocab-parallel embedding/loss")
     flag(plan, "batch_size", type=int, default=None,
@@ -84,13 +88,14 @@ def defaults_from_config(plan: argparse.ArgumentParser, argv: list[str]) -> None
                                               "grad_clip": cfg.grad_clip > 0}
     plan.set_defaults(**model, tp=cfg.tp, sync=[cfg.sync], vocab_parallel=cfg.vocab_parallel,
                       sync_dtype=[cfg.sync_dtype], sync_block=cfg.sync_block, ladder=cfg.ladder,
-                      **batch, seq_len=cfg.block_size,
+                      sequence_parallel=cfg.sequence_parallel, **batch, seq_len=cfg.block_size,
                       dtype_bytes=activation_bytes(cfg.dtype))
 
 
 def run(args) -> int:
     from ..analysis.plan_report import format_plan, format_predictions, plan_report
     from ..comm.plan import SyncPlan, validate_tp
+    from ..model.parallel_gpt import check_sequence_parallel
 
     cfg = model_config(args)
     validate_tp(args.tp, cfg.n_head, cfg.vocab_size, args.vocab_parallel)
@@ -105,6 +110,11 @@ def run(args) -> int:
     if args.dtype_bytes not in (2, 4, 8):
         raise ConfigError(f"dtype_bytes={args.dtype_bytes} is invalid: choose 2, 4 or 8")
     args.variants = _variants(args, cfg)
+    for v in args.variants:
+        check_sequence_parallel(v.sequence_parallel, args.tp, v.wire, cfg.block_size)
+        if v.sequence_parallel and args.tp > 1 and not args.inference and seq_len % args.tp:
+            raise ConfigError(f"sequence_parallel needs seq_len divisible by tp: seq_len="
+                              f"{seq_len} is not a multiple of tp={args.tp}")
     if args.inference:
         for name, given in (("--achieved-tflops", args.achieved_tflops is not None),
                             ("--grad-clip", args.grad_clip)):
@@ -115,11 +125,12 @@ def run(args) -> int:
     if args.device:
         raise ConfigError("--device is for --inference predictions (training uses "
                           "--achieved-tflops)")
-    reports = [plan_report(cfg, SyncPlan.parse(s, cfg.n_layer), tp=args.tp,
+    reports = [plan_report(cfg, SyncPlan.parse(v.sync, cfg.n_layer), tp=args.tp,
                            batch_size=args.batch_size, seq_len=seq_len,
                            vocab_parallel=args.vocab_parallel, dtype_bytes=args.dtype_bytes,
-                           grad_clip=args.grad_clip, wire=w, ladder=lad)
-               for s, w, lad in args.variants]
+                           grad_clip=args.grad_clip, wire=v.wire, ladder=v.ladder,
+                           sequence_parallel=v.sequence_parallel)
+               for v in args.variants]
     rate_note = None
     if args.interconnect:
         ic, rate, rate_note = _interconnect(args, cfg)
@@ -137,11 +148,12 @@ def run(args) -> int:
     return 0
 
 
-def _variants(args, cfg) -> list[tuple[str, SyncWire, bool]]:
-    """(plan, wire, ladder) to report: each --sync with each --sync-dtype, or with its own
-    '@DTYPE' / '@ladder' (the benchmarks' spelling: tp@int8, spd@ladder)."""
+def _variants(args, cfg) -> list[Variant]:
+    """The variants to report: each --sync with each --sync-dtype, or with its own '@DTYPE' /
+    '@ladder' / '@sp' (the benchmarks' spelling: tp@int8, spd@ladder, tp@sp)."""
     return list(dict.fromkeys(  # a spec naming its dtype gives one variant, whatever the list
-        parse_variant(spec, cfg.n_embd, dtype, args.sync_block, args.ladder)
+        parse_variant(spec, cfg.n_embd, dtype, args.sync_block, args.ladder,
+                      args.sequence_parallel)
         for spec in args.sync or ["tp"] for dtype in args.sync_dtype))
 
 
@@ -182,18 +194,20 @@ def _run_inference(args, cfg) -> int:
         raise ConfigError(f"prompt_len + new_tokens = {P + N} exceeds block_size="
                           f"{cfg.block_size}: the KV cache holds block_size positions (longer "
                           f"generation restarts the window, see 'tpgpt sample')")
-    plans = [(SyncPlan.parse(s, cfg.n_layer), w, lad) for s, w, lad in args.variants]
+    plans = [(SyncPlan.parse(v.sync, cfg.n_layer), v) for v in args.variants]
     reports = [inference_report(cfg, plan, tp=args.tp, batch_size=args.batch_size,
                                 prompt_len=P, new_tokens=N, vocab_parallel=args.vocab_parallel,
-                                dtype_bytes=args.dtype_bytes, wire=w, ladder=lad)
-               for plan, w, lad in plans]
+                                dtype_bytes=args.dtype_bytes, wire=v.wire, ladder=v.ladder,
+                                sequence_parallel=v.sequence_parallel)
+               for plan, v in plans]
     if args.interconnect:
         ic, device = load_interconnect(args.interconnect), _device(args)
-        for r, (plan, w, lad) in zip(reports, plans):
+        for r, (plan, v) in zip(reports, plans):
             r["prediction"] = predict_generation(
                 cfg, plan, tp=args.tp, batch=args.batch_size,
                 prompt_len=P, new_tokens=N, vocab_parallel=args.vocab_parallel,
-                dtype_bytes=args.dtype_bytes, device=device, ic=ic, wire=w, ladder=lad)
+                dtype_bytes=args.dtype_bytes, device=device, ic=ic, wire=v.wire,
+                ladder=v.ladder, sequence_parallel=v.sequence_parallel)
     elif args.device:
         raise ConfigError("--device needs --interconnect (the prediction uses both)")
     if args.json:

@@ -45,7 +45,8 @@ class DistributedComm(TPComm):
         self.grad_group = grad_group if grad_group is not None else group
         self.grad_scale = grad_scale
         self._stash: dict[torch.nn.Parameter, torch.Tensor] = {}
-        self._inflight: dict[int, dist.Work] = {}  # data_ptr of a result -> its all-reduce
+        # data_ptr of a result -> (its collective, the buffers it uses, kept alive until then)
+        self._inflight: dict[int, tuple[dist.Work, tuple | None]] = {}
 
     def _cross_all_reduce(self, x: torch.Tensor, op: str = "sum") -> torch.Tensor:
         x = x.contiguous().clone()
@@ -54,11 +55,12 @@ class DistributedComm(TPComm):
 
     def _cross_all_reduce_async(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous().clone()
-        self._inflight[x.data_ptr()] = dist.all_reduce(x, group=self.group, async_op=True)
+        self._inflight[x.data_ptr()] = (dist.all_reduce(x, group=self.group, async_op=True),
+                                        None)
         return x
 
     def wait(self, x: torch.Tensor) -> None:
-        work = self._inflight.pop(x.data_ptr(), None)
+        work, _ = self._inflight.pop(x.data_ptr(), (None, None))
         if work is not None:
             work.wait()
 
@@ -75,12 +77,19 @@ class DistributedComm(TPComm):
         return self._reduce_scatter(x, dim, async_op=True)
 
     def _reduce_scatter(self, x: torch.Tensor, dim: int, async_op: bool) -> torch.Tensor:
-        send = x.movedim(dim, 0).contiguous()  # the collective scatters dimension 0
-        out = send.new_empty((send.shape[0] // self.nproc, *send.shape[1:]))
+        # the collective scatters dimension 0: send [P, 1, ..., n / P, ...] as [P, ..., n / P,
+        # ...], receive into a tensor of its own (not a view, which autograd would track)
+        send = x.unflatten(dim, (self.nproc, -1)).movedim(dim, 0).contiguous().flatten(0, 1)
+        out = send.new_empty((x.shape[0], *send.shape[1:]))
         work = _reduce_scatter_single(out, send, group=self.group, async_op=async_op)
-        if async_op:
-            self._inflight[out.data_ptr()] = work  # the view below shares the pointer
-        return out.movedim(0, dim)
+        if not async_op:
+            return out
+        # gloo finishes a reduce-scatter with an in-place copy into `out`: were `out` the tensor
+        # autograd sees, a copy landing after the custom Function returned would replace its
+        # history (and silently zero the gradient). Autograd gets a detached alias of the same
+        # memory; `send` must outlive the collective too.
+        self._inflight[out.data_ptr()] = (work, (send, out))
+        return out.detach()
 
     def _cross_all_to_all(self, x: torch.Tensor) -> torch.Tensor:
         R, P = self.local_ranks, self.nproc

@@ -23,6 +23,7 @@ and the backward all-reduce at a region's start is compressed the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -105,18 +106,28 @@ class SyncWire:
         return q.to(acc) * scale.to(acc)
 
 
+class Variant(NamedTuple):
+    """A plan with what its syncs send and when: the unit that bench, sweep and `plan` compare."""
+
+    sync: str
+    wire: SyncWire
+    ladder: bool = False
+    sequence_parallel: bool = False
+
+
 def parse_variant(spec: str, n_embd: int | None = None, dtype: str = "float32",
-                  block: int = DEFAULT_BLOCK, ladder: bool = False) -> tuple[str, SyncWire, bool]:
-    """'PLAN[@DTYPE][@ladder]' (the --plans of bench and sweep, `plan --sync`) -> (plan, what its
-    syncs send, ladder); what the spec does not name comes from the arguments."""
+                  block: int = DEFAULT_BLOCK, ladder: bool = False,
+                  sequence_parallel: bool = False) -> Variant:
+    """'PLAN[@DTYPE][@ladder][@sp]' (the --plans of bench and sweep, `plan --sync`) -> the
+    Variant; what the spec does not name comes from the arguments."""
     plan, *opts = spec.split("@")
-    dtypes = [o for o in opts if o != "ladder"]
+    dtypes = [o for o in opts if o not in ("ladder", "sp")]
     if len(dtypes) > 1:
         raise ConfigError(f"plan {spec!r} names {len(dtypes)} sync dtypes: give at most one")
     wire = SyncWire(dtypes[0] if dtypes else dtype, block)
     if n_embd is not None:
         wire.check(n_embd)
-    return plan, wire, ladder or "ladder" in opts
+    return Variant(plan, wire, ladder or "ladder" in opts, sequence_parallel or "sp" in opts)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
