@@ -644,6 +644,54 @@ def _(root):
             str(root / "hf")]
 
 
+@case("--sequence_parallel at tp=1", "sequence_parallel=true needs tp >= 2")
+def _(root):
+    return train_args(root, sequence_parallel="true")
+
+
+@case("--sequence_parallel with a sequence length tp does not divide",
+      "sequence_parallel needs block_size divisible by tp: block_size=15 is not a multiple "
+      "of tp=2")
+def _(root):
+    return train_args(root, tp=2, block_size=15, sequence_parallel="true")
+
+
+@case("--sequence_parallel with int8 syncs", "sequence_parallel with sync_dtype=int8 is not "
+                                             "supported")
+def _(root):
+    return train_args(root, tp=2, sync_dtype="int8", sequence_parallel="true")
+
+
+@case("--sequence_parallel with a pipeline", "sequence_parallel=true with pp>1 is not supported")
+def _(root):
+    return train_args(root, tp=2, pp=2, sequence_parallel="true")
+
+
+@case("--sequence_parallel not a boolean", "sequence_parallel='half' in --sequence_parallel is "
+                                           "not true or false")
+def _(root):
+    return train_args(root, tp=2, sequence_parallel="half")
+
+
+@case("plan: --sequence-parallel with a seq_len tp does not divide",
+      "sequence_parallel needs seq_len divisible by tp: seq_len=63 is not a multiple of tp=2")
+def _(root):
+    return ["plan", "--sequence-parallel", "--seq_len", "63"]
+
+
+@case("plan: a sequence-parallel plan with bfloat16 syncs",
+      "sequence_parallel with sync_dtype=bfloat16 is not supported")
+def _(root):
+    return ["plan", "--sync", "tp@bfloat16@sp"]
+
+
+@case("sweep: a sequence-parallel variant at a block size tp does not divide",
+      "block_size=15 is not a multiple of tp=2")
+def _(root):
+    return ["sweep", "shakespeare_char_cpu", "--plans", "spd@sp", "--out", str(root / "sw"),
+            *train_args(root, tp=2, block_size=15)[2:]]
+
+
 def _snapshot(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 

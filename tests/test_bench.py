@@ -12,7 +12,8 @@ from tpgpt.analysis.costmodel import load_interconnect
 from tpgpt.analysis.numerics import FLOAT64_RTOL
 from tpgpt.analysis.plan_report import label
 
-PLANS = ["tp", "spd", "parallel", "bits:01000101", "tp@int8", "spd@bfloat16", "tp@ladder"]
+PLANS = ["tp", "spd", "parallel", "bits:01000101", "tp@int8", "spd@bfloat16", "tp@ladder",
+         "tp@sp"]
 
 
 def test_bench_plans_times_every_planned_collective_and_calibrates_on_one(tmp_path, capsys):
@@ -27,7 +28,7 @@ def test_bench_plans_times_every_planned_collective_and_calibrates_on_one(tmp_pa
     assert {p: x["collectives_timed"] for p, x in rows.items()} == \
            {p: x["collectives_planned"] for p, x in rows.items()} == \
            {"tp": 16, "spd": 9, "parallel": 3, "bits:01000101": 7, "tp@int8": 16,
-            "spd@bfloat16": 9, "tp@ladder": 16}
+            "spd@bfloat16": 9, "tp@ladder": 16, "tp@sp": 35}
     # at tp=2 a compressed sync is one all-gather of quantized parts: the bytes one rank sends
     # in a step are the quantized share of float32's (1 + 4/32 bytes of 4 for int8, 2 of 4)
     assert rows["tp@int8"]["bytes_sent_per_step"] == rows["tp"]["bytes_sent_per_step"] * 9 / 32
@@ -35,7 +36,12 @@ def test_bench_plans_times_every_planned_collective_and_calibrates_on_one(tmp_pa
     assert r["profile"]["sync_overhead_s"] >= 0
     if r["profile"]["sync_overhead_s"] > 0:
         assert rows["tp"]["error"] == pytest.approx(0, abs=1e-9)
-    assert [x["role"] for x in r["rows"]] == ["calibration"] + ["validation"] * 6
+    assert [x["role"] for x in r["rows"]] == ["calibration"] + ["validation"] * 7
+    # sequence parallelism: the same bytes as the all-reduces in a ring (and the split and
+    # gather of the stream), less saved for backward on each rank; a drop of the others' syncs
+    # saves none
+    assert rows["tp@sp"]["saved_activations_mib"] < rows["tp"]["saved_activations_mib"]
+    assert rows["spd"]["saved_activations_mib"] == rows["tp"]["saved_activations_mib"]
     # the ladder's prediction hides communication under compute, the others' hide none
     assert rows["tp@ladder"]["predicted_hidden_s"] > 0
     assert all(x["predicted_hidden_s"] == 0 for p, x in rows.items() if p != "tp@ladder")
@@ -79,6 +85,13 @@ def test_bench_comm_writes_a_profile_plan_can_use(tmp_path, capsys):
     assert all(x["min_s"] <= x["median_s"] <= x["max_s"] and
                x["min_s"] <= x["mean_s"] <= x["max_s"] for x in r["rows"])
     assert r["profile"]["bandwidth_Bps"] > 0 and r["date"] and r["torch"]
+    # the reduce-scatter and all-gather of sequence parallelism are fitted on their own
+    assert {x["op"] for x in r["rows"]} == {"all_reduce", "reduce_scatter", "all_gather"}
+    assert set(r["profile"]["op_fits"]) == {"reduce_scatter", "all_gather"}
+    ic = load_interconnect(str(tmp_path / "gloo2.json"))
+    alpha, bandwidth = {op: (a, b) for op, a, b in ic.op_fits}["all_gather"]
+    assert ic.collective_time("all_gather", 2 ** 20, 2, in_step=False) == pytest.approx(
+        alpha + 2 ** 19 / bandwidth)
     assert main(["plan", "--interconnect", str(tmp_path / "gloo2.json")]) == 0
     assert "measured-gloo-2" in capsys.readouterr().out
 

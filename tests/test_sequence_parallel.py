@@ -154,3 +154,31 @@ def test_distributed_training_holds_less_activation_memory(text_data, tmp_path):
     mine = [r["saved_activations_mib"] for r in sp["memory"]["per_rank"]]
     theirs = [r["saved_activations_mib"] for r in plain["memory"]["per_rank"]]
     assert len(mine) == 2 and all(m < t for m, t in zip(mine, theirs)), (mine, theirs)
+
+
+def test_plan_counts_what_sequence_parallelism_sends(capsys):
+    """`tpgpt plan --sequence-parallel --json`: the reduce-scatters and all-gathers with the
+    bytes each sends; in a ring their sum per sync is the all-reduce's, and the prediction
+    charges every one (twice the latency steps' collectives); `PLAN@sp` says the same."""
+    from tpgpt.cli import main
+    common = ["--n_layer", "4", "--n_head", "4", "--n_embd", "128", "--block_size", "64",
+              "--json", "--interconnect", "pcie4"]
+    assert main(["plan", "--sync", "tp", "tp@sp", *common]) == 0
+    plain, sp = json.loads(capsys.readouterr().out)
+    assert not plain["sequence_parallel"] and sp["sequence_parallel"]
+    ops = {(c["phase"], c["op"], c["tag"]): c for c in sp["collectives"]}
+    ar = {(c["phase"], c["op"], c["tag"]): c for c in plain["collectives"]}
+    # the forward all-reduce ending a region: a forward reduce-scatter, its backward all-gather;
+    # the backward one entering it: a backward reduce-scatter, its forward all-gather
+    for phase, other_phase, tag in (("fwd", "bwd", "sync"), ("bwd", "fwd", "region")):
+        whole = ar[(phase, "all_reduce", tag)]
+        first = ops[(phase, "reduce_scatter", tag)]
+        other = ops[(other_phase, "all_gather", tag)]
+        assert first["count"] == other["count"] == whole["count"]
+        assert first["sent_each"] + other["sent_each"] == whole["sent_each"]
+    # + the stream's split (backward all-gather) and gather (forward), + the bucketed gradients
+    # of the LayerNorms and biases that now work on shards
+    assert sp["totals"]["step"]["count"] == 2 * plain["totals"]["step"]["count"] + 3
+    assert sp["prediction"]["comm_s"] > plain["prediction"]["comm_s"]
+    assert main(["plan", "--sync", "tp", "--sequence-parallel", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["collectives"] == sp["collectives"]

@@ -14,6 +14,11 @@ all-reduces sit on the critical path), except where the model overlaps on purpos
 sync's forward all-reduce runs under the next region's forward compute and costs
 max(compute, communication) there (`ladder_hidden_s`).
 
+A backend need not run every collective as a ring: gloo's reduce-scatter on this machine costs
+more than its all-reduce of the same buffer. A measured profile (`tpgpt bench comm`) therefore
+fits the all-gather and reduce-scatter on their own (`op_fits`: the alpha and B that reproduce
+each op's measured times in its ring formula); the built-in profiles are nominal rings.
+
 Inside a training step a collective costs more than on an idle link: it waits for the slowest
 rank to arrive (compute jitter) and, on a CPU backend, for its threads to be scheduled beside
 the compute. `sync_overhead_s` adds that cost once per collective; it is 0 for the built-in
@@ -40,23 +45,37 @@ class Interconnect:
     bandwidth_Bps: float  # per-direction bandwidth per link, bytes/s
     source: str = ""
     sync_overhead_s: float = 0.0  # per collective inside a training step, see the module doc
+    # op -> (alpha_s, bandwidth_Bps) of an op measured on its own (all_gather, reduce_scatter);
+    # the others use alpha_s and bandwidth_Bps, fitted to the all-reduce
+    op_fits: tuple[tuple[str, float, float], ...] = ()
 
     def collective_time(self, op: str, nbytes: int, n: int, in_step: bool = True) -> float:
         """Expected time of one collective over n ranks; `in_step=False`: on an idle link."""
         if n < 2:
             return 0.0
-        steps = 2 * (n - 1) if op.startswith("all_reduce") else n - 1
-        link = steps * self.alpha_s + sent_bytes(op, nbytes, n) / self.bandwidth_Bps
+        alpha, bandwidth = next(((a, b) for o, a, b in self.op_fits if o == op),
+                                (self.alpha_s, self.bandwidth_Bps))
+        link = ring_steps(op, n) * alpha + sent_bytes(op, nbytes, n) / bandwidth
         return link + (self.sync_overhead_s if in_step else 0.0)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["op_fits"] = {o: {"alpha_s": a, "bandwidth_Bps": b} for o, a, b in self.op_fits}
+        return d
 
     @classmethod
     def from_json(cls, d: dict, source: str = "") -> "Interconnect":
         """The inverse of to_json (a profile written by `tpgpt bench comm|plans`)."""
+        fits = tuple((str(o), float(f["alpha_s"]), float(f["bandwidth_Bps"]))
+                     for o, f in (d.get("op_fits") or {}).items())
         return cls(str(d["name"]), float(d["alpha_s"]), float(d["bandwidth_Bps"]),
-                   str(d.get("source", source)), float(d.get("sync_overhead_s", 0.0)))
+                   str(d.get("source", source)), float(d.get("sync_overhead_s", 0.0)), fits)
+
+
+def ring_steps(op: str, n: int) -> int:
+    """Latency steps of a ring collective over n ranks: 2 (n - 1) for an all-reduce, n - 1
+    for the others."""
+    return 2 * (n - 1) if op.startswith("all_reduce") else n - 1
 
 
 # Nominal link rates from the hardware specifications; latencies are typical NCCL small-message
@@ -108,8 +127,9 @@ def load_interconnect(name_or_file: str) -> Interconnect:
                       lambda d: Interconnect.from_json(d, source=name_or_file))
     if name_or_file in BUILTIN:
         return ic
-    if not (ic.alpha_s >= 0 and ic.bandwidth_Bps > 0 and ic.sync_overhead_s >= 0) or \
-            any(math.isinf(v) for v in (ic.alpha_s, ic.sync_overhead_s)):
+    fits = [(ic.alpha_s, ic.bandwidth_Bps)] + [(a, b) for _, a, b in ic.op_fits]
+    if not (all(a >= 0 and b > 0 and not math.isinf(a) for a, b in fits)
+            and ic.sync_overhead_s >= 0) or math.isinf(ic.sync_overhead_s):
         raise ConfigError(f"{name_or_file}: alpha_s and sync_overhead_s must be finite and >= 0, "
                           f"bandwidth_Bps > 0")
     return ic
@@ -129,10 +149,11 @@ def measured_compute(name_or_file: str) -> tuple[float, dict] | None:
     return (v, shape) if v > 0 and math.isfinite(v) else None
 
 
-def fit_alpha_beta(sizes: list[int], times: list[float], n: int) -> Interconnect:
-    """Fit measured all-reduce times to T = a + b N, minimising the *relative* error (weights
+def fit_alpha_beta(sizes: list[int], times: list[float], n: int,
+                   op: str = "all_reduce") -> Interconnect:
+    """Fit measured times of `op` to T = a + b N, minimising the *relative* error (weights
     1/T^2, so 8-byte latencies count as much as 64 MB transfers), then turn (a, b) into the
-    ring's per-step alpha and per-direction bandwidth B."""
+    per-step alpha and per-direction bandwidth B of op's ring formula."""
     w = [1.0 / t ** 2 for t in times]
     sw = sum(w)
     swx = sum(wi * x for wi, x in zip(w, sizes))
@@ -141,7 +162,7 @@ def fit_alpha_beta(sizes: list[int], times: list[float], n: int) -> Interconnect
     swxy = sum(wi * x * y for wi, x, y in zip(w, sizes, times))
     b = (sw * swxy - swx * swy) / (sw * swxx - swx ** 2)
     a = max((swy - b * swx) / sw, 0.0)
-    steps = 2 * (n - 1)
+    steps = ring_steps(op, n)
     return Interconnect("measured", a / steps, steps / n / b if b > 0 else float("inf"))
 
 
