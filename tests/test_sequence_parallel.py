@@ -182,3 +182,29 @@ def test_plan_counts_what_sequence_parallelism_sends(capsys):
     assert sp["prediction"]["comm_s"] > plain["prediction"]["comm_s"]
     assert main(["plan", "--sync", "tp", "--sequence-parallel", *common]) == 0
     assert json.loads(capsys.readouterr().out)["collectives"] == sp["collectives"]
+
+
+def test_a_run_resumes_with_sequence_parallelism_switched(text_data, tmp_path):
+    """A layout, not a function: a run trained with it resumes without it (and is the run
+    that never used it), and the checkpoint loads as the model it trained."""
+    from tpgpt.checkpoint.load import load_trained
+    from tpgpt.train import Trainer
+    from tpgpt.train.config import load_config
+    data, _ = text_data
+    kw = dict(tp=2, sync="tp,spd", n_head=4, dropout=0.1, dtype="float64", max_iters=20,
+              lr_decay_iters=20, eval_interval=10)
+
+    def run(out, resume=False, **over):
+        t = Trainer(load_config(None, tiny_train_overrides(data, tmp_path / out,
+                                                           **{**kw, **over})), resume=resume,
+                    quiet=True)
+        t.run()
+        t.close()
+    run("switched", sequence_parallel="true", max_iters=10)
+    run("switched", resume=True)
+    run("plain")
+    got, want = train_losses(tmp_path / "switched"), train_losses(tmp_path / "plain")
+    assert got.keys() == want.keys()
+    assert max(abs(got[k] - want[k]) for k in got) <= TRAIN_LOSS_TOL64
+    loaded = load_trained(str(tmp_path / "switched"))
+    assert loaded.model.is_dense is False and not loaded.converted
