@@ -177,8 +177,10 @@ def test_plan_counts_what_sequence_parallelism_sends(capsys):
         assert first["count"] == other["count"] == whole["count"]
         assert first["sent_each"] + other["sent_each"] == whole["sent_each"]
     # + the stream's split (backward all-gather) and gather (forward), + the bucketed gradients
-    # of the LayerNorms and biases that now work on shards
-    assert sp["totals"]["step"]["count"] == 2 * plain["totals"]["step"]["count"] + 3
+    # of the LayerNorms and biases that now work on shards, + each region's input gathered
+    # again in backward (8 one-sublayer regions)
+    assert sp["totals"]["step"]["count"] == 2 * plain["totals"]["step"]["count"] + 3 + 8
+    assert ops[("bwd", "all_gather", "regather")]["count"] == 8
     assert sp["prediction"]["comm_s"] > plain["prediction"]["comm_s"]
     assert main(["plan", "--sync", "tp", "--sequence-parallel", *common]) == 0
     assert json.loads(capsys.readouterr().out)["collectives"] == sp["collectives"]

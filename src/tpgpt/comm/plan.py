@@ -171,16 +171,20 @@ def sequence_collectives(plan: SyncPlan, phases: tuple[str, ...], act: int) -> l
     """The residual stream's collectives under sequence parallelism (`act` bytes: the whole
     stream, one rank's buffer): each region entered by an all-gather and left by a
     reduce-scatter, the backward the other way round; the stream is split after the embedding
-    (backward all-gather) and gathered after the final LayerNorm (forward)."""
+    (backward all-gather) and gathered after the final LayerNorm (forward); the backward of a
+    one-sublayer region gathers its input again (model/blocks.py)."""
     fwd, *bwd = phases
     regions, syncs = len(plan.regions()), plan.num_syncs
     out = [Collective(fwd, "all_gather", "region", regions, act),
            Collective(fwd, "reduce_scatter", "sync", syncs, act),
            Collective(fwd, "all_gather", "sequence", 1, act)]
+    singles = sum(len(r) == 1 for r in plan.regions())  # their input is gathered again
     for phase in bwd:
         out += [Collective(phase, "reduce_scatter", "region", regions, act),
                 Collective(phase, "all_gather", "sync", syncs, act),
                 Collective(phase, "all_gather", "sequence", 1, act)]
+        if singles:
+            out.append(Collective(phase, "all_gather", "regather", singles, act))
     return out
 
 

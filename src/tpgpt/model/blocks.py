@@ -32,7 +32,9 @@ LayerNorm of a one-sublayer region, the residual adds and the dropout between re
 on a tp-th of the sequence. The function is the same: LayerNorm is per position, dropout draws
 the whole stream's mask and keeps this rank's slice, and the reduce-scatter slices the all-reduce's
 sum. What runs on a shard uses the replicated LayerNorm weights and output biases per rank, so
-their gradients join the bucketed all-reduce.
+their gradients join the bucketed all-reduce. As in Megatron-LM, a one-sublayer region's first
+linear gathers the LayerNorm's shard itself and keeps only the shard for backward, which
+gathers it again (tensor_parallel.py).
 """
 from __future__ import annotations
 
@@ -104,9 +106,11 @@ class ParallelAttention(nn.Module):
         self.c_attn = ColumnParallelLinear(C, 3 * C, config.bias, tp, ranks)
         self.c_proj = RowParallelLinear(C, C, config.bias, tp, ranks)
 
-    def forward(self, h: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
-        R, B, T, _ = h.shape  # [R, B, T, C] -> partial [R, B, T, C]
-        q, k, v = self.c_attn(h).chunk(3, dim=-1)  # each [R, B, T, C/tp]
+    def forward(self, h: torch.Tensor, kv: LayerKV | None = None,
+                gather: TPComm | None = None) -> torch.Tensor:
+        """[R, B, T, C] -> partial [R, B, T, C]; with `gather`, h is the sequence shard."""
+        q, k, v = self.c_attn(h, gather).chunk(3, dim=-1)  # each [R, B, T, C/tp]
+        R, B, T, _ = q.shape
         q, k, v = (t.reshape(R * B, T, self.heads, self.head_size).transpose(1, 2)
                    for t in (q, k, v))  # (R*B, nh/tp, T, hs)
         if kv is not None:  # generation: this rank's heads over the cached positions too
@@ -127,8 +131,8 @@ class ParallelMLP(nn.Module):
         self.c_proj = RowParallelLinear(4 * config.n_embd, config.n_embd, config.bias, tp, ranks)
         self.approximate = GELU_APPROXIMATE[config.activation]
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(h), approximate=self.approximate))
+    def forward(self, h: torch.Tensor, gather: TPComm | None = None) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(h, gather), approximate=self.approximate))
 
 
 class ParallelBlock(nn.Module):
@@ -174,16 +178,19 @@ class ParallelBlock(nn.Module):
     def _sublayer(self, s: ResidualStream, ln, sub, start: bool, sync: bool,
                   kv: LayerKV | None = None) -> ResidualStream:
         comm, sp = self.comm, s.sharded
-        if start and sync and sp:  # one-sublayer region, Megatron's SP: LN on the shard
-            h = comm.gather_sequence(rank_layer_norm(comm, ln, s.shared))
-        elif start and sync:  # one-sublayer region: Megatron's LN -> f -> sublayer -> g
-            h = comm.copy_to_tp(ln(s.shared), wire=self.wire)
+        kw = {} if kv is None else {"kv": kv}
+        if start and sync and sp:  # one-sublayer region, Megatron's SP: LN on the shard, and
+            out = sub(rank_layer_norm(comm, ln, s.shared), gather=comm, **kw)  # the first
+            # linear gathers it (keeping only the shard for backward)
         else:
-            if start:
-                s.view = comm.gather_sequence(s.shared) if sp else \
-                    comm.copy_to_tp(s.shared, wire=self.wire)
-            h = rank_layer_norm(comm, ln, s.view)
-        out = sub(h) if kv is None else sub(h, kv)  # [R, B, T, C] partial sums of this rank
+            if start and sync:  # one-sublayer region: Megatron's LN -> f -> sublayer -> g
+                h = comm.copy_to_tp(ln(s.shared), wire=self.wire)
+            else:
+                if start:
+                    s.view = comm.gather_sequence(s.shared) if sp else \
+                        comm.copy_to_tp(s.shared, wire=self.wire)
+                h = rank_layer_norm(comm, ln, s.view)
+            out = sub(h, **kw)  # [R, B, T, C] partial sums of this process's ranks
         s.partial = out if s.partial is None else s.partial + out
         b = sub.c_proj.bias
         if b is not None:

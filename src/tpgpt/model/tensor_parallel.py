@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..comm.tp_comm import TPComm
+from ..comm.tp_comm import SEQ_DIM, TPComm
 
 
 def _rank_slices(t: torch.Tensor, tp: int, dim: int, ranks: range) -> torch.Tensor:
@@ -27,7 +27,11 @@ class ColumnParallelLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(len(ranks), in_features, out_features // tp))
         self.bias = nn.Parameter(torch.zeros(len(ranks), out_features // tp)) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [R, B, T, in] -> [R, B, T, out/tp]
+    def forward(self, x: torch.Tensor, gather: TPComm | None = None) -> torch.Tensor:
+        """[R, B, T, in] -> [R, B, T, out/tp]; with `gather`, x is rank r's sequence shard
+        [R, B, T/tp, in], all-gathered first (sequence parallelism, `_GatheredColumnLinear`)."""
+        if gather is not None:
+            return _GatheredColumnLinear.apply(x, self.weight, self.bias, gather)
         R, B, T, _ = x.shape
         x3 = x.reshape(R, B * T, -1)
         if self.bias is None:
@@ -55,6 +59,50 @@ class ColumnParallelLinear(nn.Module):
         b = None if bias is None else torch.cat(
             [part.reshape(-1) for part in bias.chunk(groups, dim=1)], dim=0)
         return w, b
+
+
+class _GatheredColumnLinear(torch.autograd.Function):
+    """Sequence parallelism's entry into a one-sublayer region fused with its first linear:
+    all-gather the LayerNorm's sequence shards and multiply, keeping only the shard for
+    backward, which gathers it again, then reduce-scatters the input's gradient. The layer's
+    input then costs a tp-th of its memory for one more all-gather (Megatron-LM does the same,
+    arXiv:2205.05198 section 4.2.2). Written by hand because autograd would keep the gathered
+    input; the forward is `ColumnParallelLinear`'s ops, so the function is unchanged."""
+
+    @staticmethod
+    def forward(ctx, shard, weight, bias, comm):
+        ctx.comm, ctx.has_bias = comm, bias is not None
+        ctx.save_for_backward(shard, weight)
+        x3 = _gathered(comm, shard, "fwd", "region")
+        y = torch.bmm(x3, weight) if bias is None else \
+            torch.baddbmm(bias.unsqueeze(1), x3, weight)
+        R, B, T, _ = shard.shape
+        return y.view(R, B, T * comm.tp, -1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        shard, weight = ctx.saved_tensors
+        comm = ctx.comm
+        R, B, T, C = shard.shape
+        g3 = grad.reshape(R, -1, grad.shape[-1])
+        dt = g3.dtype  # under autocast the forward ran in it: cast back as autocast's grads do
+        grad_shard = grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            x3 = _gathered(comm, shard, "bwd", "regather")
+            grad_w = torch.bmm(x3.to(dt).transpose(1, 2), g3).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g3.sum(1).to(weight.dtype)
+        if ctx.needs_input_grad[0]:
+            gx = torch.bmm(g3, weight.to(dt).transpose(1, 2)).view(R, B, T * comm.tp, C)
+            grad_shard = comm._reduce_scatter_ranks(gx, SEQ_DIM, "bwd", "region").to(shard.dtype)
+        return grad_shard, grad_w, grad_b, None
+
+
+def _gathered(comm: TPComm, shard: torch.Tensor, phase: str, tag: str) -> torch.Tensor:
+    """The whole sequence from every rank's shard, as ColumnParallelLinear's [R, B*T, C]."""
+    full = comm._all_gather_ranks(shard, SEQ_DIM, phase, tag)  # [1, B, T, C]
+    return full.expand(comm.local_ranks, *full.shape[1:]).reshape(comm.local_ranks, -1,
+                                                                    full.shape[-1])
 
 
 class RowParallelLinear(nn.Module):
