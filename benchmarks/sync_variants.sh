@@ -16,7 +16,7 @@ mkdir -p "$R"
 RUN="env OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 -m tpgpt bench"
 VARIANTS="tp tp@bfloat16 tp@int8 tp@ladder tp@sp spd spd@bfloat16 spd@int8 spd@ladder spd@sp
     parallel parallel@int8"
-$RUN plans --plans $VARIANTS --steps 60 --out "$R/variants_plans_gloo_tp2" --overwrite
+$RUN plans --plans $VARIANTS --steps 60 --repeats 50 --out "$R/variants_plans_gloo_tp2" --overwrite
 $RUN decode --shapes cpu-preset --plans $VARIANTS --batches 1 8 \
     --out "$R/variants_decode_gloo_tp2" --overwrite
 source benchmarks/study_common.sh  # the prepared data: TPGPT_SHAKESPEARE or the download
