@@ -26,15 +26,25 @@ def test_fit_recovers_a_known_profile():
     assert fit.bandwidth_Bps == pytest.approx(true.bandwidth_Bps, rel=1e-6)
 
 
-def test_each_op_is_fitted_in_its_own_ring_formula():
-    """bench comm reports a fit of the reduce-scatter and all-gather of their own: fitted in
-    their ring formula (n - 1 steps), a known profile comes back."""
+def test_ops_fitted_on_their_own_use_their_own_alpha_and_bandwidth(tmp_path):
+    """A measured profile may time reduce-scatter and all-gather apart from the all-reduce
+    (gloo runs its reduce-scatter slower than a ring's): each is fitted in its own ring formula
+    and the prediction uses it; the other ops keep the all-reduce's fit."""
     sizes = [8 * 4 ** k for k in range(13)]
     slow = Interconnect("rs", 5e-4, 1e9)
     fit = fit_alpha_beta(sizes, [slow.collective_time("reduce_scatter", n, 4) for n in sizes], 4,
                          "reduce_scatter")
     assert (fit.alpha_s, fit.bandwidth_Bps) == pytest.approx((5e-4, 1e9), rel=1e-6)
-    assert slow.collective_time("reduce_scatter", 10 ** 9, 4) == pytest.approx(3 * 5e-4 + 0.75)
+    ic = Interconnect("m", 1e-5, 1e10, op_fits=(("reduce_scatter", 5e-4, 1e9),))
+    assert ic.collective_time("reduce_scatter", 10 ** 9, 4) == pytest.approx(3 * 5e-4 + 0.75)
+    assert ic.collective_time("all_gather", 10 ** 9, 4) == pytest.approx(3e-5 + 0.075)
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(ic.to_json()))
+    assert load_interconnect(str(f)) == ic  # the JSON round trip keeps the fits
+    f.write_text(json.dumps({**ic.to_json(), "op_fits": {"reduce_scatter": {
+        "alpha_s": 1e-4, "bandwidth_Bps": 0}}}))
+    with pytest.raises(ConfigError, match="bandwidth_Bps > 0"):
+        load_interconnect(str(f))
 
 
 def test_profiles_load_and_bad_ones_are_refused(tmp_path):

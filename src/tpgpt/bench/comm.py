@@ -21,8 +21,7 @@ def bench_comm(repeats: int = 20, warmup: int = 5, sizes: list[int] | None = Non
     buffer, the reduce-scatter's input, the all-gather's output) over the whole (torchrun)
     group, every size timed `repeats` times after `warmup`, a barrier before each so all ranks
     start together. The profile is fitted to the slowest rank's mean time per size (see
-    costmodel's module doc): alpha and B to the all-reduce; `op_fits_idle`, the other two's own
-    fits, are reported (the cost model does not use them: costmodel's module doc says why)."""
+    costmodel's module doc): alpha and B to the all-reduce, `op_fits` to the other two."""
     import torch.distributed as dist
 
     from ..comm.distributed import _all_gather_single, _reduce_scatter_single, init_distributed
@@ -65,9 +64,8 @@ def bench_comm(repeats: int = 20, warmup: int = 5, sizes: list[int] | None = Non
         ar = fits["all_reduce"][i]
         return {"name": f"measured-{backend}-{world}", "alpha_s": ar.alpha_s,
                 "bandwidth_Bps": ar.bandwidth_Bps, "source": f"tpgpt bench comm ({what}), {where}",
-                "op_fits_idle": {op: {"alpha_s": f[i].alpha_s,
-                                      "bandwidth_Bps": f[i].bandwidth_Bps}
-                                 for op, f in fits.items() if op != "all_reduce"}}
+                "op_fits": {op: {"alpha_s": f[i].alpha_s, "bandwidth_Bps": f[i].bandwidth_Bps}
+                            for op, f in fits.items() if op != "all_reduce"}}
     return {"rank": rank, "world": world, "backend": backend, "repeats": repeats, "rows": rows,
             "profile": profile(0, "means"), "profile_from_medians": profile(1, "medians")}
 
@@ -88,10 +86,9 @@ def format_comm(result: dict) -> str:
                   f"{p['bandwidth_Bps'] / 1e9:.3f} GB/s per direction",
               f"the same fit to the medians: alpha = {1e6 * m['alpha_s']:.1f} us, "
               f"B = {m['bandwidth_Bps'] / 1e9:.3f} GB/s"]
-    for op, f in p.get("op_fits_idle", {}).items():
-        lines.append(f"{op} fitted on its own (means; reported, not used by the model): alpha = "
-                     f"{1e6 * f['alpha_s']:.1f} us per step, B = "
-                     f"{f['bandwidth_Bps'] / 1e9:.3f} GB/s")
+    for op, f in p.get("op_fits", {}).items():
+        lines.append(f"{op} fitted on its own (means): alpha = {1e6 * f['alpha_s']:.1f} us per "
+                     f"step, B = {f['bandwidth_Bps'] / 1e9:.3f} GB/s")
     return "\n".join(lines)
 
 
