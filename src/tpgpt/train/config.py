@@ -222,18 +222,15 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"comm_timeout_s={cfg.comm_timeout_s} is invalid: it must be > 0")
     if cfg.tp_procs and cfg.tp % cfg.tp_procs:
         raise ConfigError(f"tp_procs={cfg.tp_procs} does not divide tp={cfg.tp}")
-    if cfg.ladder and cfg.tp < 2:
-        raise ConfigError("ladder=true needs tp >= 2: with one rank there is no all-reduce to "
-                          "overlap")
-    if cfg.ladder and cfg.pp > 1:
-        raise ConfigError("ladder=true with pp>1 is not supported: a ladder sync's result "
-                          "would have to cross the stage boundary")
-    if cfg.sequence_parallel and cfg.tp < 2:
-        raise ConfigError("sequence_parallel=true needs tp >= 2: one rank holds the whole "
-                          "sequence")
-    if cfg.sequence_parallel and cfg.pp > 1:
-        raise ConfigError("sequence_parallel=true with pp>1 is not supported: the stages pass "
-                          "the whole stream to each other")
+    for switch, at_tp1, with_pp in (
+            ("ladder", "with one rank there is no all-reduce to overlap",
+             "a ladder sync's result would have to cross the stage boundary"),
+            ("sequence_parallel", "one rank holds the whole sequence",
+             "the stages pass the whole stream to each other")):
+        if getattr(cfg, switch) and cfg.tp < 2:
+            raise ConfigError(f"{switch}=true needs tp >= 2: {at_tp1}")
+        if getattr(cfg, switch) and cfg.pp > 1:
+            raise ConfigError(f"{switch}=true with pp>1 is not supported: {with_pp}")
     if cfg.compile and cfg.pp > 1:
         raise ConfigError("compile=true with pp>1 is not supported: the pipeline schedule "
                           "runs the stages itself; use compile=false")
