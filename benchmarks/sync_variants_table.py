@@ -1,12 +1,13 @@
 """The side-by-side table of sync variants (benchmarks/sync_variants.sh): for each plan and what
 its syncs send, on the CPU preset at tp=2, the bytes one rank sends per training step, the
-measured step time and decode latency (bench plans, bench decode, over gloo here) with the cost
-model's calibrated prediction, the step time predicted on the built-in interconnects, and the
-validation loss of the variant trained (tpgpt sweep); then the same variants predicted for
-GPT-2 small at tp=8 with float32 activations (as `tpgpt plan --n_head 16 --tp 8 --batch_size 12
---grad-clip --sync V --interconnect NAME` prints them: the prediction does not depend on the
-head count; under bfloat16 autocast, as the gpt2_owt presets train, the uncompressed syncs
-already travel in bfloat16).
+measured step time (and the same step with its collectives skipped: the compute a codec or the
+sequence splits add, which the cost model does not count) and decode latency (bench plans,
+bench decode, over gloo here) with the cost model's calibrated prediction, the step time
+predicted on the built-in interconnects, and the validation loss of the variant trained (tpgpt
+sweep); then the same variants predicted for GPT-2 small at tp=8 with float32 activations (as
+`tpgpt plan --n_head 16 --tp 8 --batch_size 12 --grad-clip --sync V --interconnect NAME` prints
+them: the prediction does not depend on the head count; under bfloat16 autocast, as the
+gpt2_owt presets train, the uncompressed syncs already travel in bfloat16).
 
 usage: python benchmarks/sync_variants_table.py PLANS.json DECODE.json SWEEP/results.csv
 """
@@ -54,11 +55,12 @@ def main(plans_json: str, decode_json: str, sweep_csv: str) -> None:
           f"{plans['batch_size']} x {c['block_size']}) at tp=2 over gloo on this machine; "
           f"decode at batch {min(dec)}; predictions at {RATE_TFLOPS:g} TFLOP/s per device\n")
     print("| variant | fwd syncs | sent / training step (one rank) | activations saved / rank "
-          "| step ms here (vs `tp`) | cost model (error) | decode ms/token here (vs `tp`) | "
+          "| step ms here (vs `tp`) | of it compute, collectives skipped (vs `tp`) "
+          "| cost model (error) | decode ms/token here (vs `tp`) | "
           "cost model (error) | "
           + " | ".join(f"predicted step on {ic}" for ic in INTERCONNECTS)
           + " | val loss (vs `tp`) |")
-    print("|---" * (9 + len(INTERCONNECTS)) + "|")
+    print("|---" * (10 + len(INTERCONNECTS)) + "|")
     for v, r in steps.items():
         d = b1[v]
         pred = predicted(config, v, 2, plans["batch_size"], c["block_size"])
@@ -68,6 +70,8 @@ def main(plans_json: str, decode_json: str, sweep_csv: str) -> None:
               f"({r['saved_activations_mib'] / base['saved_activations_mib']:.2f}x) | "
               f"{1e3 * r['mean_slowest_s']:.1f} "
               f"({r['mean_slowest_s'] / base['mean_slowest_s']:.2f}x) | "
+              f"{1e3 * r['compute_only_s']:.1f} "
+              f"({r['compute_only_s'] / base['compute_only_s']:.2f}x) | "
               f"{1e3 * r['predicted_s']:.1f} ({100 * r['error']:+.0f}%) | "
               f"{1e3 * d['decode']['mean_s']:.2f} "
               f"({d['decode']['mean_s'] / b1['tp']['decode']['mean_s']:.2f}x) | "

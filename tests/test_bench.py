@@ -51,6 +51,9 @@ def test_bench_plans_times_every_planned_collective_and_calibrates_on_one(tmp_pa
     assert rows["tp@ladder"]["predicted_hidden_s"] > 0
     assert all(x["predicted_hidden_s"] == 0 for p, x in rows.items() if p != "tp@ladder")
     assert all(x["compute_s"] == pytest.approx(r["compute_only_s"]) for x in r["rows"])
+    # every variant's step is timed with its collectives skipped too (its codec, its splits)
+    assert rows["tp"]["compute_only_s"] == r["compute_only_s"]
+    assert all(x["compute_only_s"] > 0 for x in r["rows"])
     assert all(x["skew_mean_s"] is not None for x in r["rows"])  # both ranks on this host
 
     ic = load_interconnect(str(tmp_path / "plans.json"))
