@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from dist_common import torchrun
 from tpgpt.cli import main
@@ -116,7 +117,10 @@ def test_bench_dist_dtensor_model_is_the_same_function(tmp_path):
 def test_bench_throughput_writes_json_and_markdown(tmp_path):
     assert main(["bench", "throughput", "--shapes", "cpu-preset", "--steps", "1",
                  "--out", str(tmp_path / "t")]) == 0
-    r = json.loads((tmp_path / "t.json").read_text())["shapes"][0]
+    meta = json.loads((tmp_path / "t.json").read_text())
+    # results from hosts that run other kernels (AVX2, AVX-512) must be told apart
+    assert meta["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and meta["cpu"]
+    r = meta["shapes"][0]
     assert [x["model"] for x in r["rows"]] == ["dense", "sim tp=2", "sim tp=4",
                                                 "HF transformers GPT-2 (dense)"]
     assert r["hf_logits_rel_diff_float64"] <= FLOAT64_RTOL  # the reference is the same function

@@ -128,12 +128,26 @@ def save_figure(fig, path: str, overwrite: bool = False) -> None:
         os.remove(tmp)
 
 
-def _machine() -> dict:
+def _cpu_model() -> str:
+    """The CPU's model name where the OS tells it (Linux), else the architecture: timings from
+    two hosts of one cloud type can differ by a third (BENCHMARKS.md)."""
     import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
+
+def _machine() -> dict:
     import torch
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+            "cpu": _cpu_model(), "cores": os.cpu_count(),
+            # the kernel set torch runs (ATEN_CPU_CAPABILITY): AVX2 and AVX-512 hosts differ
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
