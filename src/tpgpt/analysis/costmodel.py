@@ -18,10 +18,12 @@ A backend need not run every collective as a ring: gloo's reduce-scatter on this
 more than its all-reduce of the same buffer from 512 KiB up. A measured profile (`tpgpt bench
 comm`) therefore fits the all-gather and reduce-scatter on their own (`op_fits`: the alpha and B
 that reproduce each op's measured times in its ring formula); the built-in profiles are nominal
-rings. Measured here (BENCHMARKS.md): with the fits, sequence parallelism's training steps are
-predicted within 10 %, without them 18-22 % low; the fit costs accuracy on the tiny all-gathers
-of compressed decode syncs (up to 28 % low against 17 %), whose small-message latency on an idle
-link is noisier than the all-reduce's.
+rings. Measured on 2026-11-24 (commit 62062b7): with the fits, sequence parallelism's training
+steps were predicted within 10 %, without them 18-22 % low; the fit cost accuracy on the tiny
+all-gathers of compressed decode syncs (up to 28 % off against 17 %), whose small-message latency
+on an idle link is noisier than the all-reduce's. On 2026-12-02 (BENCHMARKS.md) `tp@sp` was
++11 % on a quiet machine and +27 % on a slowed one: the in-step overhead below, calibrated on
+all-reduces, is what moves.
 
 Inside a training step a collective costs more than on an idle link: it waits for the slowest
 rank to arrive (compute jitter) and, on a CPU backend, for its threads to be scheduled beside
