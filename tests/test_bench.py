@@ -187,3 +187,13 @@ def test_results_that_appear_while_measuring_are_kept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary left
     write_results(out, {"x": 1}, "| table |", overwrite=True)
     assert json.loads((tmp_path / "r.json").read_text())["x"] == 1
+
+
+def test_interleaved_timing_rotates_the_order_every_round():
+    """No function is always timed right after the same one (BENCHMARKS.md: a ladder step
+    slowed the step timed after it)."""
+    from tpgpt.bench.timing import rotated, time_interleaved
+    calls = []
+    time_interleaved({k: (lambda k=k: calls.append(k)) for k in "abc"}, steps=3, warmup=0)
+    assert calls == list("abc" "bca" "cab")
+    assert rotated([], 5) == [] and rotated([1, 2], 3) == [2, 1]

@@ -32,7 +32,7 @@ from ..comm.wire import parse_variant
 from ..inference.generate import decode
 from ..model import GPT, GPTConfig
 from .plans import TimedComm, _slope, _span_stats
-from .timing import slowest_rank
+from .timing import rotated, slowest_rank
 
 DECODE_SHAPES = {
     # nanoGPT's CPU Shakespeare model: 4 layers, 4 heads, 128 wide, block 64
@@ -68,7 +68,9 @@ def _time_generations(models: dict, prompt, new_tokens: int, rounds: int, warmup
         gens = {k: decode(m, prompt, new_tokens, temperature=0) for k, m in models.items()}
         out = {k: [] for k in models}
         for i in range(new_tokens):
-            for k, gen in gens.items():
+            # one model later every step, the same on every rank (timing.rotated)
+            for k in rotated(list(gens), r * new_tokens + i):
+                gen = gens[k]
                 comm = getattr(models[k], "comm", None)
                 n0 = len(comm.spans) if isinstance(comm, TimedComm) else 0
                 dist.barrier()

@@ -9,10 +9,14 @@ import time
 
 def time_interleaved(fns: dict, steps: int, warmup: int, barrier=None) -> dict[str, list[float]]:
     """Run every function once per round, `warmup` untimed rounds then `steps` timed ones, so
-    a noisy machine's slow spells hit all of them alike; `barrier` lines processes up first."""
+    a noisy machine's slow spells hit all of them alike; `barrier` lines processes up first.
+    Each round starts one function later (`rotated`), so none is always timed right after the
+    same one: what a step leaves behind (gloo's thread after an asynchronous all-reduce, say)
+    falls on each in turn (BENCHMARKS.md, results/sp_decode_order/)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(warmup + steps):
-        for k, fn in fns.items():
+        for k in rotated(list(fns), i):
+            fn = fns[k]
             if barrier is not None:
                 barrier()
             t0 = time.perf_counter()
@@ -20,6 +24,12 @@ def time_interleaved(fns: dict, steps: int, warmup: int, barrier=None) -> dict[s
             if i >= warmup:
                 times[k].append(time.perf_counter() - t0)
     return times
+
+
+def rotated(keys: list, i: int) -> list:
+    """`keys` starting at position i (modulo their count): the same order on every rank."""
+    s = i % len(keys) if keys else 0
+    return keys[s:] + keys[:s]
 
 
 def stats(times: list[float]) -> dict:
