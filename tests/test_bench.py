@@ -190,8 +190,8 @@ def test_results_that_appear_while_measuring_are_kept(tmp_path):
 
 
 def test_interleaved_timing_rotates_the_order_every_round():
-    """No function is always timed right after the same one (BENCHMARKS.md: a ladder step
-    slowed the step timed after it)."""
+    """No function is always timed right after the same one, so what one step leaves behind
+    does not always fall on the same model (BENCHMARKS.md, results/sp_decode_order/)."""
     from tpgpt.bench.timing import rotated, time_interleaved
     calls = []
     time_interleaved({k: (lambda k=k: calls.append(k)) for k in "abc"}, steps=3, warmup=0)
