@@ -67,9 +67,10 @@ def _time_generations(models: dict, prompt, new_tokens: int, rounds: int, warmup
     for r in range(warmup + rounds):
         gens = {k: decode(m, prompt, new_tokens, temperature=0) for k, m in models.items()}
         out = {k: [] for k in models}
+        keys = list(gens)
         for i in range(new_tokens):
             # one model later every step, the same on every rank (timing.rotated)
-            for k in rotated(list(gens), r * new_tokens + i):
+            for k in rotated(keys, r * new_tokens + i):
                 gen = gens[k]
                 comm = getattr(models[k], "comm", None)
                 n0 = len(comm.spans) if isinstance(comm, TimedComm) else 0
