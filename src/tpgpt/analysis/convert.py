@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from ..text import counted
 from ..checkpoint.load import (load_dense, model_config, read_checkpoint, require_plain_syncs,
                                trained_function)
 from ..checkpoint.sharded_state import ShardedState
@@ -80,8 +81,8 @@ def convert(path: str, out: str, sync: str, tp: int, head_grouping: bool = False
 
 def format_convert(r: dict) -> str:
     lines = [f"converted {r['checkpoint']} (trained: tp={r['trained_tp']}, sync="
-             f"{r['trained_sync']!r}) to tp={r['tp']}, sync={r['sync']!r} ({r['forward_syncs']} "
-             f"forward syncs): {r['out']}"]
+             f"{r['trained_sync']!r}) to tp={r['tp']}, sync={r['sync']!r} ("
+             f"{counted(r['forward_syncs'], 'forward sync')}): {r['out']}"]
     if "loss_trained" not in r:
         lines.append("  (no data to measure the loss on: the checkpoint names none; pass "
                      "--data-dir)")

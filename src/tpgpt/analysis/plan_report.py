@@ -1,6 +1,7 @@
 """`tpgpt plan`: what a sync plan communicates, as a per-layer diagram, a table or JSON."""
 from __future__ import annotations
 
+from ..text import counted
 from ..comm.plan import (SyncPlan, count_collectives, count_inference, replicated_per_rank_numel,
                          sent_bytes)
 from ..comm.wire import SyncWire
@@ -136,7 +137,7 @@ def format_plan(r: dict) -> str:
                      f"  {_mb(c['count'] * c['bytes_each']):>11}  "
                      f"{_mb(c['count'] * c['sent_each']):>11}  {_WHAT.get(c['tag'], c['tag'])}")
     t = r["totals"]["step"]
-    lines.append(f"  total {t['count']} collectives, {_mb(t['bytes'])} per rank buffer, "
+    lines.append(f"  total {counted(t['count'], 'collective')}, {_mb(t['bytes'])} per rank buffer, "
                  f"{_mb(t['sent'])} sent by each rank (ring algorithms)")
     return "\n".join(lines)
 

@@ -1,8 +1,8 @@
-"""`tpgpt sensitivity`: the measurements of sensitivity.py on a checkpoint, as a table, JSON and a
-heat map (layer x {attn, mlp})."""
+"""`tpgpt sensitivity`: the measurements of sensitivity.py on a checkpoint, as a table and JSON
+(the picture: sensitivity_plot.py)."""
 from __future__ import annotations
 
-from ..bench.timing import save_figure
+from ..text import counted, signed
 from ..checkpoint.load import (load_dense, model_config, read_checkpoint, require_plain_syncs,
                                trained_function)
 from ..comm.plan import SyncPlan, validate_tp
@@ -52,7 +52,8 @@ def sensitivity(path: str, tp: int, tokens: int = 8192, split: str = "val",
         path_ = greedy_budget(loss, base, budget)
         out["greedy_path"] = [{**p, "bits": "".join(map(str, p["bits"])),
                                "dropped": None if p["dropped"] is None else
-                               point_name(p["dropped"])} for p in path_]
+                               point_name(p["dropped"]), "dropped_point": p["dropped"]}
+                              for p in path_]
         out["budget"] = budget
         out["plan"] = "bits:" + out["greedy_path"][-1]["bits"]
     out["plans_measured"] = len(loss.measured)
@@ -62,7 +63,7 @@ def sensitivity(path: str, tp: int, tokens: int = 8192, split: str = "val",
 def format_sensitivity(r: dict) -> str:
     single = {x["point"]: x["delta"] for x in r["single_drop"]}
     cum = {x["layer"]: x["delta"] for x in r["backward_cumulative"]}
-    cell = lambda v: "     -" if v is None else f"{v:+.4f}"  # noqa: E731
+    cell = lambda v: "     -" if v is None else signed(v)  # noqa: E731
     lines = [f"sensitivity of {r['checkpoint']} at tp={r['tp']} (from its trained plan "
              f"{r['trained_sync']!r}), zero-shot, on the first {r['calibration']['tokens']:,} "
              f"tokens of {r['calibration']['data']}: base loss {r['base_loss']:.4f}", "",
@@ -76,31 +77,10 @@ def format_sensitivity(r: dict) -> str:
     lines += ["", "least harmful first: " + ", ".join(
         f"L{point_code(s)}" for s in order)]
     if "greedy_path" in r:
-        lines += ["", f"greedy selection down to {r['budget']} forward syncs (drop the least "
-                      f"harmful, re-measure, repeat):", "  syncs  loss     dropped"]
+        lines += ["", f"greedy selection down to {counted(r['budget'], 'forward sync')} (drop "
+                      f"the least harmful, re-measure, repeat):", "  syncs  loss     dropped"]
         lines += [f"  {p['forward_syncs']:5d}  {p['loss']:.4f}  {p['dropped'] or '-'}"
                   for p in r["greedy_path"]]
-        lines += ["", f"plan with {r['budget']} forward syncs: {r['plan']}  (use it as --sync "
-                      f"with train, eval, sample, plan, bench)"]
+        lines += ["", f"plan with {counted(r['budget'], 'forward sync')}: {r['plan']}  (use it "
+                      f"as --sync with train, eval, sample, plan, bench)"]
     return "\n".join(lines)
-
-
-def plot_sensitivity(r: dict, path: str, overwrite: bool = False) -> None:
-    """Heat map of the single-drop loss increases, layer x {attn, mlp} (blank: already off)."""
-    import math
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    grid = [[math.nan, math.nan] for _ in range(r["n_layer"])]
-    for x in r["single_drop"]:
-        grid[x["point"] // 2][x["point"] % 2] = x["delta"]
-    fig, ax = plt.subplots(figsize=(3.6, 0.35 * r["n_layer"] + 1.6))
-    im = ax.imshow(grid, cmap="magma_r", aspect="auto")
-    ax.set_xticks([0, 1], ["attn", "mlp"])
-    ax.set_ylabel("layer")
-    ax.set_title(f"loss increase, one sync dropped\ntp={r['tp']}", fontsize=9)
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    save_figure(fig, path, overwrite)

@@ -11,6 +11,7 @@ import csv
 import json
 import os
 
+from ..text import counted
 from ..train.config import TrainConfig, activation_bytes, replace
 from .evaluate import evaluate_checkpoint
 from ..checkpoint.store import find_checkpoint
@@ -197,7 +198,7 @@ def _plots(rows: list[dict], out: str) -> None:
     for r in sorted(rows, key=lambda r: -r["forward_syncs"]):
         pts = [(e["iter"], e["val_loss"]) for e in r["curve"]]
         if pts:
-            label = f"{r['plan']} ({r['forward_syncs']} syncs)"
+            label = f"{r['plan']} ({counted(r['forward_syncs'], 'sync')})"
             ax.plot(*zip(*pts), marker=".", label=label)
             dax.plot([i for i, _ in pts], [v - base.get(i, float("nan")) for i, v in pts],
                      marker=".", label=label)

@@ -117,14 +117,14 @@ def write_results(out: str, result: dict, markdown: str, overwrite: bool = False
     return paths
 
 
-def save_figure(fig, path: str, overwrite: bool = False) -> None:
+def save_figure(fig, path: str, overwrite: bool = False, dpi: int = 110) -> None:
     """A matplotlib figure written whole (through a temporary file) and, as `write_results`
     does, never over a file that appeared since `check_out` unless `overwrite`."""
     import matplotlib.pyplot as plt
 
     from ..errors import ConfigError
     tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     if overwrite:
         os.replace(tmp, path)

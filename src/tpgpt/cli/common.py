@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 
@@ -12,7 +13,27 @@ class CliError(Exception):
     """A bad input from the user: printed as one line, exit code 2."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help text states it itself or the
+    option has none to state (no default, a plain on/off switch, the help flag)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        default = action.default
+        says = action.option_strings and default not in (None, argparse.SUPPRESS) and not (
+            action.nargs == 0 and default is False)
+        if says and "default" not in (action.help or "").lower():
+            action = copy.copy(action)
+            shown = " ".join(map(str, default)) if isinstance(default, list) else "%(default)s"
+            action.help = f"{action.help} (default: {shown})" if action.help else \
+                f"(default: {shown})"
+        return super()._format_action(action)
+
+
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line instead of usage + message
         raise CliError(f"{self.prog}: {message}")
 
@@ -40,8 +61,9 @@ def int_list(text: str) -> list[int]:
 
 
 def flag(p: argparse.ArgumentParser, name: str, **kw) -> None:
-    """--some-name and --some_name, both spellings of one option."""
-    p.add_argument(f"--{name.replace('_', '-')}", f"--{name}", dest=name, **kw)
+    """--some-name and --some_name, both spellings of one option (one for a one-word name)."""
+    names = dict.fromkeys((f"--{name.replace('_', '-')}", f"--{name}"))
+    p.add_argument(*names, dest=name, **kw)
 
 
 def add_calibration_args(p: argparse.ArgumentParser) -> None:
@@ -58,7 +80,8 @@ def add_model_args(p: argparse.ArgumentParser, **defaults) -> None:
     for f in dataclasses.fields(GPTConfig):
         kind = {"int": int, "float": float, "bool": boolean, "str": str}[str(f.type)]
         extra = {"nargs": "?", "const": True} if kind is boolean else {}
-        p.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name, type=kind,
+        names = dict.fromkeys((f"--{f.name}", f"--{f.name.replace('_', '-')}"))
+        p.add_argument(*names, dest=f.name, type=kind,
                        default=defaults.get(f.name, f.default), metavar=f.name.upper(),
                        help=f"model: {f.name} (default {defaults.get(f.name, f.default)})", **extra)
 

@@ -12,8 +12,10 @@ def register(sub) -> argparse.ArgumentParser:
                                       "be: its tp and sync plan, simulated in one process or, "
                                       "under torchrun, distributed. The header line names them.")
     samp.add_argument("--ckpt", required=True, help="a checkpoint dir or a run's out_dir")
-    samp.add_argument("--prompt", default="\n")
-    flag(samp, "num_samples", type=int, default=3)
+    samp.add_argument("--prompt", default="\n", help="the text to continue (default: a newline)")
+    flag(samp, "num_samples", type=int, default=None,
+         help="samples to print (default 3; 1 with --temperature 0, whose samples are all the "
+              "same)")
     flag(samp, "max_new_tokens", type=int, default=500)
     samp.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
     flag(samp, "top_k", type=int, default=200)
@@ -32,6 +34,8 @@ def run(args) -> int:
     from ..checkpoint.load import load_trained
     from ..inference.sample import check_sampling, sample
 
+    if args.num_samples is None:
+        args.num_samples = 1 if args.temperature == 0 else 3
     check_sampling(args.num_samples, args.max_new_tokens, args.temperature, args.top_k)
     try:
         loaded = load_trained(args.ckpt, tp=args.tp, sync=args.sync, device=args.device,

@@ -22,7 +22,8 @@ def register(sub) -> argparse.ArgumentParser:
     add_calibration_args(p)
     p.add_argument("--budget", type=int, default=None,
                    help="forward syncs to keep: print the greedy plan with that many")
-    flag(p, "batch_size", type=int, default=None, help="windows per forward pass")
+    flag(p, "batch_size", type=int, default=None,
+         help="windows per forward pass (default: as many as fit 256 MiB of logits, at most 64)")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p.add_argument("--out", metavar="NAME", help="write NAME.json, NAME.md and NAME.png")
     p.add_argument("--overwrite", action="store_true", help="replace earlier --out results")
@@ -31,8 +32,8 @@ def register(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..analysis.sensitivity_report import (format_sensitivity, plot_sensitivity,
-                                               sensitivity)
+    from ..analysis.sensitivity_plot import plot_sensitivity
+    from ..analysis.sensitivity_report import format_sensitivity, sensitivity
     from ..bench.timing import check_out, write_results
 
     base = check_out(args.out, args.overwrite, (".json", ".md", ".png"))
@@ -42,8 +43,8 @@ def run(args) -> int:
     text = format_sensitivity(r)
     print(json.dumps(r, indent=2) if args.json else text)
     if args.out:
-        path = write_results(args.out, r, text, args.overwrite)[0]
+        paths = write_results(args.out, r, text, args.overwrite)
         plot_sensitivity(r, png, args.overwrite)
         if not args.json:
-            print(f"\nwrote {path} and {png}")
+            print(f"\nwrote {', '.join(paths)} and {png}")
     return 0

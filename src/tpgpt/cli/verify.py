@@ -58,19 +58,26 @@ def run(args) -> int:
     ok = all(r["counts_match"] and (not r["exact"] or r["within"]) for r in rows)
     if distributed and rank != 0:
         return 0 if ok else 1
-    ref = "simulated" if distributed else "dense"
-    print(f"{args.dtype}: relative errors "
-          + ("against the " + ref + " model" if args.dtype == "float64" else
-             "against the exact (float64) function") + "; tolerance in brackets")
-    print(f"{'tp':>3}  {'sync':<24} {'fwd syncs':>9}  {'vs ' + ref:<10} {'loss':>17} "
-          f"{'logits':>17} {'grads':>17}  counts = plan")
+    ref = "the simulated run" if distributed else "the dense GPT"
+    if args.dtype == "float64":
+        print(f"float64: relative differences from {ref} (tolerance in brackets: reordered "
+              f"sums only)")
+    else:
+        print(f"float32: relative errors against {ref} computed in float64 (tolerance in "
+              f"brackets: the float32 {'simulated run' if distributed else 'dense GPT'}'s own "
+              f"error)")
+    print(f"{'tp':>3}  {'sync':<24} {'fwd syncs':>9}  {'function':<13} {'loss':>17} "
+          f"{'logits':>17} {'grads':>17}  {'result':<13} counts = plan")
+    passed = "equal" if args.dtype == "float64" else "within"
     for r in rows:
-        exact = "exact" if r["exact"] else "differs"
+        function = "the same" if r["exact"] else "another model"
+        result = "not compared" if not r["exact"] else passed if r["within"] else "DIFFERS"
         errs = " ".join(f"{r[p + '_err']:7.1e} ({r[p + '_tol']:6.0e})"
                         for p in ("loss", "logits", "grad"))
-        print(f"{r['tp']:>3}  {r['sync']:<24} {r['forward_syncs']:>9}  {exact:<10} {errs}  "
-              f"{'yes' if r['counts_match'] else 'NO'}")
+        print(f"{r['tp']:>3}  {r['sync']:<24} {r['forward_syncs']:>9}  {function:<13} {errs}  "
+              f"{result:<13} {'yes' if r['counts_match'] else 'NO'}")
     print(f"\n{'all checks passed' if ok else 'CHECKS FAILED'} (tolerances: "
-          f"tpgpt/analysis/numerics.py; 'differs' rows drop syncs, so they are other models "
-          f"than the {ref} one" + (")" if distributed else ", and only their counts are checked)"))
+          f"tpgpt/analysis/numerics.py; 'the same': the plan computes {ref}'s "
+          f"function" + (")" if distributed else "; 'another model': the plan drops syncs, so "
+                         "its differences are shown but only its counts are checked)"))
     return 0 if ok else 1

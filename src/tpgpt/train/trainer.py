@@ -24,6 +24,7 @@ import torch
 from ..checkpoint.store import find_checkpoint
 from ..comm.plan import count_collectives
 from ..errors import ConfigError
+from ..text import counted
 from . import checkpointing
 from .checkpointing import Progress, last_good_iteration, save
 from .config import TrainConfig
@@ -167,8 +168,8 @@ class Trainer:
                   f"{summary['wall_s']:.1f} s"
                   + (f" (median {summary['step_ms']['median']:.1f} ms per iteration)"
                      if summary["step_ms"] else "")
-                  + f"; {summary['forward_syncs']} forward syncs per pass, "
-                  f"{summary['collectives_per_step']} TP collectives per step")
+                  + f"; {counted(summary['forward_syncs'], 'forward sync')} per pass, "
+                  f"{counted(summary['collectives_per_step'], 'TP collective')} per step")
         return summary
 
     def memory_report(self) -> dict:
