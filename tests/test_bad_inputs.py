@@ -336,6 +336,16 @@ def _(root):
     return ["eval", "--ckpt", str(root / "imported")]
 
 
+@case("import-hf: data tokenized differently", "is tokenized differently from the model")
+def _(root):
+    ckpt = trained(root)
+    assert main(["export", "--ckpt", ckpt, "--out", str(root / "hf")]) == 0
+    assert main(["prepare", "text", "--input", str(root / "in.txt"), "--tokenizer", "byte",
+                 "--out", str(root / "bytes")]) == 0
+    return ["import-hf", str(root / "hf"), "--out", str(root / "imported"),
+            "--data-dir", str(root / "bytes")]
+
+
 @case("eval: a plan that drops syncs at tp=1", "--sync 'spd' at tp=1 is the dense GPT")
 def _(root):
     return ["eval", "--ckpt", trained(root), "--sync", "spd"]

@@ -92,3 +92,23 @@ def test_a_gpt2_saved_by_transformers_imports_with_its_logits(tmp_path, batch):
     assert main(["export", "--ckpt", str(tmp_path / "ck"), "--out", str(tmp_path / "re")]) == 0
     again = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "re")).eval()
     assert again.config.activation_function == "gelu_new"
+
+
+def test_an_import_given_its_data_evaluates_as_the_original(text_data, tmp_path, capsys):
+    """import-hf --data-dir records the data: eval then needs no --data-dir and scores the
+    round-tripped model exactly as the checkpoint it was exported from."""
+    import json
+
+    from conftest import tiny_train_overrides
+    data, _ = text_data
+    args = tiny_train_overrides(data, tmp_path / "out", max_iters=10)
+    assert main(["train", "shakespeare_char_cpu", *[f"--{k}={v}" for k, v in args.items()]]) == 0
+    assert main(["export", "--ckpt", str(tmp_path / "out"), "--out", str(tmp_path / "hf")]) == 0
+    assert main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back"),
+                 "--data-dir", data]) == 0
+    capsys.readouterr()
+    losses = []
+    for ckpt in ("out", "back"):
+        assert main(["eval", "--ckpt", str(tmp_path / ckpt), "--json"]) == 0
+        losses.append(json.loads(capsys.readouterr().out)["loss"])
+    assert losses[0] == losses[1]

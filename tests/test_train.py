@@ -106,9 +106,12 @@ def test_resume_is_bit_exact(text_data, tmp_path):
     full = tmp_path / "full"
     train(data, full, tp=2, sync="tp,spd", dropout=0.1)
     part = tmp_path / "part"
-    train(data, part, tp=2, sync="tp,spd", dropout=0.1, max_iters=20)  # stops at a checkpoint
+    first = train(data, part, tp=2, sync="tp,spd", dropout=0.1, max_iters=20)  # a checkpoint
     s = train(data, part, resume=True, tp=2, sync="tp,spd", dropout=0.1)
     assert s["resumed_at"] == 20
+    # the run's training time counts both segments, the segment's only its own steps
+    assert s["train_s"] == pytest.approx(first["train_s"] + s["segment_train_s"])
+    assert s["train_s"] > s["segment_train_s"] > 0
     assert train_losses(part) == train_losses(full)  # bit for bit, dropout included
     assert eval_losses(part) == eval_losses(full)
 

@@ -9,10 +9,9 @@ import torch
 from ..checkpoint.load import load_trained, model_config, read_checkpoint
 from ..checkpoint.store import load_meta as checkpoint_meta
 from ..data import TokenFile, check_tokens_in_vocab, load_meta
+from ..data.tokens import check_same_tokenizer
 from ..errors import ConfigError
 from ..model.parallel_gpt import ParallelGPT
-
-TOKENIZER_KEYS = ("tokenizer", "vocab_size", "chars")
 
 
 @torch.no_grad()
@@ -95,12 +94,8 @@ def checkpoint_split(state: dict, split: str, data_dir: str | None = None) -> To
     config = model_config(state)
     data_dir = data_dir or _trained_data_dir(state)
     meta = load_meta(data_dir)
-    ours = checkpoint_meta(state["path"])
-    if {k: meta.get(k) for k in TOKENIZER_KEYS} != {k: ours.get(k) for k in TOKENIZER_KEYS}:
-        raise ConfigError(f"{data_dir} is tokenized differently from the checkpoint "
-                          f"({meta.get('tokenizer')}, vocab {meta.get('vocab_size')} vs "
-                          f"{ours.get('tokenizer')}, vocab {ours.get('vocab_size')}): evaluate "
-                          f"on the data the model was trained on")
+    check_same_tokenizer(data_dir, meta, checkpoint_meta(state["path"]),
+                         f"the checkpoint {state['path']}")
     file = TokenFile(os.path.join(data_dir, f"{split}.bin"), config.block_size,
                      config.vocab_size)
     check_tokens_in_vocab(file.path, meta["vocab_size"])
@@ -111,7 +106,7 @@ def _trained_data_dir(state: dict) -> str:
     data_dir = (state.get("config") or {}).get("data_dir")
     if not data_dir:
         raise ConfigError(f"{state['path']} does not name the data it was trained on (an "
-                          f"imported model?): pass --data-dir")
+                          f"imported model without --data-dir?): pass --data-dir")
     if not os.path.isdir(data_dir):
         raise ConfigError(f"{state['path']} was trained on {data_dir}, which is not there (a "
                           f"path relative to where training ran?): pass --data-dir")

@@ -153,14 +153,20 @@ def write_results(rows: list[dict], out: str, cfg: TrainConfig) -> None:
                      f"{r['full_val_loss']:.4f} | "
                      f"{r['delta_full_val_loss']:+.4f} | {r['final_val_loss']:.4f} | "
                      f"{r['delta_val_loss']:+.4f} | {r['final_train_loss']:.4f} | "
-                     f"{r['train_s']:.0f} |")
+                     f"{_seconds(r.get('train_s'))} |")
     lines += ["", f"val loss, full split: the final model's mean loss over every token of "
               f"val.bin (consecutive windows of {cfg.block_size}); sampled: the training run's "
               f"last evaluation ({cfg.eval_iters} random batches of {cfg.batch_size}), as "
-              f"nanoGPT reports it. Train time excludes evaluation."]
+              f"nanoGPT reports it. Train time: the training steps of the whole run, over every "
+              f"resumed segment, without evaluation and checkpointing (n/a: resumed from a "
+              f"checkpoint that did not record it)."]
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     _plots(rows, out)
+
+
+def _seconds(s: float | None) -> str:
+    return "n/a" if s is None else f"{s:.0f}"
 
 
 def _plots(rows: list[dict], out: str) -> None:

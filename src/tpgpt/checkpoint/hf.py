@@ -228,15 +228,21 @@ def _from_hub(name: str) -> tuple[GPT, dict]:
     return _load_weights(config, sd, f"{name}'s weights do not match its config"), dict(GPT2_META)
 
 
-def import_hf(path: str, out: str) -> None:
-    """Write an HF GPT-2 directory as a tpgpt checkpoint (sampling, fine-tuning at any tp)."""
+def import_hf(path: str, out: str, data_dir: str | None = None) -> None:
+    """Write an HF GPT-2 directory as a tpgpt checkpoint (sampling, fine-tuning at any tp).
+    `data_dir`, a prepared dataset with the model's tokenizer, is recorded as its data (what
+    eval, sensitivity, convert and distill read unless told otherwise)."""
+    from ..data.tokens import check_same_tokenizer, load_meta
     model, meta = load_hf(path)
     if os.path.exists(os.path.join(out, "state.json")):
         raise ConfigError(f"{out} already holds a checkpoint: choose another --out")
+    if data_dir is not None:
+        check_same_tokenizer(data_dir, load_meta(data_dir), meta, f"the model {path}")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     c = model.config
     state = {"iter": 0, "best_val_loss": None, "train_loss": None, "val_loss": None,
-             "config": {}, "layout": {"world": 1, "tp": 1, "tp_procs": 1, "dp": 1},
+             "config": {"data_dir": os.path.abspath(data_dir)} if data_dir else {},
+             "layout": {"world": 1, "tp": 1, "tp_procs": 1, "dp": 1},
              "model": {k: getattr(c, k) for k in ("block_size", "vocab_size", "n_layer", "n_head",
                                                    "n_embd", "dropout", "bias", "activation")},
              "source": os.path.abspath(path) if os.path.isdir(path) else path}

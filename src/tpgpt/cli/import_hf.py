@@ -10,6 +10,10 @@ def register(sub) -> argparse.ArgumentParser:
     imp.add_argument("path", help="a directory with config.json and model.safetensors, or a "
                      "Hugging Face Hub model id (gpt2), loaded through transformers")
     imp.add_argument("--out", required=True, help="the checkpoint directory to write")
+    imp.add_argument("--data-dir", default=None,
+                     help="a prepared dataset tokenized as the model is (checked), recorded "
+                          "as the model's data: eval, sensitivity, convert and distill then "
+                          "need no --data-dir")
     imp.set_defaults(func=run)
     return imp
 
@@ -17,6 +21,8 @@ def register(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from ..checkpoint.hf import import_hf
 
-    import_hf(args.path, args.out)
-    print(f"imported {args.path} as the tpgpt checkpoint {args.out}")
+    import_hf(args.path, args.out, args.data_dir)
+    print(f"imported {args.path} as the tpgpt checkpoint {args.out}"
+          + (f", its data {args.data_dir}" if args.data_dir else
+             "; it names no data: pass --data-dir to eval (or to this command)"))
     return 0

@@ -14,6 +14,21 @@ import torch
 from ..errors import ConfigError
 from .tokenizers import tokenizer_from_meta
 
+# what must agree for a model and a dataset to share one tokenizer
+TOKENIZER_KEYS = ("tokenizer", "vocab_size", "chars")
+
+
+def check_same_tokenizer(data_dir: str, data_meta: dict, model_meta: dict, model: str) -> None:
+    """Refuse `data_dir` (its meta.json `data_meta`) unless it is tokenized as `model` (words
+    naming it: "the checkpoint out/x") is, by its tokenizer entry `model_meta`."""
+    if {k: data_meta.get(k) for k in TOKENIZER_KEYS} != \
+            {k: model_meta.get(k) for k in TOKENIZER_KEYS}:
+        raise ConfigError(f"{data_dir} is tokenized differently from {model} "
+                          f"({data_meta.get('tokenizer')}, vocab {data_meta.get('vocab_size')} "
+                          f"vs {model_meta.get('tokenizer')}, vocab "
+                          f"{model_meta.get('vocab_size')}): use the data the model was "
+                          f"trained on")
+
 
 def load_meta(data_dir: str) -> dict:
     path = os.path.join(data_dir, "meta.json")

@@ -37,6 +37,10 @@ class Progress:
     best_val: float = float("inf")
     last_eval: dict = field(default_factory=dict)  # {"train": loss, "val": loss}
     resumed_at: int | None = None
+    # seconds spent in training steps from iteration 0 to `iter`, over every segment of a
+    # resumed run (steps redone after a kill count once); None when resumed from a checkpoint
+    # written before tpgpt kept this figure
+    train_s: float | None = 0.0
 
 
 def save(s: Setup, p: Progress, name: str, with_optimizer: bool) -> None:
@@ -48,7 +52,7 @@ def save(s: Setup, p: Progress, name: str, with_optimizer: bool) -> None:
              "layout": {"world": layout.world, "tp": cfg.tp, "tp_procs": layout.tp_procs,
                         "dp": layout.dp, "pp": layout.pp},
              "model": {k: getattr(s.model_config, k) for k in MODEL_KEYS},
-             "batch_rng": encode_generator(p.batch_gen)}
+             "batch_rng": encode_generator(p.batch_gen), "train_s": p.train_s}
     sharded = ShardedState(s.inner, s.optimizer if with_optimizer else None, s.tp_mesh)
     save_checkpoint(os.path.join(cfg.out_dir, name), rank=layout.rank,
                     barrier=barrier_fn(layout), sharded=sharded, state=state, meta=s.meta,
@@ -90,6 +94,7 @@ def resume(s: Setup, p: Progress) -> None:
     p.best_val = state["best_val_loss"]
     p.last_eval = {"train": state["train_loss"], "val": state["val_loss"]}
     p.resumed_at = p.iter
+    p.train_s = state.get("train_s")
 
 
 def encode_generator(gen: torch.Generator) -> str:

@@ -117,6 +117,8 @@ class Trainer:
             self._check_finite(step["loss"], what="training loss", it=p.iter)
             dt = time.perf_counter() - t0
             train_time += dt
+            if p.train_s is not None:
+                p.train_s += dt
             step_s.append(dt)
             p.iter += 1
             iters_since += 1
@@ -148,11 +150,14 @@ class Trainer:
                 save(s, p, "best", with_optimizer=False)
             save(s, p, "last", with_optimizer=True)
 
-    def _finish(self, wall_s: float, train_s: float, step_s) -> dict:
+    def _finish(self, wall_s: float, segment_train_s: float, step_s) -> dict:
         cfg, p = self.cfg, self.progress
         summary = {"final_train_loss": p.last_eval.get("train"),
                    "final_val_loss": p.last_eval.get("val"), "best_val_loss": p.best_val,
-                   "iters": p.iter, "wall_s": wall_s, "train_s": train_s, "tp": cfg.tp,
+                   "iters": p.iter, "wall_s": wall_s,
+                   # training steps only: the whole run's (None: resumed from a checkpoint
+                   # that did not keep it) and this invocation's
+                   "train_s": p.train_s, "segment_train_s": segment_train_s, "tp": cfg.tp,
                    "sync": cfg.sync, "sync_dtype": cfg.sync_dtype, "ladder": cfg.ladder,
                    "sequence_parallel": cfg.sequence_parallel,
                    "forward_syncs": self.setup.inner.plan.num_syncs if cfg.tp > 1 else 0,
