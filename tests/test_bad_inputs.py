@@ -545,7 +545,7 @@ def _(root):
     return distill_args(teacher, student, root / "d", "--lr", "0")
 
 
-@case("export of a checkpoint that drops syncs", "drops 2 of 4 syncs")
+@case("export of a checkpoint that drops syncs", "which drops 2 of its 4 syncs: a Hugging")
 def _(root):
     return ["export", "--ckpt", trained(root, tp=2, sync="spd"), "--out", str(root / "hf")]
 
@@ -648,7 +648,7 @@ def _(root):
             str(root / "sw"), *train_args(root, tp=2)[2:]]
 
 
-@case("export of a checkpoint with compressed syncs", "syncs, or compresses or ladders them")
+@case("export of a checkpoint with compressed syncs", "which sends its syncs in bfloat16: a")
 def _(root):
     return ["export", "--ckpt", trained(root, tp=2, sync_dtype="bfloat16"), "--out",
             str(root / "hf")]

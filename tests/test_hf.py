@@ -44,6 +44,8 @@ def test_import_hf_round_trips_exactly(tmp_path, bias):
     gpt = make_gpt(bias=bias)
     write_ckpt(gpt, tmp_path / "ckpt")
     assert main(["export", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")]) == 0
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "hf").iterdir()}
+    assert len(set(modes.values())) == 1, f"the exported files' modes differ: {modes}"
     assert main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
     back, meta, _ = load_dense(str(tmp_path / "back"))
     assert meta["tokenizer"] == "byte"

@@ -65,7 +65,7 @@ def convert(path: str, out: str, sync: str, tp: int, head_grouping: bool = False
     new_state = {"iter": state.get("iter", 0), "best_val_loss": None, "train_loss": None,
                  "val_loss": None, "config": config_out,
                  "layout": {"world": 1, "tp": 1, "tp_procs": 1, "dp": 1},
-                 "model": state["model"],
+                 "model": state["model"], "source": state.get("source"),
                  "converted_from": {"path": os.path.abspath(ckpt), "tp": trained_tp,
                                     "sync": trained_sync,
                                     "head_groups": None if not head_grouping else

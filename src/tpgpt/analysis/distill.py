@@ -283,6 +283,7 @@ def _save(last: str, record: dict, step: int, gen: torch.Generator, s_state: dic
              "val_loss": None, "config": s_state.get("config") or {},
              "layout": {"world": 1, "tp": record["tp"], "tp_procs": 1, "dp": 1},
              "model": s_state["model"], "converted_from": s_state.get("converted_from"),
+             "source": s_state.get("source"),
              "distill": {**record, "step": step, "batch_rng": encode_generator(gen)}}
     save_checkpoint(last, rank=rank, barrier=barrier, sharded=sharded, state=state, meta=meta,
                     distributed=distributed, rank_state=None)

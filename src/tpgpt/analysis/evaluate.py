@@ -1,5 +1,5 @@
-"""Exact evaluation: the mean loss over every token of a split, no sampling noise; `tpgpt eval`
-runs it on a checkpoint as the function it was trained to be, or under another plan."""
+"""Exact evaluation: the mean loss over a whole split (every full window), no sampling noise;
+`tpgpt eval` runs it on a checkpoint as the function it was trained to be, or under another plan."""
 from __future__ import annotations
 
 import os
@@ -79,12 +79,14 @@ def evaluate_checkpoint(path: str, tp: int | None = None, sync: str | None = Non
     element = next(loaded.model.parameters()).element_size()
     batch_size = batch_size or auto_batch_size(config.block_size, config.vocab_size, element)
     loss = full_split_loss(loaded.model, file, batch_size)
-    return {"checkpoint": loaded.path, "iteration": loaded.iteration, "tp": loaded.tp,
+    return {"checkpoint": loaded.path, "iteration": loaded.iteration,
+            "history": loaded.history, "tp": loaded.tp,
             "sync": loaded.sync, "bits": loaded.plan.bitstring, "sync_dtype": loaded.wire.dtype,
             "forward_syncs": loaded.forward_syncs, "forward_syncs_all_on": 2 * config.n_layer,
             "trained_tp": loaded.trained_tp, "trained_sync": loaded.trained_sync,
             "converted": loaded.converted, "mode": loaded.mode, "description": loaded.describe(),
             "split": split, "data": file.path, "tokens": split_tokens(file),
+            "targets_left_out": file.n - 1 - split_tokens(file),
             "block_size": config.block_size, "batch_size": batch_size, "loss": loss}
 
 

@@ -154,8 +154,9 @@ def write_results(rows: list[dict], out: str, cfg: TrainConfig) -> None:
                      f"{r['delta_full_val_loss']:+.4f} | {r['final_val_loss']:.4f} | "
                      f"{r['delta_val_loss']:+.4f} | {r['final_train_loss']:.4f} | "
                      f"{_seconds(r.get('train_s'))} |")
-    lines += ["", f"val loss, full split: the final model's mean loss over every token of "
-              f"val.bin (consecutive windows of {cfg.block_size}); sampled: the training run's "
+    lines += ["", f"val loss, full split: the final model's mean loss over val.bin cut into "
+              f"consecutive windows of {cfg.block_size} (the partial last window left out); "
+              f"sampled: the training run's "
               f"last evaluation ({cfg.eval_iters} random batches of {cfg.batch_size}), as "
               f"nanoGPT reports it. Train time: the training steps of the whole run, over every "
               f"resumed segment, without evaluation and checkpointing (n/a: resumed from a "

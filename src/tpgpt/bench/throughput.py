@@ -169,5 +169,6 @@ def run_throughput_cli(args) -> int:
     text = "\n\n".join(format_throughput(r) for r in results)
     print(text)
     if args.out:
-        write_results(args.out, {"shapes": results}, text, args.overwrite)
+        paths = write_results(args.out, {"shapes": results}, text, args.overwrite)
+        print(f"\nwrote {' and '.join(paths)}")
     return 0

@@ -175,5 +175,6 @@ def report_and_finish(result: dict, text: str, out: str | None, overwrite: bool,
     if result["rank"] == 0:
         print(text)
         if out:
-            path = write_results(out, result, text, overwrite)[0]
-            print(f"\nwrote {path}" + (hint.format(path=path) if hint else ""))
+            paths = write_results(out, result, text, overwrite)
+            print(f"\nwrote {' and '.join(paths)}"
+                  + (hint.format(path=paths[0]) if hint else ""))

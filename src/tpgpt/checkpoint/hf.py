@@ -89,7 +89,8 @@ def export_hf(ckpt: str, out: str, force: bool = False, as_dense: bool = False) 
     tp > 1) is another function, and is refused unless `as_dense` asks for its weights as the
     dense GPT on purpose."""
     from ..comm.plan import SyncPlan
-    from .load import is_dense_function, load_dense, model_config, read_checkpoint, trained_plan
+    from .load import (is_dense_function, load_dense, model_config, read_checkpoint,
+                       trained_ladder, trained_plan, trained_wire)
 
     state = read_checkpoint(ckpt)
     found = state["path"]
@@ -98,11 +99,15 @@ def export_hf(ckpt: str, out: str, force: bool = False, as_dense: bool = False) 
     plan = SyncPlan.parse(sync, n_layer)
     dense = is_dense_function(state)
     if not dense and not as_dense:
-        raise ConfigError(f"{found} was trained at tp={tp} with sync={sync!r}, which drops "
-                          f"{2 * n_layer - plan.num_syncs} of {2 * n_layer} syncs, or compresses "
-                          f"or ladders them: a Hugging Face GPT-2 computes the dense GPT, another "
-                          f"function; "
-                          f"pass --as-dense to export its weights as the dense GPT anyway")
+        wire, ladder = trained_wire(state), trained_ladder(state)
+        what = ([f"drops {2 * n_layer - plan.num_syncs} of its {2 * n_layer} syncs"]
+                if plan.num_syncs < 2 * n_layer else []) + \
+            ([f"sends its syncs in {wire.describe()}"] if wire.compressed else []) + \
+            (["ladders its syncs"] if ladder else [])
+        raise ConfigError(f"{found} was trained at tp={tp} with sync={sync!r}, which "
+                          f"{' and '.join(what)}: a Hugging Face GPT-2 computes the dense GPT, "
+                          f"another function; pass --as-dense to export its weights as the "
+                          f"dense GPT anyway")
     if os.path.exists(os.path.join(out, "model.safetensors")) and not force:
         raise ConfigError(f"{out} already holds an exported model: pass --force to replace it")
     model, meta, _ = load_dense(found, state=state)
@@ -113,6 +118,9 @@ def export_hf(ckpt: str, out: str, force: bool = False, as_dense: bool = False) 
     # each file whole or not at all: written under a temporary name, then renamed
     tmp = os.path.join(out, ".model.safetensors.tmp")
     save_file(to_hf_state(model.state_dict(), model.config), tmp, metadata={"format": "pt"})
+    umask = os.umask(0)  # safetensors creates its file 0600: give it a file's usual mode
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, os.path.join(out, "model.safetensors"))
     for name, obj in (("config.json", config), ("tpgpt_meta.json", meta)):
         with open(os.path.join(out, f".{name}.tmp"), "w") as f:

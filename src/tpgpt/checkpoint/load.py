@@ -18,6 +18,7 @@ import torch
 from ..comm.plan import SyncPlan, validate_tp
 from ..comm.wire import DEFAULT_BLOCK, SyncWire
 from ..errors import ConfigError
+from ..text import counted
 from ..model import GPT, GPTConfig, ParallelGPT
 from ..model.parallel_gpt import function_key
 from .sharded_state import ShardedState
@@ -126,6 +127,7 @@ class Loaded:
     wire: SyncWire = SyncWire()  # what the syncs send
     trained_wire: SyncWire = SyncWire()
     ladder: bool = False  # trained (and run) with ladder syncs
+    history: str = ""  # how the weights came to be: provenance(state)
 
     @property
     def sync(self) -> str:
@@ -163,6 +165,20 @@ class Loaded:
             text += (f"; converted zero-shot from the trained tp={self.trained_tp}, "
                      f"sync={self.trained_sync!r}{sent}")
         return text
+
+
+def provenance(state: dict) -> str:
+    """How a checkpoint's weights came to be, from its state.json: 'trained 600 iterations',
+    'imported from gpt2', '..., converted from out/dense4 (tp=1, sync='tp'), distilled 200
+    steps'."""
+    parts = [f"imported from {state['source']}" if state.get("source") else
+             f"trained {counted(state.get('iter') or 0, 'iteration')}"]
+    if state.get("converted_from"):
+        c = state["converted_from"]
+        parts.append(f"converted from {c.get('path')} (tp={c.get('tp')}, sync={c.get('sync')!r})")
+    if state.get("distill"):
+        parts.append(f"distilled {counted(state['distill'].get('step', 0), 'step')}")
+    return ", ".join(parts)
 
 
 def read_checkpoint(path: str) -> dict:
@@ -218,7 +234,7 @@ def load_trained(path: str, tp: int | None = None, sync: str | None = None,
     dtype = _dtype(state)
     common = dict(meta=load_meta(ckpt), path=ckpt, iteration=state.get("iter"), tp=tp,
                   plan=plan, trained_tp=trained_tp, trained_sync=trained_sync, wire=wire,
-                  trained_wire=t_wire, ladder=ladder)
+                  trained_wire=t_wire, ladder=ladder, history=provenance(state))
     if function_key(tp, plan, wire, ladder) == ("dense",):
         model = GPT(config).to(dtype)
         load_sharded(ckpt, ShardedState(model))

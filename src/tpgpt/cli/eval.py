@@ -10,8 +10,10 @@ from .common import add_plan_args, flag, is_rank0, shutdown
 
 def register(sub) -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="exact loss of a checkpoint over a whole split",
-                        description="The mean loss over every token of the split (consecutive "
-                                    "windows of block_size) of a checkpoint under its trained "
+                        description="The mean loss over the split cut into consecutive windows "
+                                    "of block_size (the tail shorter than a window, under "
+                                    "block_size targets, is left out) of a checkpoint under "
+                                    "its trained "
                                     "tp and sync plan, or under --tp/--sync (a zero-shot "
                                     "conversion). Under torchrun the model runs distributed.")
     ev.add_argument("--ckpt", required=True, help="a checkpoint dir or a run's out_dir")
@@ -42,8 +44,10 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
-    print(f"tpgpt eval: {r['checkpoint']} (iteration {r['iteration']})\n"
+    print(f"tpgpt eval: {r['checkpoint']} ({r['history']})\n"
           f"  plan: {r['description']}\n"
-          f"  {r['split']} loss {r['loss']:.4f} over {r['tokens']:,} tokens (every window of "
-          f"{r['block_size']} in {r['data']})")
+          f"  {r['split']} loss {r['loss']:.4f} over {r['tokens']:,} of "
+          f"{r['tokens'] + r['targets_left_out']:,} next-token targets (consecutive windows of "
+          f"{r['block_size']} in {r['data']}; the last {r['targets_left_out']:,}, short of a "
+          f"window, are left out)")
     return 0

@@ -46,6 +46,6 @@ def run(args) -> int:
     finally:
         shutdown()
     if is_rank0():
-        print(f"tpgpt sample: {loaded.path} (iteration {loaded.iteration}): {loaded.describe()}")
+        print(f"tpgpt sample: {loaded.path} ({loaded.history}): {loaded.describe()}")
         print("\n---------------\n".join(texts))
     return 0

@@ -12,6 +12,8 @@ def register(sub) -> argparse.ArgumentParser:
                         description="Trains CONFIG once per plan (same data, seed, budget) in "
                                     "OUT/<plan>/, then writes results.csv, results.md, "
                                     "frontier.png and loss_curves.png. Rerun to resume.")
+    from ..train.config import overrides_help
+    sw.epilog = overrides_help()
     sw.add_argument("config", help="TOML config: path or preset name")
     sw.add_argument("--plans", nargs="+", required=True, metavar="PLAN",
                     help="sync plans (PLAN@DTYPE: its syncs sent in DTYPE, e.g. tp@int8); the "

@@ -11,6 +11,8 @@ def register(sub) -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a GPT under a sync plan (alone or under torchrun)",
                            description="Train from a TOML preset (a path or a name in configs/) "
                                        "with --key=value overrides of any config field.")
+    from ..train.config import overrides_help
+    train.epilog = overrides_help()
     train.add_argument("config", help="TOML config: path or preset name")
     train.add_argument("--resume", action="store_true",
                        help="continue from out_dir/last exactly where it stopped")

@@ -118,6 +118,14 @@ def config_keys() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 
 
+def overrides_help() -> str:
+    """The help epilog of the commands that take a preset: every field, with its default."""
+    listed = ", ".join(f"{f.name}={f.default}" for f in fields(TrainConfig))
+    return ("Any config field can be given as --key=value (true/false for switches), "
+            "overriding the preset, which overrides these defaults (full descriptions: "
+            f"src/tpgpt/train/config.py): {listed}.")
+
+
 def _field_type(name: str) -> str:
     return str(next(f.type for f in fields(TrainConfig) if f.name == name))
 
