@@ -118,3 +118,15 @@ def test_a_corrupt_checkpoint_names_the_previous_good_one(tmp_path):
                                           r"corrupt; intact: .*last.prev \(move one to"):
         load_state(str(tmp_path / "last"))
     assert load_state(str(tmp_path / "last.prev"))["iter"] == 1
+
+
+def test_provenance_says_how_the_weights_came_to_be():
+    """sample's and eval's header: a distilled model's own steps, not its teacher's count."""
+    from tpgpt.checkpoint.load import provenance
+    assert provenance({"iter": 1}) == "trained 1 iteration"
+    assert provenance({"iter": 0, "source": "gpt2"}) == "imported from gpt2"
+    converted = {"iter": 600, "converted_from": {"path": "/r/out/dense4", "tp": 1, "sync": "tp"}}
+    assert provenance(converted) == \
+        "trained 600 iterations, converted from /r/out/dense4 (tp=1, sync='tp')"
+    assert provenance({**converted, "distill": {"step": 200}}).endswith(
+        "(tp=1, sync='tp'), distilled 200 steps")
