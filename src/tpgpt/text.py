@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 
-def counted(n: int, noun: str) -> str:
-    """'1 forward sync', '8 forward syncs'."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 forward sync', '8 forward syncs'; `plural` where it is not noun + 's'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
 
 
 def signed(value: float, digits: int = 4) -> str:

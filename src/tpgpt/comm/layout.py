@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import ConfigError
+from ..text import counted
 
 if TYPE_CHECKING:  # the training config; comm/ does not import train/ at run time
     from ..train.config import TrainConfig
@@ -31,8 +32,8 @@ class Layout:
         mode = ("dense" if cfg.tp == 1 else "simulated TP" if self.tp_procs == 1
                 else "distributed TP" if self.tp_procs == cfg.tp else "hybrid TP")
         pp = f"pp={self.pp} ({cfg.pp_schedule}), " if self.pp > 1 else ""
-        return (f"{mode}: tp={cfg.tp} ({cfg.tp // self.tp_procs} rank(s) per process), {pp}"
-                f"dp={self.dp}, {self.world} process(es), {self.device}"
+        return (f"{mode}: tp={cfg.tp} ({counted(cfg.tp // self.tp_procs, 'rank')} per process), "
+                f"{pp}dp={self.dp}, {counted(self.world, 'process', 'processes')}, {self.device}"
                 + (f"; {self.groups}" if self.groups else ""))
 
 
