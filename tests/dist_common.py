@@ -46,7 +46,7 @@ def wire_inputs(tp: int) -> dict:
 def greedy_decode(model) -> dict:
     """Greedy decoding with the KV cache from a 3-token prompt past block_size (10 new tokens,
     one slide of the window): the tokens and the logits of every step."""
-    from tpgpt.inference.generate import decode
+    from tpgpt.model.generation import decode
     steps = list(decode(model.eval(), make_batch()[0][:, :3], 10, temperature=0))
     return {"tokens": torch.cat([t for _, t in steps], 1),
             "logits": torch.stack([lg for lg, _ in steps])}

@@ -10,7 +10,7 @@ from conftest import assert_close
 from tpgpt import GPT, GPTConfig, ParallelGPT
 from tpgpt.analysis.numerics import float32_bound, rel_err
 from tpgpt.errors import ConfigError
-from tpgpt.inference.generate import decode, window_start
+from tpgpt.model.generation import decode, window_start
 
 pytestmark = pytest.mark.numerics  # rerun under every CPU kernel set (Makefile)
 

@@ -16,7 +16,7 @@ from tpgpt import GPT, GPTConfig, ParallelGPT
 from tpgpt.analysis.numerics import TRAIN_LOSS_TOL64
 from tpgpt.comm.plan import count_collectives, count_inference, summarize
 from tpgpt.errors import ConfigError
-from tpgpt.inference.generate import decode
+from tpgpt.model.generation import decode
 
 CONFIG = GPTConfig(block_size=16, vocab_size=48, n_layer=4, n_head=4, n_embd=32, bias=True,
                    dropout=0.1)

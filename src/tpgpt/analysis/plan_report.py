@@ -1,10 +1,11 @@
 """`tpgpt plan`: what a sync plan communicates, as a per-layer diagram, a table or JSON."""
 from __future__ import annotations
 
-from ..text import counted
 from ..comm.plan import (SyncPlan, count_collectives, count_inference, replicated_per_rank_numel,
                          sent_bytes)
 from ..comm.wire import SyncWire
+from ..model.accounting import memory_per_rank
+from ..text import counted
 
 
 def label(r: dict) -> str:
@@ -29,24 +30,6 @@ def _collective(c, tp: int) -> dict:
     """One line of the accounting; `sent_each`: the bytes one rank sends in one of them."""
     return {"phase": c.phase, "op": c.op, "tag": c.tag, "count": c.count, "bytes_each": c.nbytes,
             "sent_each": round(sent_bytes(c.op, c.nbytes, tp))}
-
-
-def memory_per_rank(config, tp: int, vocab_parallel: bool) -> dict:
-    """Parameter elements one TP rank holds, split into sharded (1/tp of the dense tensors) and
-    replicated; bytes for fp32 parameters, gradients and AdamW's two moments."""
-    C, L, V, T = config.n_embd, config.n_layer, config.vocab_size, config.block_size
-    b = 1 if config.bias else 0
-    sharded = L * (12 * C * C + 7 * C * b)  # c_attn, c_fc (+ biases), both c_proj weights
-    replicated = L * (2 * C * (1 + b) + 2 * C * b) + T * C + C * (1 + b)  # LNs, c_proj biases,
-    # wpe, ln_f
-    if vocab_parallel:
-        sharded += V * C
-    else:
-        replicated += V * C
-    per_rank = sharded // tp + replicated
-    return {"sharded_elements": sharded // tp, "replicated_elements": replicated,
-            "param_bytes": 4 * per_rank, "grad_bytes": 4 * per_rank,
-            "adamw_bytes": 8 * per_rank, "total_bytes": 16 * per_rank}
 
 
 def plan_report(config, plan: SyncPlan, *, tp: int, batch_size: int, seq_len: int,

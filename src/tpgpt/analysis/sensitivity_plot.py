@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 
-from ..bench.timing import save_figure
+from ..figures import save_figure
 from ..text import signed
 
 

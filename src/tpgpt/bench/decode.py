@@ -29,7 +29,7 @@ from ..analysis.costmodel import Interconnect
 from ..analysis.generation_cost import measured_device, predict_generation
 from ..comm.plan import SyncPlan, count_inference, sent_bytes
 from ..comm.wire import parse_variant
-from ..inference.generate import decode
+from ..model.generation import decode
 from ..model import GPT, GPTConfig
 from .plans import TimedComm, _slope, _span_stats
 from .timing import rotated, slowest_rank

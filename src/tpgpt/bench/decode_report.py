@@ -9,7 +9,8 @@ import torch.distributed as dist
 from ..analysis.costmodel import Interconnect
 from ..errors import ConfigError
 from .decode import DECODE_SHAPES, bench_one, calibrate, fit_device
-from .timing import check_out, report_and_finish, save_figure
+from ..figures import save_figure
+from .timing import check_out, report_and_finish
 
 
 def bench_decode(shapes: list[str], plans: list[str], batches: list[int], rounds: int,

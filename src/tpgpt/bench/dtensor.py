@@ -91,7 +91,7 @@ def bench_dist(config, batch_size: int, plans: list[str], steps: int = 20,
     med = torch.tensor(slowest_rank([statistics.median(v) for v in times.values()]))
     import resource
 
-    from ..analysis.plan_report import memory_per_rank
+    from ..model.accounting import memory_per_rank
     our_model = models[f"tpgpt TP, sync={plans[0]}"][0]
     opt_state = fns_opts[f"tpgpt TP, sync={plans[0]}"].state
     local = [sum(p.numel() * p.element_size() for p in our_model.parameters()),

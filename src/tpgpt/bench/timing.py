@@ -117,27 +117,6 @@ def write_results(out: str, result: dict, markdown: str, overwrite: bool = False
     return paths
 
 
-def save_figure(fig, path: str, overwrite: bool = False, dpi: int = 110) -> None:
-    """A matplotlib figure written whole (through a temporary file) and, as `write_results`
-    does, never over a file that appeared since `check_out` unless `overwrite`."""
-    import matplotlib.pyplot as plt
-
-    from ..errors import ConfigError
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise ConfigError(f"{path} appeared while measuring: kept it; rerun with another "
-                          f"--out or --overwrite") from None
-    finally:
-        os.remove(tmp)
-
-
 def _cpu_model() -> str:
     """The CPU's model name where the OS tells it (Linux), else the architecture: results from
     two hosts must be told apart (BENCHMARKS.md: the same training runs end up to 0.0033 apart

@@ -15,7 +15,7 @@ def sample(path: str, prompt: str = "\n", num_samples: int = 3, max_new_tokens: 
            loaded: Loaded | None = None, kv_cache: bool = True) -> list[str]:
     """`num_samples` continuations of `prompt`. `tp` / `sync` convert the model to another plan
     (zero-shot); `loaded` reuses a model already built by `load_trained`. Past block_size the
-    context window slides (tpgpt.inference.generate says how)."""
+    context window slides (tpgpt.model.generation says how)."""
     check_sampling(num_samples, max_new_tokens, temperature, top_k)
     if loaded is None:
         loaded = load_trained(path, tp=tp, sync=sync, device=device)

@@ -209,6 +209,6 @@ class GPT(nn.Module):
                  top_k: int | None = None, generator: torch.Generator | None = None,
                  kv_cache: bool = True):
         """Extend idx (B, T) by max_new_tokens sampled tokens (temperature 0 = greedy); see
-        tpgpt.inference.generate for the cache and the context past block_size."""
-        from ..inference.generate import generate
+        tpgpt.model.generation for the cache and the context past block_size."""
+        from .generation import generate  # generation calls back into the model
         return generate(self, idx, max_new_tokens, temperature, top_k, generator, kv_cache)

@@ -11,7 +11,7 @@ The dense GPT's cache is the same with R = 1 and every head.
 [length, length + T) of every layer and then advances `length` (`GPT.forward` and
 `ParallelGPT.forward` do both when given a cache). Learned absolute positions (wpe) fix a cached
 key to its position, so a cache cannot slide: going past `max_len` (the block size) is an error
-here, and generation (tpgpt.inference.generate) starts a new cache on the latest tokens instead.
+here, and generation (tpgpt.model.generation) starts a new cache on the latest tokens instead.
 """
 from __future__ import annotations
 

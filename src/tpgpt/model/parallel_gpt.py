@@ -200,7 +200,7 @@ class ParallelGPT(nn.Module):
                  top_k: int | None = None, generator: torch.Generator | None = None,
                  kv_cache: bool = True):
         """As `GPT.generate`. Distributed ranks draw the same tokens: their logits are equal."""
-        from ..inference.generate import generate
+        from .generation import generate
         return generate(self, idx, max_new_tokens, temperature, top_k, generator, kv_cache)
 
 

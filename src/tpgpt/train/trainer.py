@@ -182,7 +182,7 @@ class Trainer:
         micro-batch (all of this process's ranks), resident memory before the model was built,
         the peak of CUDA allocations, and the plan's accounting of parameters + grads + AdamW
         state."""
-        from ..analysis.plan_report import memory_per_rank
+        from ..model.accounting import memory_per_rank
         s = self.setup
         mine = {"rank": s.layout.rank, "peak_rss_mib": peak_resident_mib(),
                 "saved_activations_mib": s.saved_activations_mib,

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..model.gpt import sample_next
+from .gpt import sample_next
 
 
 def window_start(length: int, start: int, block_size: int) -> int:
