@@ -5,12 +5,13 @@ runs the model on the one new position: its query attends over the cached keys. 
 parallelism each rank caches its own heads: the buffers are [R, B, heads/tp, max_len, head_size]
 (R = the ranks this process holds: all tp when simulated, 1 per process when distributed, a few
 in the hybrid case), viewed as [R*B, ...] because the attention runs the ranks as a batch.
-The dense GPT's cache is the same with R = 1 and every head.
+The dense GPT's cache is the same with R = 1 and every KV head.
 
 `length` positions are filled; a forward pass on T new tokens writes positions
 [length, length + T) of every layer and then advances `length` (`GPT.forward` and
-`ParallelGPT.forward` do both when given a cache). Learned absolute positions (wpe) fix a cached
-key to its position, so a cache cannot slide: going past `max_len` (the block size) is an error
+`ParallelGPT.forward` do both when given a cache). A cached key is fixed to its position
+(learned positions add wpe to it, rotary ones rotate it by its angle), so a cache cannot
+slide: going past `max_len` (the block size) is an error
 here, and generation (tpgpt.model.generation) starts a new cache on the latest tokens instead.
 """
 from __future__ import annotations
@@ -75,11 +76,12 @@ class LayerKV:
         c.v[self.layer, :, :, start:start + T] = v
         keys = c.k[self.layer, :, :, :start + T]
         values = c.v[self.layer, :, :, :start + T]
+        gqa = q.shape[1] != k.shape[1]  # grouped-query attention: fewer KV heads
         if start == 0:  # prefill: plain causal attention over the prompt
-            return F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+            return F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=gqa)
         if T == 1:  # a decode step: the new position sees everything
-            return F.scaled_dot_product_attention(q, keys, values)
+            return F.scaled_dot_product_attention(q, keys, values, enable_gqa=gqa)
         # new positions start..start+T-1 after a cached prefix: each sees up to itself
         pos = torch.arange(start + T, device=q.device)
         mask = pos[None, :] <= pos[start:, None]
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa)
