@@ -152,8 +152,8 @@ def test_compiled_simulated_model_counts_exactly_and_matches_eager():
             loss = compiled(idx, idx)[1]
         loss.backward()
         compiled.sync_replicated_grads()
-    expected = summarize(count_collectives(SyncPlan.parse("tp,spd", 2), tp=2, n_embd=cfg.n_embd,
-                                           bias=cfg.bias, batch_size=2, seq_len=cfg.block_size))
+    expected = summarize(count_collectives(SyncPlan.parse("tp,spd", 2), tp=2, config=cfg,
+                                           batch_size=2, seq_len=cfg.block_size))
     assert dynamo_utils.counters["stats"]["unique_graphs"] > graphs  # it did compile
     assert compiled.comm.counter.summary() == {k: (3 * n, 3 * b) for k, (n, b) in expected.items()}
     from conftest import assert_float32_close

@@ -61,7 +61,7 @@ def test_distributed_equals_simulated(layout, case):
     name, tp, results = layout
     model, loss, logits, counts = simulated(tp, case)
     expected = summarize(count_collectives(
-        model.plan, tp=tp, n_embd=CONFIG.n_embd, bias=CONFIG.bias, batch_size=2, seq_len=8,
+        model.plan, tp=tp, config=CONFIG, batch_size=2, seq_len=8,
         vocab_parallel=model.vocab_parallel, dtype_bytes=8, wire=model.wire,
         sequence_parallel=model.sequence_parallel))
     assert counts == expected, "simulated counts differ from the plan"

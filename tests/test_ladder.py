@@ -28,7 +28,7 @@ def test_a_ladder_sends_what_the_plan_sends(sync):
     model(idx, idx)[1].backward()
     model.sync_replicated_grads()
     assert model.comm.counter.summary() == summarize(count_collectives(
-        model.plan, tp=2, n_embd=CONFIG.n_embd, bias=True, batch_size=2, seq_len=16))
+        model.plan, tp=2, config=CONFIG, batch_size=2, seq_len=16))
 
 
 def test_a_ladder_is_another_function_even_at_tp1():

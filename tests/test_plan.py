@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import make_gpt
-from tpgpt import ParallelGPT, SyncPlan
+from tpgpt import GPTConfig, ParallelGPT, SyncPlan
 from tpgpt.cli import main
 from tpgpt.comm.plan import count_collectives, summarize
 
@@ -104,9 +104,10 @@ def test_forward_only_counts_and_logits_gather(batch):
 
 def test_counts_are_exact_not_at_least():
     """A plan with a dropped sync must not be counted like the all-on plan (no slack)."""
-    a = summarize(count_collectives(SyncPlan.parse("tp", 4), tp=2, n_embd=8, bias=True,
+    config = GPTConfig(n_layer=4, n_head=2, n_embd=8, bias=True)
+    a = summarize(count_collectives(SyncPlan.parse("tp", 4), tp=2, config=config,
                                     batch_size=1, seq_len=1))
-    b = summarize(count_collectives(SyncPlan.parse("spd", 4), tp=2, n_embd=8, bias=True,
+    b = summarize(count_collectives(SyncPlan.parse("spd", 4), tp=2, config=config,
                                     batch_size=1, seq_len=1))
     assert a[("fwd", "all_reduce", "sync")][0] == 8 and b[("fwd", "all_reduce", "sync")][0] == 4
     assert ("grad", "all_reduce", "replicated_grads") not in a

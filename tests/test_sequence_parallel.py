@@ -60,7 +60,7 @@ def test_sequence_parallel_is_the_same_function(sync, options, tp):
     counted = sp.comm.counter.summary()
     counted.pop(("fwd", "all_gather", "logits"), None)
     assert counted == summarize(count_collectives(
-        sp.plan, tp=tp, n_embd=CONFIG.n_embd, bias=True, batch_size=2, seq_len=16,
+        sp.plan, tp=tp, config=CONFIG, batch_size=2, seq_len=16,
         dtype_bytes=8, vocab_parallel=sp.vocab_parallel, sequence_parallel=True))
 
 
@@ -68,7 +68,7 @@ def test_each_all_reduce_becomes_a_reduce_scatter_and_an_all_gather():
     """The same bytes in a ring, twice the collectives, plus the split after the embedding and
     the gather before the head."""
     plan = ParallelGPT(CONFIG, tp=2, sync="tp,spd").plan
-    kw = dict(tp=2, n_embd=32, bias=True, batch_size=2, seq_len=16)
+    kw = dict(tp=2, config=CONFIG, batch_size=2, seq_len=16)
     plain = summarize(count_collectives(plan, **kw))
     sp = summarize(count_collectives(plan, sequence_parallel=True, **kw))
     act = 2 * 16 * 32 * 4

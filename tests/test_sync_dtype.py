@@ -83,7 +83,7 @@ def test_counted_bytes_are_the_predicted_bytes(tp, dtype, sync):
     idx = torch.randint(0, CONFIG.vocab_size, (3, 13))
     model(idx, idx)[1].backward()
     model.sync_replicated_grads()
-    want = count_collectives(model.plan, tp=tp, n_embd=CONFIG.n_embd, bias=True, batch_size=3,
+    want = count_collectives(model.plan, tp=tp, config=CONFIG, batch_size=3,
                              seq_len=13, wire=wire)
     assert model.comm.counter.summary() == summarize(want)
     assert {c.op for c in want if c.tag == "sync"} == \

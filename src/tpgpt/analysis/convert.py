@@ -32,7 +32,10 @@ def convert(path: str, out: str, sync: str, tp: int, head_grouping: bool = False
         raise ConfigError(f"--tokens {tokens} is invalid: it must be >= 1")
     state = read_checkpoint(path)
     config = model_config(state)
-    validate_tp(tp, config.n_head, config.vocab_size, False)
+    validate_tp(tp, config)
+    if head_grouping and config.family != "gpt2":
+        raise ConfigError(f"--head-grouping is for GPT-2's heads so far: a {config.family} "
+                          f"model's query heads move with their KV group (not built yet)")
     plan = SyncPlan.parse(sync, config.n_layer)
     require_plain_syncs(state, "convert")
     if tp == 1 and not all(plan.bits):

@@ -41,6 +41,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from ..comm.plan import sent_bytes
+from ..model.accounting import matmul_elements
 from ..errors import ConfigError
 
 
@@ -173,18 +174,21 @@ def fit_alpha_beta(sizes: list[int], times: list[float], n: int,
 
 
 def train_flops_per_token(config, seq_len: int) -> float:
-    """Forward + backward FLOPs per token: 6 N plus attention (PaLM appendix B; nanoGPT's MFU)."""
-    C, L = config.n_embd, config.n_layer
-    n_params = 12 * L * C * C + config.vocab_size * C  # matmul weights, the head included
-    return 6 * n_params + 12 * L * C * seq_len
+    """Forward + backward FLOPs per token: 6 N plus attention (PaLM appendix B; nanoGPT's MFU),
+    N the matmul weights (the head included; GPT-2: 12 L C^2 + V C)."""
+    n_params = config.n_layer * sum(matmul_elements(config).values()) \
+        + config.vocab_size * config.n_embd
+    return 6 * n_params + 12 * config.n_layer * config.n_head * config.head_size * seq_len
 
 
 def sublayer_flops(config, keys: float) -> list[float]:
     """Forward FLOPs per token of each sublayer in order (attention, MLP, attention, ...):
-    attention 8 C^2 (c_attn, c_proj) + 4 keys C (QK^T, AV), MLP 16 C^2; with keys = seq_len
-    their sum is the block part of train_flops_per_token / 3."""
-    C = config.n_embd
-    return [8 * C * C + 4 * keys * C, 16 * C * C] * config.n_layer
+    attention 2 x its weights (GPT-2: 8 C^2) + 4 keys x the query width (QK^T, AV), MLP 2 x
+    its weights (GPT-2: 16 C^2); with keys = seq_len their sum is the block part of
+    train_flops_per_token / 3."""
+    w = matmul_elements(config)
+    attn = 2 * w["attention"] + 4 * keys * config.n_head * config.head_size
+    return [attn, 2 * w["mlp"]] * config.n_layer
 
 
 def ladder_hidden_s(regions: list[list[int]], sublayer_s: list[float], sync_s: float) -> float:

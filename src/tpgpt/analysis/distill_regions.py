@@ -70,10 +70,11 @@ def region_parameters(model: ParallelGPT, regions: list[Region]) -> list[torch.n
 def teacher_streams(dense, idx: torch.Tensor, points: set[int]) -> dict[int, torch.Tensor]:
     """The dense model's residual stream before sublayer s (s = 2 * n_layer: after the last),
     for every s in `points`, [B, T, C]."""
-    x = embed(dense.transformer, idx, vocab_parallel=False).squeeze(0)
+    x, rope = embed(dense.transformer, idx, False, 0, dense.rotary)
+    x = x.squeeze(0)
     out = {0: x} if 0 in points else {}
     for i, block in enumerate(dense.transformer.h):
-        x = x + block.attn(block.ln_1(x))
+        x = x + block.attn(block.ln_1(x), None, rope)
         if 2 * i + 1 in points:
             out[2 * i + 1] = x
         x = x + block.mlp(block.ln_2(x))
@@ -88,8 +89,9 @@ def student_region(model: ParallelGPT, region: Region, x: torch.Tensor) -> torch
     if model.ladder:  # a region's result would land in the next one (refused earlier, by load)
         raise ConfigError("distill does not support ladder syncs")
     s = ResidualStream(shared=x.unsqueeze(0))
+    rope = None if model.rotary is None else model.rotary(0, x.shape[1], x.dtype)
     for j in region.sublayers:
-        s = model.transformer.h[j // 2].run_sublayer(s, j % 2)
+        s = model.transformer.h[j // 2].run_sublayer(s, j % 2, rope=rope)
     return s.shared.squeeze(0)
 
 

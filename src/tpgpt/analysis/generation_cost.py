@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 
 from ..comm.plan import SyncPlan, count_inference
 from ..errors import ConfigError
+from ..model.accounting import matmul_elements
+from ..model.family import kv_per_rank
 from .costmodel import Interconnect, ladder_hidden_s, read_profile, sublayer_flops
 
 
@@ -78,11 +80,12 @@ def pass_work(config, tp: int, *, batch: int, new: int, keys: float, vocab_paral
               dtype_bytes: int) -> tuple[float, float]:
     """(FLOPs, bytes read) of one forward pass on one rank: `new` positions per sequence that
     attend to `keys` cached-or-new keys on average, logits for the last position only."""
-    C, L, V = config.n_embd, config.n_layer, config.vocab_size
+    C, L, V, hs = config.n_embd, config.n_layer, config.vocab_size, config.head_size
     head = V * C // (tp if vocab_parallel else 1)
-    matmul = 12 * L * C * C // tp  # c_attn, attention c_proj, c_fc, MLP c_proj: this rank's
-    flops = 2 * batch * (new * matmul + head) + 4 * L * batch * new * keys * C / tp  # QK^T, AV
-    kv_read = 2 * L * batch * keys * C / tp  # this rank's heads' keys and values
+    matmul = L * sum(matmul_elements(config, tp).values())  # this rank's share of the weights
+    q_width = config.n_head * hs // tp  # this rank's query heads
+    flops = 2 * batch * (new * matmul + head) + 4 * L * batch * new * keys * q_width  # QK^T, AV
+    kv_read = 2 * L * batch * keys * kv_per_rank(config, tp) * hs  # its KV heads' keys, values
     return flops, (matmul + head + kv_read) * dtype_bytes
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
+
 
 @torch.no_grad()
 def head_gram(dense, x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -104,7 +106,9 @@ def permute_heads(dense, layer: int, order: list[int]) -> None:
 def group_heads(dense, bits: tuple[int, ...], tp: int, x: torch.Tensor,
                 batch_size: int) -> list[dict]:
     """Regroup the heads of every layer whose attention sync `bits` drops; per layer the
-    groups (old head indices per rank) and the objective before and after."""
+    groups (old head indices per rank) and the objective before and after. GPT-2 only."""
+    if dense.config.family != "gpt2":
+        raise ConfigError(f"head grouping is for GPT-2's heads so far, not {dense.config.family}")
     grams = head_gram(dense, x, batch_size)
     size = dense.config.n_head // tp
     identity = [list(range(r * size, (r + 1) * size)) for r in range(tp)]

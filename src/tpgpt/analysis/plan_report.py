@@ -5,6 +5,7 @@ from ..comm.plan import (SyncPlan, count_collectives, count_inference, replicate
                          sent_bytes)
 from ..comm.wire import SyncWire
 from ..model.accounting import memory_per_rank
+from ..model.family import head_split, kv_per_rank
 from ..text import counted
 
 
@@ -32,12 +33,27 @@ def _collective(c, tp: int) -> dict:
             "sent_each": round(sent_bytes(c.op, c.nbytes, tp))}
 
 
+def model_fields(config, tp: int) -> dict:
+    """The model's shape in a report: the family, its heads and how TP splits them."""
+    return {**{k: getattr(config, k) for k in
+               ("family", "n_layer", "n_head", "n_embd", "vocab_size", "block_size", "bias")},
+            "n_kv_head": config.kv_heads, "head_dim": config.head_size,
+            "intermediate_size": config.hidden_size, "tie_embeddings": config.tie_embeddings,
+            "head_split": head_split(config, tp)}
+
+
+def _shape_line(m: dict) -> str:
+    kv = f" ({m['n_kv_head']} KV)" if m.get("n_kv_head", m["n_head"]) != m["n_head"] else ""
+    return (f"{m.get('family', 'gpt2')}: {m['n_layer']} layers, {m['n_head']} heads{kv}, "
+            f"n_embd {m['n_embd']}")
+
+
 def plan_report(config, plan: SyncPlan, *, tp: int, batch_size: int, seq_len: int,
                 vocab_parallel: bool, dtype_bytes: int = 4, grad_clip: bool = False,
                 wire: SyncWire | None = None, ladder: bool = False,
                 sequence_parallel: bool = False) -> dict:
     """Everything `tpgpt plan --json` prints: layers, regions, and collectives per step."""
-    step = count_collectives(plan, tp=tp, n_embd=config.n_embd, bias=config.bias,
+    step = count_collectives(plan, tp=tp, config=config,
                              batch_size=batch_size, seq_len=seq_len,
                              vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes,
                              grad_clip=grad_clip, param_bytes=4 if dtype_bytes < 4 else None,
@@ -52,8 +68,7 @@ def plan_report(config, plan: SyncPlan, *, tp: int, batch_size: int, seq_len: in
     totals["step"] = {k: sum(t[k] for t in totals.values()) for k in ("count", "bytes", "sent")}
     baseline = 2 * config.n_layer
     return {
-        "model": {k: getattr(config, k) for k in
-                  ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "bias")},
+        "model": model_fields(config, tp),
         "tp": tp, "sync": plan.spec, "bits": plan.bitstring, "vocab_parallel": vocab_parallel,
         **_wire_fields(wire), "ladder": ladder, "sequence_parallel": sequence_parallel,
         "batch_size": batch_size, "seq_len": seq_len, "dtype_bytes": dtype_bytes,
@@ -62,7 +77,7 @@ def plan_report(config, plan: SyncPlan, *, tp: int, batch_size: int, seq_len: in
         "regions": plan.regions(),
         "forward_syncs": plan.forward_syncs(tp),
         "forward_syncs_all_on": baseline if tp > 1 else 0,
-        "replicated_grad_elements": replicated_per_rank_numel(plan, config.n_embd, config.bias,
+        "replicated_grad_elements": replicated_per_rank_numel(plan, config,
                                                               sequence_parallel),
         "collectives": collectives,
         "memory_per_rank": memory_per_rank(config, tp, vocab_parallel),
@@ -81,16 +96,18 @@ _WHAT = {"sync": "residual stream, leaving a region (g)",
          "embedding": "vocab-parallel embedding lookup",
          "loss": "vocab-parallel cross-entropy",
          "head": "vocab-parallel LM head input (f)",
-         "replicated_grads": "LayerNorm/bias grads used per rank, bucketed",
+         "replicated_grads": "norm/bias grads used per rank, bucketed",
+         "kv_replicas": "grads of each KV head summed over the ranks that hold it",
          "grad_norm": "squared norm of sharded grads, for clipping"}
 
 
 def format_plan(r: dict) -> str:
     m = r["model"]
-    lines = [f"model: {m['n_layer']} layers, {m['n_head']} heads, n_embd {m['n_embd']}, "
+    lines = [f"model: {_shape_line(m)}, "
              f"vocab {m['vocab_size']}{' (vocab-parallel)' if r['vocab_parallel'] else ''}",
              f"tp={r['tp']}  sync={r['sync']!r}  batch {r['batch_size']} x {r['seq_len']} tokens, "
-             f"{r['dtype_bytes']}-byte activations" + _wire_note(r), "",
+             f"{r['dtype_bytes']}-byte activations" + _wire_note(r)
+             + (f"; {m['head_split']}" if "head_split" in m and r["tp"] > 1 else ""), "",
              "layer  kind        attn  mlp    region"]
     region_of = {s: i for i, reg in enumerate(r["regions"]) for s in reg}
     for layer in r["layers"]:
@@ -172,10 +189,9 @@ def inference_report(config, plan: SyncPlan, *, tp: int, batch_size: int, prompt
                             batch_size=batch_size, prompt_len=prompt_len,
                             vocab_parallel=vocab_parallel, dtype_bytes=dtype_bytes, wire=wire,
                             sequence_parallel=sequence_parallel)
-    C, L = config.n_embd, config.n_layer
+    L = config.n_layer
     return {
-        "model": {k: getattr(config, k) for k in
-                  ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "bias")},
+        "model": model_fields(config, tp),
         "tp": tp, "sync": plan.spec, "bits": plan.bitstring, "vocab_parallel": vocab_parallel,
         **_wire_fields(wire), "ladder": ladder, "sequence_parallel": sequence_parallel,
         "batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens,
@@ -184,15 +200,15 @@ def inference_report(config, plan: SyncPlan, *, tp: int, batch_size: int, prompt
         **{phase: [{k: v for k, v in _collective(c, tp).items() if k != "phase"} for c in cs]
            for phase, cs in colls.items()},
         # filled at the end: the last new token is drawn, never fed back
-        "kv_cache_bytes_per_rank": 2 * L * batch_size * (prompt_len + new_tokens - 1) * C // tp
-        * dtype_bytes,
+        "kv_cache_bytes_per_rank": 2 * L * batch_size * (prompt_len + new_tokens - 1)
+        * kv_per_rank(config, tp) * config.head_size * dtype_bytes,
     }
 
 
 def format_inference(r: dict) -> str:
     m = r["model"]
     n, base = r["forward_syncs"], r["forward_syncs_all_on"]
-    lines = [f"generation: {m['n_layer']} layers, {m['n_head']} heads, n_embd {m['n_embd']}, "
+    lines = [f"generation: {_shape_line(m)}, "
              f"vocab {m['vocab_size']}{' (vocab-parallel)' if r['vocab_parallel'] else ''}; "
              f"tp={r['tp']}  sync={r['sync']!r} ({n} of {base} forward syncs)" if base else
              "generation at tp=1: nothing to communicate",

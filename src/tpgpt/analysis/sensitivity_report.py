@@ -24,7 +24,7 @@ def sensitivity(path: str, tp: int, tokens: int = 8192, split: str = "val",
         raise ConfigError(f"--batch-size {batch_size} is invalid: it must be >= 1")
     state = read_checkpoint(path)
     config = model_config(state)
-    validate_tp(tp, config.n_head, config.vocab_size, False)
+    validate_tp(tp, config)
     if tp < 2:
         raise ConfigError("--tp 1 has no syncs to drop: give the tp you will serve at (>= 2)")
     require_plain_syncs(state, "sensitivity")

@@ -52,7 +52,8 @@ def run_sweep(cfg: TrainConfig, plans: list[str], out: str, echo=print) -> list[
         sync, wire, ladder, sp = _variant(cfg, plan)
         act = activation_bytes(cfg.dtype)
         steps = count_collectives(SyncPlan.parse(sync, cfg.n_layer), tp=cfg.tp,
-                                  n_embd=cfg.n_embd, bias=cfg.bias, batch_size=cfg.batch_size,
+                                  config=cfg.model_config(cfg.vocab_size or 1),
+                                  batch_size=cfg.batch_size,
                                   seq_len=cfg.block_size, vocab_parallel=cfg.vocab_parallel,
                                   wire=wire, grad_clip=cfg.grad_clip > 0, dtype_bytes=act,
                                   param_bytes=4 if act < 4 else None, sequence_parallel=sp)

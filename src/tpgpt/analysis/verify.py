@@ -28,7 +28,8 @@ def parallel_dense_grads(model: ParallelGPT) -> dict[str, torch.Tensor]:
         out = model.dense_state_dict()
         for n, p in model.named_parameters():
             p.copy_(saved[n])
-    out.pop("lm_head.weight")
+    if model.config.tie_embeddings:
+        out.pop("lm_head.weight")
     return out
 
 
@@ -79,7 +80,7 @@ def _float64(gpt: GPT) -> GPT:
 
 def _expected_counts(plan, tp, gpt, idx, vocab_parallel):
     return summarize(count_collectives(
-        plan, tp=tp, n_embd=gpt.config.n_embd, bias=gpt.config.bias, batch_size=idx.shape[0],
+        plan, tp=tp, config=gpt.config, batch_size=idx.shape[0],
         seq_len=idx.shape[1], vocab_parallel=vocab_parallel,
         dtype_bytes=next(gpt.parameters()).element_size()))
 

@@ -178,7 +178,7 @@ def run_decode_cli(args) -> int:
         if name not in DECODE_SHAPES:
             raise ConfigError(f"bench decode shapes are {', '.join(DECODE_SHAPES)}, not {name!r}")
         cfg = DECODE_SHAPES[name]
-        validate_tp(world, cfg.n_head, cfg.vocab_size, False)
+        validate_tp(world, cfg)
         lengths(cfg, args.prompt_len, args.new_tokens)
         for p in plans:
             v = parse_variant(p, cfg.n_embd)

@@ -12,27 +12,42 @@ from .timing import check_out, report_and_finish, slowest_rank, time_interleaved
 
 
 def dtensor_gpt(dense, mesh):
-    """The dense GPT under PyTorch's own tensor parallelism (DTensor), the same function:
-    c_attn/c_fc ColwiseParallel, both c_proj RowwiseParallel, embedding and head replicated.
-    c_attn's rows are reordered rank-major ([q_0 k_0 v_0 | q_1 k_1 v_1 | ...]) so that the
-    contiguous chunk ColwiseParallel gives rank r holds q, k and v of rank r's heads."""
+    """The dense model under PyTorch's own tensor parallelism (DTensor), the same function,
+    each module's style read from the family's layout table (model/family.py): column and kv
+    linears ColwiseParallel, row linears RowwiseParallel, the rest replicated. GPT-2's fused
+    c_attn ('qkv') gets its rows reordered rank-major ([q_0 k_0 v_0 | q_1 k_1 v_1 | ...]) first,
+    so that the contiguous chunk ColwiseParallel gives rank r holds q, k and v of its heads."""
     import copy
 
     from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
                                                    parallelize_module)
+
+    from ..errors import ConfigError
+    from ..model.family import kv_replicas, layouts
     tp = mesh.size()
+    if kv_replicas(dense.config, tp) > 1:
+        raise ConfigError(f"bench dist: DTensor cannot replicate a KV head over ranks; use "
+                          f"tp <= n_kv_head={dense.config.kv_heads}")
     model = copy.deepcopy(dense)
-    C = dense.config.n_embd
-    per = C // tp
-    perm = torch.cat([torch.arange(g * C + r * per, g * C + (r + 1) * per)
-                      for r in range(tp) for g in range(3)])
+    styles = {"column": ColwiseParallel, "kv": ColwiseParallel, "qkv": ColwiseParallel,
+              "row": RowwiseParallel}
+    plan, per = {}, dense.config.n_embd // tp
+    for name, kind in layouts(dense.config).items():
+        if kind not in styles or not name.startswith("transformer.h.0.") \
+                or not name.endswith(".weight"):
+            continue
+        plan[name[len("transformer.h.0."):-len(".weight")]] = styles[kind]()
     with torch.no_grad():
+        C = dense.config.n_embd
+        perm = torch.cat([torch.arange(g * C + r * per, g * C + (r + 1) * per)
+                          for r in range(tp) for g in range(3)])
         for blk in model.transformer.h:
-            blk.attn.c_attn.weight.copy_(blk.attn.c_attn.weight[perm])
-            if blk.attn.c_attn.bias is not None:
-                blk.attn.c_attn.bias.copy_(blk.attn.c_attn.bias[perm])
-    plan = {"attn.c_attn": ColwiseParallel(), "attn.c_proj": RowwiseParallel(),
-            "mlp.c_fc": ColwiseParallel(), "mlp.c_proj": RowwiseParallel()}
+            for module in plan:
+                if layouts(dense.config)[f"transformer.h.0.{module}.weight"] == "qkv":
+                    lin = blk.get_submodule(module)
+                    lin.weight.copy_(lin.weight[perm])
+                    if lin.bias is not None:
+                        lin.bias.copy_(lin.bias[perm])
     for blk in model.transformer.h:
         parallelize_module(blk, mesh, plan)
     return model
@@ -112,7 +127,7 @@ def bench_dist(config, batch_size: int, plans: list[str], steps: int = 20,
     return {"rank": rank, "world": world, "backend": dist.get_backend(),
             "loss_dtensor": ref, "loss_tpgpt": ours,
             "loss_rel_diff_float64": abs(ours64 - ref64) / abs(ref64), "tokens_per_step": tokens,
-            "config": {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd",
+            "config": {k: getattr(config, k) for k in ("family", "n_layer", "n_head", "n_embd",
                                                        "block_size", "vocab_size")},
             "steps": steps, "rows": rows, "memory": memory}
 

@@ -337,7 +337,7 @@ def run_plans_cli(args) -> int:
     profile = load_interconnect(args.profile) if args.profile else None
     from ..comm.plan import SyncPlan, validate_tp
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    validate_tp(world, config.n_head, config.vocab_size, False)  # tp = the process count
+    validate_tp(world, config)  # tp = the process count
     from ..model.parallel_gpt import check_sequence_parallel
     for p in args.plans:  # a bad plan fails here, before any measurement
         v = parse_variant(p, config.n_embd)

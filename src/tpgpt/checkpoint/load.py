@@ -218,7 +218,7 @@ def load_trained(path: str, tp: int | None = None, sync: str | None = None,
     trained_tp, trained_sync = trained_plan(state)
     if tp is None:
         tp = trained_tp
-    validate_tp(tp, config.n_head, config.vocab_size, False)
+    validate_tp(tp, config)
     plan = SyncPlan.parse(trained_sync if sync is None else sync, config.n_layer)
     if sync is not None and tp == 1 and not all(plan.bits) and not trained_ladder(state):
         raise ConfigError(f"--sync {sync!r} at tp=1 is the dense GPT (one rank has nothing to "

@@ -3,13 +3,18 @@
 Each parameter, and each of its AdamW moments, is written in a *canonical* dense coordinate
 system in which every tensor-parallel shard is one contiguous block along one dimension:
 
-    attn.c_attn.weight   [C, 3, C]   (in, q|k|v, out)   shard dim 2: heads of q, k and v
-    attn.c_attn.bias     [3, C]                         shard dim 1
-    mlp.c_fc.weight      [C, 4C]     (in, out)          shard dim 1
-    mlp.c_fc.bias        [4C]                           shard dim 0
-    *.c_proj.weight      [in, C]     (in, out)          shard dim 0
-    transformer.wte      [V, C]      vocab-parallel     shard dim 0
-    everything else      as the dense GPT               replicated
+    qkv    attn.c_attn.weight  [C, 3, C]   (in, q|k|v, out)   shard dim 2: heads of q, k and v
+           attn.c_attn.bias    [3, C]                         shard dim 1
+    column weights (c_fc, q_proj, gate_proj, up_proj; k_proj, v_proj split by KV heads)
+                               [in, out]                      shard dim 1
+           their biases        [out]                          shard dim 0
+    row    *.c_proj.weight     [in, C]     (in, out)          shard dim 0
+    vocab  wte, lm_head        [V, C]      vocab-parallel     shard dim 0
+    everything else            as the dense model             replicated
+
+Which tensor is which is the family's layout table (model/family.py). A KV head held by several
+ranks (tp > n_kv_head) is written whole, gathered from the ranks (its shards overlap, which a
+DTensor shard cannot say).
 
 (The fused c_attn is [q | k | v] with each part split by heads, so in nn.Linear's [3C, C] layout a
 rank's shard is three separate blocks; the extra q|k|v axis makes it one.) A process's block is the
@@ -22,9 +27,10 @@ from __future__ import annotations
 
 import torch
 
+from ..model.family import kv_replicas, layouts, shard, unshard
 
-RULES = (("attn.c_attn.weight", "qkv_w"), ("attn.c_attn.bias", "qkv_b"),
-         ("mlp.c_fc.weight", "col_w"), ("mlp.c_fc.bias", "col_b"), ("c_proj.weight", "row_w"))
+RULES = {"qkv": ("qkv_w", "qkv_b"), "column": ("col_w", "col_b"), "kv": ("col_w", "col_b"),
+         "row": ("row_w", None), "vocab": ("vocab", None), "replicated": ("rep", "rep")}
 
 
 def _has_rank_dim(model) -> bool:
@@ -33,12 +39,12 @@ def _has_rank_dim(model) -> bool:
 
 
 def _rule(model, name: str) -> str:
-    for suffix, rule in RULES:
-        if name.endswith(suffix):
-            return rule
-    if name == "transformer.wte.weight" and getattr(model, "vocab_parallel", False):
-        return "vocab"
-    return "rep"
+    """The canonical coordinates of parameter `name` (the family's table says its layout)."""
+    vp = getattr(model, "vocab_parallel", False)
+    kind = layouts(model.config, vp).get(name, "replicated")
+    if kind == "kv" and _has_rank_dim(model) and kv_replicas(model.config, model.tp) > 1:
+        return "kv_whole"
+    return RULES[kind][0 if name.endswith("weight") else 1]
 
 
 def _to_canonical(model, rule: str, t: torch.Tensor) -> tuple[torch.Tensor, int | None]:
@@ -117,6 +123,11 @@ class ShardedState:
         return DTensor.from_local(local, self.mesh, [Shard(dim)], run_check=False, shape=shape,
                                   stride=torch.empty(shape, device="meta").stride())
 
+    def _whole_kv(self, t: torch.Tensor) -> torch.Tensor:
+        """A replicated-KV shard [R, C, hs] -> the dense [C, n_kv * hs] (gathered)."""
+        m = self.model
+        return unshard("kv", m.comm.gather_ranks(t), m.config, m.tp).t()
+
     def _entries(self):
         """(key, param name, tensor getter) for every tensor in the state."""
         for name, p in self.params.items():
@@ -132,6 +143,9 @@ class ShardedState:
         out = {}
         for key, name, get in self._entries():
             rule = _rule(self.model, name)
+            if rule == "kv_whole":
+                out[key] = self._whole_kv(get().detach()).contiguous()
+                continue
             local, dim = _to_canonical(self.model, rule, get().detach())
             out[key] = self._wrap(rule, local.contiguous().clone(), dim)
         if self.optimizer is not None:
@@ -157,8 +171,12 @@ class ShardedState:
         for key, name, get in self._entries():
             value = state[key]
             local = value.to_local() if hasattr(value, "to_local") else value
-            target = get()
-            target.copy_(_from_canonical(self.model, _rule(self.model, name), local, target))
+            target, rule = get(), _rule(self.model, name)
+            if rule == "kv_whole":
+                m = self.model
+                target.copy_(shard("kv", local.t(), m.config, m.tp, m.comm.ranks))
+                continue
+            target.copy_(_from_canonical(self.model, rule, local, target))
         if self.optimizer is not None:
             for p in self.params.values():
                 if id(p) in self.optimized:

@@ -98,7 +98,7 @@ def run(args) -> int:
     from ..model.parallel_gpt import check_sequence_parallel
 
     cfg = model_config(args)
-    validate_tp(args.tp, cfg.n_head, cfg.vocab_size, args.vocab_parallel)
+    validate_tp(args.tp, cfg, args.vocab_parallel)
     if args.batch_size is None:
         args.batch_size = 1 if args.inference else 12
     if args.batch_size < 1:

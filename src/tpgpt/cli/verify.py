@@ -35,7 +35,7 @@ def run(args) -> int:
 
     cfg = model_config(args)
     for tp in args.tp:
-        validate_tp(tp, cfg.n_head, cfg.vocab_size, args.vocab_parallel)
+        validate_tp(tp, cfg, args.vocab_parallel)
     torch.manual_seed(args.seed)
     gpt = GPT(cfg).to(getattr(torch, args.dtype))
     idx = torch.randint(0, cfg.vocab_size, (args.batch_size, cfg.block_size))

@@ -125,13 +125,20 @@ def _parse_bits(body: str, n_layer: int) -> tuple[int, ...]:
     return tuple(int(c) for c in body)
 
 
-def validate_tp(tp, n_head: int, vocab_size: int, vocab_parallel: bool) -> None:
+def validate_tp(tp, config, vocab_parallel: bool = False, vocab_size: int | None = None) -> None:
+    """tp must divide n_head, tp and the KV heads must divide one another (GQA), and a
+    vocab-parallel embedding needs the vocabulary divisible by tp."""
+    n_head, kv = config.n_head, config.kv_heads
+    vocab_size = config.vocab_size if vocab_size is None else vocab_size
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
         raise ConfigError(f"tp={tp!r} is invalid: it must be a positive integer")
     if n_head % tp:
         divisors = [d for d in range(1, n_head + 1) if n_head % d == 0]
         raise ConfigError(f"tp={tp} does not divide n_head={n_head}: valid tp values are "
                          f"{', '.join(map(str, divisors))}")
+    if kv % tp and tp % kv:
+        raise ConfigError(f"tp={tp} and n_kv_head={kv} must divide one another: each rank "
+                          f"holds whole KV heads, or one KV head replicated over tp/{kv} ranks")
     if vocab_parallel and vocab_size % tp:
         raise ConfigError(f"vocab_parallel needs vocab_size divisible by tp: "
                           f"vocab_size={vocab_size} is not a multiple of tp={tp} (pad it, e.g. to "
@@ -149,22 +156,36 @@ class Collective:
     nbytes: int
 
 
-def replicated_per_rank_numel(plan: SyncPlan, n_embd: int, bias: bool,
-                              sequence_parallel: bool = False) -> int:
+def replicated_per_rank_numel(plan: SyncPlan, config, sequence_parallel: bool = False) -> int:
     """Elements of replicated parameters whose gradients differ per rank under `plan`.
 
-    Inside a multi-sublayer region each sublayer's LayerNorm reads a per-rank stream, and each
+    Inside a multi-sublayer region each sublayer's norm reads a per-rank stream, and each
     sublayer's output bias except the region's last is added to the per-rank stream. Under
-    sequence parallelism every LayerNorm (the final one too) and every output bias does.
+    sequence parallelism every norm (the final one too) and every output bias does. Qwen3's
+    q/k norms always do: each rank normalises its own heads.
     """
-    ln = n_embd * (2 if bias else 1)
+    C, gpt2 = config.n_embd, config.family == "gpt2"
+    ln = C * (2 if gpt2 and config.bias else 1)  # LayerNorm w (+ b); RMSNorm w
+    out_bias = C if gpt2 and config.bias else 0  # the c_proj biases (none in a llama block)
+    qk = 2 * config.head_size * config.n_layer if config.qk_norm else 0
     if sequence_parallel:
-        return (len(plan.bits) + 1) * ln + len(plan.bits) * (n_embd if bias else 0)
-    n = 0
+        return (len(plan.bits) + 1) * ln + len(plan.bits) * out_bias + qk
+    n = qk
     for region in plan.regions():
         if len(region) > 1:
-            n += len(region) * ln + (len(region) - 1) * (n_embd if bias else 0)
+            n += len(region) * ln + (len(region) - 1) * out_bias
     return n
+
+
+def kv_replica_numel(config, tp: int) -> int:
+    """Elements of the k and v projections (with Qwen2's biases) whose gradients are summed over
+    the ranks that hold the same KV head, when tp > n_kv_head (TPComm.sum_over_replicas: one
+    buffer of every KV head, all-reduced over the TP group); 0 otherwise."""
+    kv = config.kv_heads
+    if config.family == "gpt2" or tp <= kv:
+        return 0
+    per_head = config.head_size * (config.n_embd + (1 if config.qkv_bias else 0))
+    return config.n_layer * 2 * kv * per_head
 
 
 def sequence_collectives(plan: SyncPlan, phases: tuple[str, ...], act: int) -> list[Collective]:
@@ -203,16 +224,17 @@ def sent_bytes(op: str, nbytes: int, n: int) -> float:
     return (2 if op.startswith("all_reduce") else 1) * (n - 1) / n * nbytes
 
 
-def count_collectives(plan: SyncPlan, *, tp: int, n_embd: int, bias: bool, batch_size: int,
+def count_collectives(plan: SyncPlan, *, tp: int, config, batch_size: int,
                       seq_len: int, vocab_parallel: bool = False, dtype_bytes: int = 4,
                       backward: bool = True, grad_clip: bool = False,
                       param_bytes: int | None = None, wire=None,
                       sequence_parallel: bool = False) -> list[Collective]:
-    """Every collective of one training step (forward with loss, backward, gradient sync);
-    `wire`: the model's SyncWire (None: float32, as computed)."""
+    """Every collective of one training step (forward with loss, backward, gradient sync) of a
+    model of shape `config` (a GPTConfig); `wire`: the model's SyncWire (None: float32, as
+    computed)."""
     if tp == 1:
         return []
-    numel = batch_size * seq_len * n_embd
+    numel = batch_size * seq_len * config.n_embd
     act = numel * dtype_bytes
     loss_bytes = max(dtype_bytes, 4)  # the vocab-parallel loss is computed in fp32 or wider
     if sequence_parallel:
@@ -229,10 +251,12 @@ def count_collectives(plan: SyncPlan, *, tp: int, n_embd: int, bias: bool, batch
                                       tp, wire)
         if vocab_parallel:
             out.append(Collective("bwd", "all_reduce", "head", 1, act))
-        n = replicated_per_rank_numel(plan, n_embd, bias, sequence_parallel)
-        if n:
-            out.append(Collective("grad", "all_reduce", "replicated_grads", 1,
-                                  n * (param_bytes or dtype_bytes)))
+        for tag, n in (("replicated_grads",
+                        replicated_per_rank_numel(plan, config, sequence_parallel)),
+                       ("kv_replicas", kv_replica_numel(config, tp))):
+            if n:
+                out.append(Collective("grad", "all_reduce", tag, 1,
+                                      n * (param_bytes or dtype_bytes)))
         if grad_clip:
             out.append(Collective("grad", "all_reduce", "grad_norm", 1, 8))
     return out

@@ -163,6 +163,27 @@ class TPComm:
             self._record_bytes("grad", "all_reduce", "replicated_grads", n)
 
     @torch.no_grad()
+    def sum_over_replicas(self, params: list[torch.nn.Parameter], replicas: int) -> None:
+        """Sum the gradients of shards held by `replicas` consecutive ranks each (rank r holds
+        shard r // replicas: a KV head under tp > n_kv_head), over those ranks, and give every
+        holder the sum. One bucket for all `params` ([R, ...] each): the local ranks' parts
+        added into a buffer of every shard, one all-reduce over the TP group (zeros where a
+        process holds no replica), each holder's part read back. The buffer holds every shard,
+        tp / replicas of them; a group all-reduce per shard would send less but needs a process
+        group per replica set."""
+        owner = torch.tensor([r // replicas for r in self.ranks], device=params[0].device)
+        bufs = []
+        for p in params:
+            g = p.grad if p.grad is not None else torch.zeros_like(p)
+            buf = g.new_zeros(self.tp // replicas, *g.shape[1:])
+            bufs.append(buf.index_add_(0, owner, g))
+        flat = torch.cat([b.reshape(-1) for b in bufs])
+        self._record_bytes("grad", "all_reduce", "kv_replicas", flat.numel() * flat.element_size())
+        flat = self._cross_all_reduce(flat.unsqueeze(0)).squeeze(0)
+        for p, b, part in zip(params, bufs, flat.split([b.numel() for b in bufs])):
+            p.grad = part.view_as(b)[owner].clone()
+
+    @torch.no_grad()
     def gather_ranks(self, x: torch.Tensor) -> torch.Tensor:
         """[R, ...] -> [tp, ...]: a copy of every rank's shard, for export (not counted)."""
         return x.detach().clone()

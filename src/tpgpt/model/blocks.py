@@ -42,13 +42,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..comm.tp_comm import SEQ_DIM, TPComm
 from ..comm.wire import SyncWire
-from .gpt import GELU_APPROXIMATE, LayerNorm
 from .kv_cache import LayerKV
-from .tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from .layers import make_norm
+from .parallel_layers import parallel_sublayers
 
 
 @dataclass
@@ -86,53 +85,12 @@ def stream_dropout(dropout: nn.Module, x: torch.Tensor, comm: TPComm,
     return x * comm._split_ranks(mask, SEQ_DIM)
 
 
-def rank_layer_norm(comm: TPComm, ln: LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    """LayerNorm of a per-rank stream: its parameters' gradients differ per rank."""
-    w = comm.per_rank_param(ln.weight)
-    b = None if ln.bias is None else comm.per_rank_param(ln.bias)
-    return F.layer_norm(x, w.shape, w, b, 1e-5)
-
-
-class ParallelAttention(nn.Module):
-    """Heads split over ranks: c_attn column-parallel by heads of q, k and v, c_proj
-    row-parallel."""
-
-    def __init__(self, config, tp: int, ranks: range):
-        super().__init__()
-        C = config.n_embd
-        self.heads = config.n_head // tp  # heads per rank
-        self.head_size = C // config.n_head
-        self.dropout = config.dropout
-        self.c_attn = ColumnParallelLinear(C, 3 * C, config.bias, tp, ranks)
-        self.c_proj = RowParallelLinear(C, C, config.bias, tp, ranks)
-
-    def forward(self, h: torch.Tensor, kv: LayerKV | None = None,
-                gather: TPComm | None = None) -> torch.Tensor:
-        """[R, B, T, C] -> partial [R, B, T, C]; with `gather`, h is the sequence shard."""
-        q, k, v = self.c_attn(h, gather).chunk(3, dim=-1)  # each [R, B, T, C/tp]
-        R, B, T, _ = q.shape
-        q, k, v = (t.reshape(R * B, T, self.heads, self.head_size).transpose(1, 2)
-                   for t in (q, k, v))  # (R*B, nh/tp, T, hs)
-        if kv is not None:  # generation: this rank's heads over the cached positions too
-            y = kv.attend(q, k, v)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
-        y = y.transpose(1, 2).reshape(R, B, T, self.heads * self.head_size)
-        return self.c_proj(y)
-
-
-class ParallelMLP(nn.Module):
-    """c_fc column-parallel, GELU, c_proj row-parallel: no communication inside."""
-
-    def __init__(self, config, tp: int, ranks: range):
-        super().__init__()
-        self.c_fc = ColumnParallelLinear(config.n_embd, 4 * config.n_embd, config.bias, tp, ranks)
-        self.c_proj = RowParallelLinear(4 * config.n_embd, config.n_embd, config.bias, tp, ranks)
-        self.approximate = GELU_APPROXIMATE[config.activation]
-
-    def forward(self, h: torch.Tensor, gather: TPComm | None = None) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(h, gather), approximate=self.approximate))
+def rank_norm(comm: TPComm, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The norm (LayerNorm or RMSNorm) of a per-rank stream: its parameters' gradients differ
+    per rank."""
+    w = comm.per_rank_param(norm.weight)
+    b = None if norm.bias is None else comm.per_rank_param(norm.bias)
+    return norm.apply_with(x, w, b)
 
 
 class ParallelBlock(nn.Module):
@@ -144,10 +102,11 @@ class ParallelBlock(nn.Module):
         super().__init__()
         self.comm, self.wire, self.ladder = comm, wire, ladder
         self.sequence_parallel = sequence_parallel
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = ParallelAttention(config, comm.tp, comm.ranks)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = ParallelMLP(config, comm.tp, comm.ranks)
+        attn, mlp = parallel_sublayers(config, comm)  # the family's (parallel_layers.py)
+        self.ln_1 = make_norm(config)
+        self.attn = attn
+        self.ln_2 = make_norm(config)
+        self.mlp = mlp
         self.resid_dropout = nn.Dropout(config.dropout)
         self.starts, self.syncs = starts, syncs
 
@@ -158,9 +117,9 @@ class ParallelBlock(nn.Module):
 
     def per_rank_params(self) -> list[nn.Parameter]:
         """Replicated parameters this block uses per rank (gradients summed across ranks): under
-        sequence parallelism every LayerNorm and output bias (each works on a shard or inside a
-        region)."""
-        out = []
+        sequence parallelism every norm and output bias (each works on a shard or inside a
+        region), and the attention's own (Qwen3's q/k norms, applied to each rank's heads)."""
+        out = list(self.attn.per_rank_params())
         for ln, sub, start, sync in map(self.sublayer, (0, 1)):
             if self.sequence_parallel:
                 out += [p for p in (ln.weight, ln.bias, sub.c_proj.bias) if p is not None]
@@ -170,17 +129,18 @@ class ParallelBlock(nn.Module):
                 out.append(sub.c_proj.bias)
         return out
 
-    def run_sublayer(self, s: ResidualStream, k: int, kv: LayerKV | None = None
-                     ) -> ResidualStream:
-        """Sublayer k (0 attention, 1 MLP) on the stream; its sync if the plan has it."""
-        return self._sublayer(s, *self.sublayer(k), kv)
+    def run_sublayer(self, s: ResidualStream, k: int, kv: LayerKV | None = None,
+                     rope=None) -> ResidualStream:
+        """Sublayer k (0 attention, 1 MLP) on the stream; its sync if the plan has it. The
+        attention takes the layer's KV cache and the rotary angles (the Llama family's)."""
+        kw = {k: v for k, v in (("kv", kv), ("rope", rope)) if v is not None}
+        return self._sublayer(s, *self.sublayer(k), kw)
 
     def _sublayer(self, s: ResidualStream, ln, sub, start: bool, sync: bool,
-                  kv: LayerKV | None = None) -> ResidualStream:
+                  kw: dict) -> ResidualStream:
         comm, sp = self.comm, s.sharded
-        kw = {} if kv is None else {"kv": kv}
         if start and sync and sp:  # one-sublayer region, Megatron's SP: LN on the shard, and
-            out = sub(rank_layer_norm(comm, ln, s.shared), gather=comm, **kw)  # the first
+            out = sub(rank_norm(comm, ln, s.shared), gather=comm, **kw)  # the first
             # linear gathers it (keeping only the shard for backward)
         else:
             if start and sync:  # one-sublayer region: Megatron's LN -> f -> sublayer -> g
@@ -189,7 +149,7 @@ class ParallelBlock(nn.Module):
                 if start:
                     s.view = comm.gather_sequence(s.shared) if sp else \
                         comm.copy_to_tp(s.shared, wire=self.wire)
-                h = rank_layer_norm(comm, ln, s.view)
+                h = rank_norm(comm, ln, s.view)
             out = sub(h, **kw)  # [R, B, T, C] partial sums of this process's ranks
         s.partial = out if s.partial is None else s.partial + out
         b = sub.c_proj.bias
@@ -211,5 +171,6 @@ class ParallelBlock(nn.Module):
             s.view = s.view + comm.per_rank_param(b)
         return s
 
-    def forward(self, s: ResidualStream, kv: LayerKV | None = None) -> ResidualStream:
-        return self.run_sublayer(self.run_sublayer(s, 0, kv), 1)
+    def forward(self, s: ResidualStream, kv: LayerKV | None = None, rope=None
+                ) -> ResidualStream:
+        return self.run_sublayer(self.run_sublayer(s, 0, kv, rope), 1)

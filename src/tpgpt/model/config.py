@@ -23,6 +23,10 @@ ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh", "silu": None}  # -> torch's 
 GELU_APPROXIMATE = {k: v for k, v in ACTIVATIONS.items() if v is not None}
 ROPE_SCALINGS = ("none", "llama3")
 # fields that only the llama family reads, with the value GPT-2 must leave them at
+# the fields the family brought (a checkpoint from before it has none: their defaults, GPT-2)
+LLAMA_FIELDS = ("family", "n_kv_head", "head_dim", "intermediate_size", "norm_eps", "rope_theta",
+                "rope_scaling", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+                "rope_original_context", "tie_embeddings", "qkv_bias", "qk_norm")
 LLAMA_ONLY = {"n_kv_head": 0, "head_dim": 0, "rope_theta": 10000.0, "rope_scaling": "none",
               "tie_embeddings": True, "qkv_bias": False, "qk_norm": False}
 

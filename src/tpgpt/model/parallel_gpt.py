@@ -1,8 +1,12 @@
-"""ParallelGPT: the dense GPT sharded over `tp` ranks, synchronising where its sync plan says.
+"""ParallelGPT: the dense model of either family sharded over `tp` ranks, synchronising where
+its sync plan says.
 
-The blocks, the residual stream they pass on and the meaning of a sync point are in blocks.py;
-this file holds the model around them: the embedding, the stack of blocks built from the plan, the
-final LayerNorm and the (replicated or vocab-parallel) head tied to the embedding.
+The blocks, the residual stream they pass on and the meaning of a sync point are in blocks.py,
+the family's sublayers in parallel_layers.py; this file holds the model around them: the
+embedding (with learned positions, or the rotary angles every attention reads), the stack of
+blocks built from the plan, the final norm and the (replicated or vocab-parallel) head, tied to
+the embedding or not. Its one forward pass (`embed`, `run_blocks`, `head`) is what training,
+pipeline stages (train/pipeline.py), distillation regions and decode all run.
 """
 from __future__ import annotations
 
@@ -14,10 +18,12 @@ from ..comm.plan import SyncPlan, validate_tp
 from ..comm.tp_comm import SEQ_DIM, TPComm
 from ..comm.wire import DEFAULT_BLOCK, SyncWire
 from ..errors import ConfigError
-from .blocks import ParallelBlock, ResidualStream, land, rank_layer_norm
+from .blocks import ParallelBlock, ResidualStream, land, rank_norm
 from .dense_weights import gather_dense_state, shard_dense_state
-from .gpt import GPT, LayerNorm
+from .family import kv_per_rank
+from .gpt import GPT
 from .kv_cache import KVCache
+from .layers import Rotary, make_norm
 from .tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 
 
@@ -47,7 +53,7 @@ class ParallelGPT(nn.Module):
             if not isinstance(value, bool):
                 raise ConfigError(f"{name}={value!r} is invalid: it must be true or false")
         self.ladder, self.sequence_parallel = ladder, sequence_parallel
-        validate_tp(tp, config.n_head, config.vocab_size, vocab_parallel)
+        validate_tp(tp, config, vocab_parallel)
         self.wire = SyncWire(sync_dtype, sync_block)
         self.wire.check(config.n_embd)
         check_sequence_parallel(sequence_parallel, tp, self.wire, config.block_size)
@@ -63,20 +69,26 @@ class ParallelGPT(nn.Module):
             wte = VocabParallelEmbedding(config.vocab_size, config.n_embd, comm)
         else:
             wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.transformer = nn.ModuleDict(dict(
-            wte=wte,
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+        parts = dict(wte=wte)
+        if not config.rotary:
+            parts["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        parts.update(
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([
                 ParallelBlock(config, comm, (starts[2 * i], starts[2 * i + 1]),
                               (bool(bits[2 * i]), bool(bits[2 * i + 1])), self.wire, ladder,
                               sequence_parallel)
                 for i in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, bias=config.bias),
-        ))
-        if not vocab_parallel:  # replicated head, tied to the replicated embedding
+            ln_f=make_norm(config))
+        self.transformer = nn.ModuleDict(parts)
+        self.rotary = Rotary(config) if config.rotary else None
+        if vocab_parallel:  # the head is the embedding's vocab shards, or its own
+            if not config.tie_embeddings:
+                self.lm_head = VocabParallelEmbedding(config.vocab_size, config.n_embd, comm)
+        else:  # replicated head, tied to the replicated embedding or not
             self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-            self.transformer.wte.weight = self.lm_head.weight
+            if config.tie_embeddings:
+                self.transformer.wte.weight = self.lm_head.weight
         ln_f = self.transformer.ln_f  # on the sequence shard under SP
         self._per_rank = list({id(p): p for blk in self.transformer.h
                                for p in blk.per_rank_params()}.values())
@@ -113,7 +125,7 @@ class ParallelGPT(nn.Module):
 
     def to_dense(self) -> GPT:
         """The dense GPT this model shards: the inverse of `from_dense`."""
-        gpt = GPT(self.config).to(dtype=self.transformer.wpe.weight.dtype)
+        gpt = GPT(self.config).to(dtype=self.transformer.ln_f.weight.dtype)
         gpt.load_state_dict(self.dense_state_dict())
         return gpt
 
@@ -131,29 +143,33 @@ class ParallelGPT(nn.Module):
         if cache is not None:
             cache.check_room(idx.shape[1], idx.shape[0])
             start = cache.length
-        x = embed(self.transformer, idx, self.vocab_parallel, start)
+        x, rope = embed(self.transformer, idx, self.vocab_parallel, start, self.rotary)
         sharded = self._shards_sequence(idx.shape[1])
         if sharded:  # each rank keeps its slice; backward all-gathers the embedding's gradient
             x = self.comm.scatter_to_tp(x, dim=SEQ_DIM, tag="sequence")
-        s = ResidualStream(shared=x, sharded=sharded)
-        for i, block in enumerate(self.transformer.h):
-            s = block(s, None if cache is None else cache.layer(i))
+        s = run_blocks(enumerate(self.transformer.h), ResidualStream(shared=x, sharded=sharded),
+                       cache, rope)
         if cache is not None:
             cache.advance(idx.shape[1])
         x = land(s, self.comm, self.transformer.h[-1].resid_dropout)
-        if sharded:  # the final LayerNorm on the shard, then the whole sequence for the head
-            x = rank_layer_norm(self.comm, self.transformer.ln_f, x)
+        if sharded:  # the final norm on the shard, then the whole sequence for the head
+            x = rank_norm(self.comm, self.transformer.ln_f, x)
             x = self.comm.gather_from_tp(x, dim=SEQ_DIM, tag="sequence")
         else:
             x = self.transformer.ln_f(x)
         if targets is None:
             x = x[:, :, [-1], :]
-        logits = head(self.transformer.wte, x, self.comm, self.vocab_parallel)
+        logits = head(self.head_module, x, self.comm, self.vocab_parallel)
         loss = None if targets is None else \
-            head_loss(self.transformer.wte, logits, targets, self.vocab_parallel)
+            head_loss(self.head_module, logits, targets, self.vocab_parallel)
         if return_logits and self.vocab_parallel:
             logits = self.comm.gather_from_tp(logits, dim=-1, tag="logits").squeeze(0)
         return (logits if return_logits else None), loss
+
+    @property
+    def head_module(self) -> nn.Module:
+        """The module whose weight is the LM head: the embedding when tied."""
+        return head_of(self.transformer, getattr(self, "lm_head", None), self.config)
 
     def _shards_sequence(self, T: int) -> bool:
         """Whether this forward keeps the stream sharded along the sequence (blocks.py)."""
@@ -169,13 +185,15 @@ class ParallelGPT(nn.Module):
     def get_num_params(self, non_embedding: bool = True) -> int:
         """The dense model's parameter count (as GPT.get_num_params), whatever the layout."""
         n = self.dense_numel(self.parameters())
-        return n - (self.transformer.wpe.weight.numel() if non_embedding else 0)
+        wpe = self.transformer["wpe"] if "wpe" in self.transformer else None
+        return n - (wpe.weight.numel() if non_embedding and wpe is not None else 0)
 
     def dense_numel(self, params) -> int:
-        """Elements of `params` in the dense model: a sharded one counts every rank's shard."""
-        sharded = self.sharded_param_ids()
+        """Elements of `params` in the dense model: a sharded one counts every rank's shard
+        (a replicated KV head once)."""
+        sharded, reps = self.sharded_param_ids(), self.kv_replicas()
         return sum(p.numel() * (self.tp // self.comm.local_ranks if id(p) in sharded else 1)
-                   for p in params)
+                   // reps.get(id(p), 1) for p in params)
 
     def sharded_param_ids(self) -> set[int]:
         """ids of the parameters split over ranks (every other parameter is replicated)."""
@@ -186,15 +204,21 @@ class ParallelGPT(nn.Module):
                 out |= {id(p) for p in m.parameters(recurse=False)}
         return out
 
+    def kv_replicas(self) -> dict[int, int]:
+        """id -> replica count of the parameters each held by several ranks (KV heads when
+        tp > n_kv_head)."""
+        return kv_replicas_of(self)
+
     def sync_replicated_grads(self) -> None:
-        """Sum, across the TP group, the gradients of replicated parameters used per rank."""
-        self.comm.sync_replicated_grads(self._per_rank)
+        """Sum, across the TP group, the gradients of replicated parameters used per rank, and
+        of each replicated KV head over the ranks that hold it."""
+        sync_replicated_grads(self, self._per_rank)
 
     def new_kv_cache(self, batch: int) -> KVCache:
-        """An empty cache of this process's ranks' heads, [R, B, heads/tp, block_size, hs]."""
-        c, w = self.config, self.transformer.wpe.weight
-        return KVCache(c.n_layer, self.comm.local_ranks, batch, c.n_head // self.tp,
-                       c.block_size, c.n_embd // c.n_head, w.dtype, w.device)
+        """An empty cache of this process's ranks' KV heads, [R, B, kv_heads, block_size, hs]."""
+        c, w = self.config, self.transformer.ln_f.weight
+        return KVCache(c.n_layer, self.comm.local_ranks, batch, kv_per_rank(c, self.tp),
+                       c.block_size, c.head_size, w.dtype, w.device)
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,
@@ -229,21 +253,53 @@ def function_key(tp: int, plan: SyncPlan, wire: SyncWire, ladder: bool = False) 
     return (tp, plan.bits, wire if wire.compressed else None)
 
 
-def embed(t: nn.ModuleDict, idx: torch.Tensor, vocab_parallel: bool,
-          start: int = 0) -> torch.Tensor:
-    """Token + position embeddings (then dropout): idx [B, T] at positions start.. -> the shared
-    stream [1, B, T, C]."""
+def embed(t: nn.ModuleDict, idx: torch.Tensor, vocab_parallel: bool, start: int = 0,
+          rotary: Rotary | None = None):
+    """Token embeddings (+ learned positions; then dropout): idx [B, T] at positions start..
+    -> (the shared stream [1, B, T, C], the rotary angles of those positions or None)."""
     T = idx.shape[1]
-    if start + T > t.wpe.num_embeddings:
-        raise ConfigError(f"sequence length {start + T} exceeds block_size={t.wpe.num_embeddings}")
-    pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+    limit = t.wpe.num_embeddings if "wpe" in t else None
+    if limit is not None and start + T > limit:
+        raise ConfigError(f"sequence length {start + T} exceeds block_size={limit}")
     tok = t.wte(idx) if vocab_parallel else t.wte(idx).unsqueeze(0)  # [1, B, T, C]
-    return t.drop(tok + t.wpe(pos))
+    if rotary is not None:
+        return t.drop(tok), rotary(start, T, tok.dtype)
+    pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+    return t.drop(tok + t.wpe(pos)), None
+
+
+def run_blocks(blocks, s: ResidualStream, cache: KVCache | None = None,
+               rope=None) -> ResidualStream:
+    """The residual stream through (layer index, block) pairs: the one loop of the forward."""
+    for i, block in blocks:
+        s = block(s, None if cache is None else cache.layer(i), rope)
+    return s
+
+
+def head_of(t: nn.ModuleDict, lm_head: nn.Module | None, config) -> nn.Module:
+    return t.wte if config.tie_embeddings else lm_head
+
+
+def kv_replicas_of(model: nn.Module) -> dict[int, int]:
+    return {id(p): m.replicas for m in model.modules()
+            if isinstance(m, ColumnParallelLinear) and m.replicas > 1
+            for p in m.parameters(recurse=False)}
+
+
+def sync_replicated_grads(model: nn.Module, per_rank: list) -> None:
+    """The TP gradient syncs of a model (or a pipeline's share of one): the per-rank uses of
+    replicated parameters, then each replicated KV head summed over its replicas."""
+    model.comm.sync_replicated_grads(per_rank)
+    kv = [m for m in model.modules() if isinstance(m, ColumnParallelLinear) and m.replicas > 1]
+    if kv:
+        model.comm.sum_over_replicas([p for m in kv for p in m.parameters(recurse=False)],
+                                     kv[0].replicas)
 
 
 def head(wte: nn.Module, x: torch.Tensor, comm: TPComm, vocab_parallel: bool) -> torch.Tensor:
-    """The LM head tied to the embedding: x [1, B, T, C] -> logits [B, T, V] (replicated) or,
-    vocab-parallel, this process's ranks' slices [R, B, T, V/tp]."""
+    """The LM head (`wte`: the module holding its weight, the embedding when tied): x
+    [1, B, T, C] -> logits [B, T, V] (replicated) or, vocab-parallel, this process's ranks'
+    slices [R, B, T, V/tp]."""
     if not vocab_parallel:
         return F.linear(x.squeeze(0), wte.weight)  # identical on every rank
     h = comm.copy_to_tp(x, tag="head")  # [R, B, T, C]

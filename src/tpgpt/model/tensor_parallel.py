@@ -1,7 +1,8 @@
 """Tensor-parallel layers over the leading rank dimension: one batched matmul, no loop over ranks.
 
 Weights are stored as `x @ W` operands, `[R, in, out/tp]` (column-parallel) or `[R, in/tp, out]`
-(row-parallel); `shard_*`/`unshard_*` convert between these and `nn.Linear`'s dense `[out, in]`.
+(row-parallel); family.py's `shard`/`unshard` convert between these and `nn.Linear`'s dense
+`[out, in]`.
 """
 from __future__ import annotations
 
@@ -12,26 +13,23 @@ import torch.nn.functional as F
 from ..comm.tp_comm import SEQ_DIM, TPComm
 
 
-def _rank_slices(t: torch.Tensor, tp: int, dim: int, ranks: range) -> torch.Tensor:
-    """Stack this process's ranks' chunks of `t` along `dim`: [R, ...]."""
-    chunks = t.chunk(tp, dim=dim)
-    return torch.stack([chunks[r] for r in ranks], dim=0)
-
-
 class ColumnParallelLinear(nn.Module):
-    """y_r = x_r @ W_r + b_r with W split by output columns: [R, in, out/tp], b [R, out/tp]."""
+    """y_r = x_r @ W_r + b_r with W split by output columns: [R, in, out/tp], b [R, out/tp].
+    `replicas` > 1: each rank's shard is also held by replicas - 1 other ranks (a KV head under
+    tp > n_kv_head), whose gradients the model sums (ParallelGPT.sync_replicated_grads)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, tp: int, ranks: range):
+    def __init__(self, in_features: int, out_features: int, bias: bool, tp: int, ranks: range,
+                 replicas: int = 1):
         super().__init__()
-        self.tp, self.ranks = tp, ranks
+        self.tp, self.ranks, self.replicas = tp, ranks, replicas
         self.weight = nn.Parameter(torch.empty(len(ranks), in_features, out_features // tp))
         self.bias = nn.Parameter(torch.zeros(len(ranks), out_features // tp)) if bias else None
 
     def forward(self, x: torch.Tensor, gather: TPComm | None = None) -> torch.Tensor:
         """[R, B, T, in] -> [R, B, T, out/tp]; with `gather`, x is rank r's sequence shard
-        [R, B, T/tp, in], all-gathered first (sequence parallelism, `_GatheredColumnLinear`)."""
+        [R, B, T/tp, in], all-gathered first (sequence parallelism, `column_linears`)."""
         if gather is not None:
-            return _GatheredColumnLinear.apply(x, self.weight, self.bias, gather)
+            return column_linears((self,), x, gather)[0]
         R, B, T, _ = x.shape
         x3 = x.reshape(R, B * T, -1)
         if self.bias is None:
@@ -40,62 +38,61 @@ class ColumnParallelLinear(nn.Module):
             y = torch.baddbmm(self.bias.unsqueeze(1), x3, self.weight)
         return y.view(R, B, T, -1)
 
-    @torch.no_grad()
-    def load_dense(self, weight: torch.Tensor, bias: torch.Tensor | None,
-                   groups: int = 1) -> None:
-        """Shard an nn.Linear weight [out, in]; `groups` equal blocks of `out` (q | k | v) are each
-        split by rank, so rank r holds [q_r | k_r | v_r], never a slice across q, k and v."""
-        w_parts = [_rank_slices(w, self.tp, 0, self.ranks) for w in weight.chunk(groups, dim=0)]
-        self.weight.copy_(torch.cat(w_parts, dim=1).transpose(1, 2))
-        if self.bias is not None:
-            b_parts = [_rank_slices(b, self.tp, 0, self.ranks) for b in bias.chunk(groups, dim=0)]
-            self.bias.copy_(torch.cat(b_parts, dim=1))
+
+def column_linears(linears, x: torch.Tensor, gather: TPComm | None = None) -> list:
+    """Column-parallel linears that read the same input x; with `gather`, x is the sequence
+    shard, all-gathered once for all of them (`_GatheredColumnLinears`)."""
+    if gather is None:
+        return [m(x) for m in linears]
+    weights = [m.weight for m in linears]
+    biases = [m.bias for m in linears]
+    return list(_GatheredColumnLinears.apply(x, gather, len(linears), *weights, *biases))
+
+
+class _GatheredColumnLinears(torch.autograd.Function):
+    """Sequence parallelism's entry into a one-sublayer region fused with its first linears (one
+    for GPT-2's c_attn or c_fc; q, k, v or gate, up for the Llama family): all-gather the norm's
+    sequence shards once and multiply, keeping only the shard for backward, which gathers it
+    again, then reduce-scatters the input's gradient. The layer's input then costs a tp-th of
+    its memory for one more all-gather (Megatron-LM does the same, arXiv:2205.05198 section
+    4.2.2). Written by hand because autograd would keep the gathered input; the forward is
+    `ColumnParallelLinear`'s ops, so the function is unchanged."""
 
     @staticmethod
-    def dense_from_shards(weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1):
-        """Inverse of `load_dense` from every rank's shard ([tp, in, out/tp], [tp, out/tp])."""
-        w = torch.cat([part.transpose(1, 2).reshape(-1, part.shape[1])
-                       for part in weight.chunk(groups, dim=2)], dim=0)
-        b = None if bias is None else torch.cat(
-            [part.reshape(-1) for part in bias.chunk(groups, dim=1)], dim=0)
-        return w, b
-
-
-class _GatheredColumnLinear(torch.autograd.Function):
-    """Sequence parallelism's entry into a one-sublayer region fused with its first linear:
-    all-gather the LayerNorm's sequence shards and multiply, keeping only the shard for
-    backward, which gathers it again, then reduce-scatters the input's gradient. The layer's
-    input then costs a tp-th of its memory for one more all-gather (Megatron-LM does the same,
-    arXiv:2205.05198 section 4.2.2). Written by hand because autograd would keep the gathered
-    input; the forward is `ColumnParallelLinear`'s ops, so the function is unchanged."""
-
-    @staticmethod
-    def forward(ctx, shard, weight, bias, comm):
-        ctx.comm, ctx.has_bias = comm, bias is not None
-        ctx.save_for_backward(shard, weight)
+    def forward(ctx, shard, comm, n, *params):
+        weights, biases = params[:n], params[n:]
+        ctx.comm, ctx.n, ctx.has_bias = comm, n, [b is not None for b in biases]
+        ctx.save_for_backward(shard, *weights)
         x3 = _gathered(comm, shard, "fwd", "region")
-        y = torch.bmm(x3, weight) if bias is None else \
-            torch.baddbmm(bias.unsqueeze(1), x3, weight)
         R, B, T, _ = shard.shape
-        return y.view(R, B, T * comm.tp, -1)
+        return tuple((torch.bmm(x3, w) if b is None else torch.baddbmm(b.unsqueeze(1), x3, w))
+                     .view(R, B, T * comm.tp, -1) for w, b in zip(weights, biases))
 
     @staticmethod
-    def backward(ctx, grad):
-        shard, weight = ctx.saved_tensors
-        comm = ctx.comm
+    def backward(ctx, *grads):
+        shard, *weights = ctx.saved_tensors
+        comm, n = ctx.comm, ctx.n
         R, B, T, C = shard.shape
-        g3 = grad.reshape(R, -1, grad.shape[-1])
-        dt = g3.dtype  # under autocast the forward ran in it: cast back as autocast's grads do
-        grad_shard = grad_w = grad_b = None
-        if ctx.needs_input_grad[1]:
-            x3 = _gathered(comm, shard, "bwd", "regather")
-            grad_w = torch.bmm(x3.to(dt).transpose(1, 2), g3).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g3.sum(1).to(weight.dtype)
-        if ctx.needs_input_grad[0]:
-            gx = torch.bmm(g3, weight.to(dt).transpose(1, 2)).view(R, B, T * comm.tp, C)
+        need_w = any(ctx.needs_input_grad[3:3 + n])
+        x3 = _gathered(comm, shard, "bwd", "regather") if need_w else None
+        grad_w, grad_b, gx = [None] * n, [None] * n, None
+        for i, (w, g) in enumerate(zip(weights, grads)):
+            if g is None:
+                continue
+            g3 = g.reshape(R, -1, g.shape[-1])
+            dt = g3.dtype  # under autocast the forward ran in it: cast back as autocast does
+            if ctx.needs_input_grad[3 + i]:
+                grad_w[i] = torch.bmm(x3.to(dt).transpose(1, 2), g3).to(w.dtype)
+            if ctx.has_bias[i] and ctx.needs_input_grad[3 + n + i]:
+                grad_b[i] = g3.sum(1).to(w.dtype)
+            if ctx.needs_input_grad[0]:
+                part = torch.bmm(g3, w.to(dt).transpose(1, 2))
+                gx = part if gx is None else gx + part
+        grad_shard = None
+        if ctx.needs_input_grad[0] and gx is not None:
+            gx = gx.view(R, B, T * comm.tp, C)
             grad_shard = comm._reduce_scatter_ranks(gx, SEQ_DIM, "bwd", "region").to(shard.dtype)
-        return grad_shard, grad_w, grad_b, None
+        return (grad_shard, None, None, *grad_w, *grad_b)
 
 
 def _gathered(comm: TPComm, shard: torch.Tensor, phase: str, tag: str) -> torch.Tensor:
@@ -118,16 +115,6 @@ class RowParallelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [R, B, T, in/tp] -> [R, B, T, out]
         R, B, T, _ = x.shape
         return torch.bmm(x.reshape(R, B * T, -1), self.weight).view(R, B, T, -1)
-
-    @torch.no_grad()
-    def load_dense(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        self.weight.copy_(_rank_slices(weight, self.tp, 1, self.ranks).transpose(1, 2))
-        if self.bias is not None:
-            self.bias.copy_(bias)
-
-    @staticmethod
-    def dense_from_shards(weight: torch.Tensor, bias: torch.Tensor | None):
-        return torch.cat(weight.transpose(1, 2).unbind(0), dim=1), bias
 
 
 class VocabParallelEmbedding(nn.Module):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -16,16 +16,17 @@ from ..checkpoint.store import (find_checkpoint, load_rank_state, load_sharded, 
 from ..comm.layout import barrier_fn
 from ..comm.wire import DEFAULT_BLOCK
 from ..errors import ConfigError
+from ..model import GPTConfig
+from ..model.config import LLAMA_FIELDS
 from ..model.parallel_gpt import ParallelGPT
 from .setup import Setup
 
 # keys that must match the checkpoint for --resume to continue the same run; the layout (tp,
 # tp_procs, processes, vocab_parallel) may change where the model stays the same function
-RESUME_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "dropout",
-               "activation", "sync", "sync_dtype", "sync_block", "ladder", "batch_size",
-               "gradient_accumulation_steps", "seed", "data_dir", "dtype")
-MODEL_KEYS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias",
-              "activation")
+# (a checkpoint written before the family field lacks the Llama keys: it is GPT-2's)
+MODEL_KEYS = tuple(f.name for f in fields(GPTConfig))
+RESUME_KEYS = MODEL_KEYS + ("sync", "sync_dtype", "sync_block", "ladder", "batch_size",
+                            "gradient_accumulation_steps", "seed", "data_dir", "dtype")
 
 
 @dataclass
@@ -69,6 +70,7 @@ def resume(s: Setup, p: Progress) -> None:
     state = load_state(ckpt)
     # keys that older checkpoints lack had their defaults then
     saved = {"sync_dtype": "float32", "sync_block": DEFAULT_BLOCK, "ladder": False,
+             **{f.name: f.default for f in fields(GPTConfig) if f.name in LLAMA_FIELDS},
              **state.get("config", {})}
     diff = [k for k in RESUME_KEYS if k in saved and saved[k] != getattr(cfg, k)]
     if diff:

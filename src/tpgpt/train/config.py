@@ -19,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from ..errors import ConfigError
 from ..model import GPTConfig
+from ..model.config import ACTIVATIONS, FAMILIES, ROPE_SCALINGS
 from ..model.parallel_gpt import check_sequence_parallel
 from ..comm.plan import SyncPlan, validate_tp
 from ..comm.wire import DEFAULT_BLOCK, SYNC_DTYPES, SyncWire
@@ -39,7 +40,22 @@ class TrainConfig:
     vocab_size: int = 0
     dropout: float = 0.2
     bias: bool = False
-    activation: str = "gelu"  # the MLP's GELU: exact, or gelu_tanh (GPT-2's tanh approximation)
+    activation: str = "gelu"  # gelu (exact), gelu_tanh (GPT-2's), silu (llama: SwiGLU)
+    # the family and its fields (model/config.py says what each means; GPT-2 leaves them)
+    family: str = "gpt2"
+    n_kv_head: int = 0
+    head_dim: int = 0
+    intermediate_size: int = 0
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: str = "none"
+    rope_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_context: int = 8192
+    tie_embeddings: bool = True
+    qkv_bias: bool = False
+    qk_norm: bool = False
     # tensor parallelism: tp ranks, sync plan; tp_procs = processes per TP group under torchrun
     # (0: tp; fewer than tp is the hybrid mode, tp / tp_procs ranks in each process)
     tp: int = 1
@@ -90,9 +106,8 @@ class TrainConfig:
     comm_timeout_s: float = 120.0  # per collective; NCCL's own default is 10 minutes
 
     def model_config(self, vocab_size: int | None = None) -> GPTConfig:
-        return GPTConfig(block_size=self.block_size, vocab_size=vocab_size or self.vocab_size,
-                         n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
-                         dropout=self.dropout, bias=self.bias, activation=self.activation)
+        shape = {f.name: getattr(self, f.name) for f in fields(GPTConfig)}
+        return GPTConfig(**{**shape, "vocab_size": vocab_size or self.vocab_size})
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -103,7 +118,8 @@ POSITIVE = {"n_layer", "n_head", "n_embd", "block_size", "tp", "batch_size", "pp
             "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"}
 NON_NEGATIVE = {"vocab_size", "tp_procs", "max_iters", "warmup_iters", "lr_decay_iters",
                 "learning_rate", "min_lr", "weight_decay", "grad_clip", "seed"}
-CHOICES = {"device": ("auto", "cpu", "cuda"), "activation": ("gelu", "gelu_tanh"),
+CHOICES = {"device": ("auto", "cpu", "cuda"), "activation": tuple(ACTIVATIONS),
+           "family": FAMILIES, "rope_scaling": ROPE_SCALINGS,
            "dtype": ("float32", "bfloat16", "float16", "float64"),
            "sync_dtype": SYNC_DTYPES,
            "pp_schedule": ("gpipe", "1f1b", "interleaved")}
@@ -243,7 +259,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("compile=true with pp>1 is not supported: the pipeline schedule "
                           "runs the stages itself; use compile=false")
     model = cfg.model_config(vocab_size=cfg.vocab_size or 1)  # shape checks
-    validate_tp(cfg.tp, model.n_head, cfg.vocab_size or cfg.tp, cfg.vocab_parallel)
+    validate_tp(cfg.tp, model, cfg.vocab_parallel, vocab_size=cfg.vocab_size or cfg.tp)
     SyncPlan.parse(cfg.sync, cfg.n_layer)
     wire = SyncWire(cfg.sync_dtype, cfg.sync_block)
     wire.check(cfg.n_embd)

@@ -44,22 +44,23 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float, *, across=None,
 
     For a model with a rank dimension (ParallelGPT, a pipeline's RankShard) the norm is the dense
     model's: sharded gradients' squares are summed over the TP group (one all-reduce of a
-    scalar), replicated ones counted once; `across` (a process group: the pipeline) sums every
-    stage's part, and `skip` leaves out parameters counted elsewhere (a tied copy). The scaling
-    follows torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), capped at 1).
+    scalar; a KV head held by several ranks counted once), replicated ones counted once;
+    `across` (a process group: the pipeline) sums every stage's part, and `skip` leaves out
+    parameters counted elsewhere (a tied copy). The scaling follows
+    torch.nn.utils.clip_grad_norm_ (coefficient max_norm / (norm + 1e-6), capped at 1).
     """
     inner = getattr(model, "module", model)  # DDP
     if not hasattr(inner, "sharded_param_ids"):
         return torch.nn.utils.clip_grad_norm_(inner.parameters(), max_norm).item()
     params = [p for p in inner.parameters() if p.grad is not None]
-    sharded = inner.sharded_param_ids()
+    sharded, replicas = inner.sharded_param_ids(), inner.kv_replicas()
     dev = params[0].device
     sq_sharded = torch.zeros(1, 1, dtype=torch.float64, device=dev)
     sq_replicated = torch.zeros(1, 1, dtype=torch.float64, device=dev)
     for p in params:
         if any(p is q for q in skip):
             continue
-        sq = p.grad.double().pow(2).sum()
+        sq = p.grad.double().pow(2).sum() / replicas.get(id(p), 1)  # a KV head held by several
         (sq_sharded if id(p) in sharded else sq_replicated).add_(sq)
     total = inner.comm.all_reduce_sum(sq_sharded, phase="grad", tag="grad_norm") + sq_replicated
     if across is not None:

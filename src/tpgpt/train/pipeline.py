@@ -23,7 +23,8 @@ from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleG
 from ..errors import ConfigError
 from .optim import clip_grad_norm
 from ..model.blocks import ResidualStream
-from ..model.parallel_gpt import ParallelGPT, embed, head, head_loss
+from ..model.parallel_gpt import (ParallelGPT, embed, head, head_loss, head_of, kv_replicas_of,
+                                  run_blocks, sync_replicated_grads)
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B, "interleaved": ScheduleInterleaved1F1B}
 
@@ -58,30 +59,40 @@ class StageModule(nn.Module):
         if full.ladder:  # a stage's last result would have to cross the boundary (config.py)
             raise ConfigError("ladder=true with pp>1 is not supported")
         self.first, self.last, self.n_micro = first, last, n_micro
-        self.comm, self.vocab_parallel = full.comm, full.vocab_parallel
+        self.comm, self.vocab_parallel, self.config = full.comm, full.vocab_parallel, full.config
+        self.rotary = full.rotary  # no parameters: every stage computes its angles
         t = full.transformer
         parts = {"h": nn.ModuleDict({str(i): t.h[i] for i in layers})}
         if first:
-            parts.update(wte=t.wte, wpe=t.wpe, drop=t.drop)
+            parts.update({k: t[k] for k in ("wte", "wpe", "drop") if k in t})
         if last:
-            parts.update(wte=t.wte, ln_f=t.ln_f)
+            parts.update(ln_f=t.ln_f)
+            if full.config.tie_embeddings:
+                parts.update(wte=t.wte)
         self.transformer = nn.ModuleDict(parts)
+        if last and not full.config.tie_embeddings:
+            self.lm_head = full.lm_head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rope = None
         if self.first:
-            x = embed(self.transformer, x, self.vocab_parallel)
-        s = ResidualStream(shared=x)
-        for block in self.transformer.h.values():
-            s = block(s)
+            x, rope = embed(self.transformer, x, self.vocab_parallel, 0, self.rotary)
+        elif self.rotary is not None:
+            rope = self.rotary(0, x.shape[2], x.dtype)
+        s = run_blocks(((int(i), b) for i, b in self.transformer.h.items()),
+                       ResidualStream(shared=x), None, rope)
         x = s.shared  # a boundary is a sync point: nothing per-rank is left
         if self.last:
-            x = head(self.transformer.wte, self.transformer.ln_f(x), self.comm,
-                     self.vocab_parallel)
+            x = head(self.head_module, self.transformer.ln_f(x), self.comm, self.vocab_parallel)
         return x
+
+    @property
+    def head_module(self) -> nn.Module:
+        return head_of(self.transformer, getattr(self, "lm_head", None), self.config)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean loss of one micro-batch over the micro-batch count (see the module docstring)."""
-        return head_loss(self.transformer.wte, logits, targets, self.vocab_parallel) / self.n_micro
+        return head_loss(self.head_module, logits, targets, self.vocab_parallel) / self.n_micro
 
 
 class RankShard(nn.Module):
@@ -99,12 +110,17 @@ class RankShard(nn.Module):
                     parts["h"].update(m)
                 else:
                     parts[k] = m
+            if hasattr(st, "lm_head"):
+                self.lm_head = st.lm_head
         self.transformer = nn.ModuleDict(parts)
         self._per_rank = [p for blk in parts["h"].values() for p in blk.per_rank_params()]
         self._sharded = full.sharded_param_ids()
 
     def sharded_param_ids(self) -> set[int]:
         return self._sharded
+
+    def kv_replicas(self) -> dict[int, int]:
+        return kv_replicas_of(self)
 
     def get_num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -177,8 +193,8 @@ class Pipeline:
         tied embedding."""
         if self.dp > 1:
             self._average_over_dp()
-        self.shard.comm.sync_replicated_grads(self.shard._per_rank)
-        if self.pp == 1:
+        sync_replicated_grads(self.shard, self.shard._per_rank)
+        if self.pp == 1 or not self.shard.config.tie_embeddings:  # untied: wte on one stage
             return
         wte = self.shard.transformer["wte"].weight if "wte" in self.shard.transformer else None
         g = torch.zeros_like(self.wte_like, device=next(self.shard.parameters()).device)

@@ -76,7 +76,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.tp == 1:
             return 0
-        c = count_collectives(self.setup.inner.plan, tp=cfg.tp, n_embd=cfg.n_embd, bias=cfg.bias,
+        c = count_collectives(self.setup.inner.plan, tp=cfg.tp, config=self.setup.inner.config,
                               batch_size=cfg.batch_size, seq_len=cfg.block_size,
                               vocab_parallel=cfg.vocab_parallel, grad_clip=cfg.grad_clip > 0,
                               wire=getattr(self.setup.inner, "wire", None),
