@@ -10,6 +10,12 @@ import torch
 from tpgpt import GPTConfig
 
 CONFIG = GPTConfig(block_size=8, vocab_size=64, n_layer=6, n_head=4, n_embd=32, bias=True)
+# the Llama family with everything switched on: GQA with 2 KV heads (replicated over 2 ranks at
+# tp=4), Qwen2's q/k/v biases, Qwen3's q/k norms, an untied head, llama3 rope scaling
+LLAMA = GPTConfig(block_size=8, vocab_size=64, n_layer=6, n_head=8, n_embd=32, bias=False,
+                  family="llama", activation="silu", n_kv_head=2, intermediate_size=48,
+                  norm_eps=1e-6, rope_theta=500000.0, rope_scaling="llama3",
+                  rope_original_context=4, tie_embeddings=False, qkv_bias=True, qk_norm=True)
 DTYPE = torch.float64  # distributed == simulated is an exactness check (analysis/numerics.py)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -22,8 +28,13 @@ def make_batch():
     return idx, targets
 
 
+def case_config(case: str) -> GPTConfig:
+    """The model of a case: GPT-2's CONFIG, or LLAMA with @llama."""
+    return LLAMA if "llama" in case.split("@")[1:] else CONFIG
+
+
 def case_options(case: str) -> tuple[str, dict]:
-    """'PLAN[@vp][@bfloat16|@int8][@ladder][@sp]' -> (plan, ParallelGPT options)."""
+    """'PLAN[@llama][@vp][@bfloat16|@int8][@ladder][@sp]' -> (plan, ParallelGPT options)."""
     sync, *opts = case.split("@")
     out = {"vocab_parallel": "vp" in opts, "ladder": "ladder" in opts,
            "sequence_parallel": "sp" in opts}

@@ -4,7 +4,7 @@ the KV cache per case, results saved.
 usage: torchrun --nproc_per_node=P tests/dist_worker.py OUT_DIR TP CASE [CASE ...]
 where CASE is PLAN with options: @vp (vocab-parallel), @bfloat16 / @int8 (compressed syncs),
 @ladder (each sync's all-reduce launched asynchronously and waited for one region later), @sp
-(sequence parallelism).
+(sequence parallelism), @llama (the Llama-family model, dist_common.LLAMA).
 Every process builds the same dense GPT from the seed and takes its own shards; rank k writes
 OUT_DIR/rank{k}_case{i}.pt, and OUT_DIR/rank{k}_wire.pt: compressed all-reduces of fixed
 per-rank float32 tensors (`wire_inputs`), for the bit-for-bit check.
@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from dist_common import (CONFIG, DTYPE, case_options, greedy_decode, make_batch,  # noqa: E402
-                         wire_inputs)
+from dist_common import (DTYPE, case_config, case_options, greedy_decode,  # noqa: E402
+                         make_batch, wire_inputs)
 from tpgpt import GPT, ParallelGPT  # noqa: E402
 from tpgpt.comm.distributed import DistributedComm, init_distributed  # noqa: E402
 
@@ -42,7 +42,7 @@ def main() -> None:
     for i, case in enumerate(cases):
         sync, options = case_options(case)
         torch.manual_seed(0)
-        gpt = GPT(CONFIG).to(DTYPE)
+        gpt = GPT(case_config(case)).to(DTYPE)
         comm = DistributedComm(tp)
         launched = _count_async_launches(comm)  # asynchronous all-reduces (ladder syncs)
         model = ParallelGPT.from_dense(gpt, tp=tp, sync=sync, comm=comm, **options)

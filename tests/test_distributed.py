@@ -1,7 +1,7 @@
 """Distributed (torchrun, gloo on loopback) against simulated: logits, loss, every gradient shard,
 the counted collectives against the plan, and greedy decoding with the KV cache, for every plan
-(with compressed, ladder and sequence-parallel syncs too), at tp=2, tp=4 and hybrid tp=4 on 2
-processes (2 ranks each)."""
+(with compressed, ladder and sequence-parallel syncs too), for GPT-2 and the Llama family (its
+KV heads replicated at tp=4), at tp=2, tp=4 and hybrid tp=4 on 2 processes (2 ranks each)."""
 from __future__ import annotations
 
 import os
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import assert_close
-from dist_common import (CONFIG, DTYPE, HERE, case_options, greedy_decode, make_batch, torchrun,
-                         wire_inputs)
+from dist_common import (CONFIG, DTYPE, HERE, case_config, case_options, greedy_decode,
+                         make_batch, torchrun, wire_inputs)
 from tpgpt import GPT, ParallelGPT
 from tpgpt.comm.plan import count_collectives, summarize
 from tpgpt.comm.tp_comm import TPComm
@@ -26,7 +26,10 @@ PLANS = ["tp", "spd", "parallel", "tp,spd", "spd,parallel,parallel", RANDOM_BITS
 CASES = PLANS + ["tp@vp", "spd,parallel,parallel@vp", "tp@int8", "tp,spd@bfloat16",
                  "spd,parallel,parallel@int8", "tp@ladder", "spd,parallel,parallel@ladder",
                  "tp,spd@int8@ladder", "tp@sp", "spd,parallel,parallel@vp@sp",
-                 RANDOM_BITS + "@sp", "tp,spd@ladder@sp"]
+                 RANDOM_BITS + "@sp", "tp,spd@ladder@sp",
+                 # the Llama family: rotary, GQA (KV heads replicated at tp=4), biases, q/k norms
+                 "tp@llama", "spd,parallel,parallel@llama@vp", RANDOM_BITS + "@llama@sp",
+                 "tp,spd@llama@int8@ladder"]
 LAYOUTS = {"tp2": (2, 2), "tp4": (4, 4), "hybrid_tp4_on_2": (2, 4)}  # name: (processes, tp)
 
 
@@ -45,7 +48,7 @@ def layout(request, tmp_path_factory):
 def simulated(tp: int, case: str):
     sync, options = case_options(case)
     torch.manual_seed(0)
-    model = ParallelGPT.from_dense(GPT(CONFIG).to(DTYPE), tp=tp, sync=sync, **options)
+    model = ParallelGPT.from_dense(GPT(case_config(case)).to(DTYPE), tp=tp, sync=sync, **options)
     idx, targets = make_batch()
     _, loss = model(idx, targets, return_logits=False)
     loss.backward()
@@ -61,7 +64,7 @@ def test_distributed_equals_simulated(layout, case):
     name, tp, results = layout
     model, loss, logits, counts = simulated(tp, case)
     expected = summarize(count_collectives(
-        model.plan, tp=tp, config=CONFIG, batch_size=2, seq_len=8,
+        model.plan, tp=tp, config=case_config(case), batch_size=2, seq_len=8,
         vocab_parallel=model.vocab_parallel, dtype_bytes=8, wire=model.wire,
         sequence_parallel=model.sequence_parallel))
     assert counts == expected, "simulated counts differ from the plan"
@@ -92,7 +95,7 @@ def test_distributed_decode_with_cache_equals_simulated(layout, case):
     name, tp, results = layout
     sync, options = case_options(case)
     torch.manual_seed(0)
-    model = ParallelGPT.from_dense(GPT(CONFIG).to(DTYPE), tp=tp, sync=sync, **options)
+    model = ParallelGPT.from_dense(GPT(case_config(case)).to(DTYPE), tp=tp, sync=sync, **options)
     want = greedy_decode(model)
     for res in results[case]:
         label = f"{name} {case} ranks {res['ranks']}"
