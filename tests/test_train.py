@@ -155,6 +155,10 @@ def test_sample_from_a_tp_checkpoint_is_reproducible(text_data, tmp_path):
     assert sample(str(tmp_path / "tp2" / "last"), prompt="a", max_new_tokens=5, num_samples=1)
 
 
+LLAMA = dict(family="llama", n_head=4, n_kv_head=1, qk_norm=True, bias=False, activation="silu",
+             intermediate_size=48)
+
+
 @pytest.mark.parametrize("procs,single,dist", [
     # torchrun tp=2 (2 processes) against simulated tp=2 in one process
     (2, dict(tp=2, sync="spd"), dict(tp=2, sync="spd")),
@@ -166,7 +170,10 @@ def test_sample_from_a_tp_checkpoint_is_reproducible(text_data, tmp_path):
     # torchrun tp=2 under torch.compile (collectives and the replicated-grad stash inside
     # compiled regions) against simulated tp=2, eager
     (2, dict(tp=2, sync="tp,spd"), dict(tp=2, sync="tp,spd", compile=True)),
-], ids=["tp2", "dp2", "tp2xdp2", "tp2-compiled"])
+    # the Llama family, multi-query with q/k norms: the one KV head on both processes, its
+    # gradient summed across them, the q/k norms' per-rank gradients too
+    (2, dict(tp=2, sync="spd", **LLAMA), dict(tp=2, sync="spd", **LLAMA)),
+], ids=["tp2", "dp2", "tp2xdp2", "tp2-compiled", "llama-tp2"])
 def test_torchrun_reproduces_single_process(text_data, tmp_path, procs, single, dist):
     data, _ = text_data
     common = dict(max_iters=50, lr_decay_iters=50, eval_interval=25, dtype="float64")
@@ -210,10 +217,12 @@ def test_sample_cli_and_its_errors(text_data, tmp_path, capsys):
     assert "holds a checkpoint: pass --resume" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("saved_at", [
-    pytest.param(dict(tp=2), id="tp2xdp2"),
-    pytest.param(dict(tp=2, pp=2), id="tp2xpp2", marks=pytest.mark.numerics)])
-def test_resume_at_another_layout_continues_the_same_run(text_data, tmp_path, saved_at):
+@pytest.mark.parametrize("saved_at,model", [
+    pytest.param(dict(tp=2), {}, id="tp2xdp2"),
+    pytest.param(dict(tp=2, pp=2), {}, id="tp2xpp2", marks=pytest.mark.numerics),
+    # the KV head replicated over the 2 ranks when saved, over 4 at tp=4, whole at tp=1
+    pytest.param(dict(tp=2), LLAMA, id="llama-tp2xdp2", marks=pytest.mark.numerics)])
+def test_resume_at_another_layout_continues_the_same_run(text_data, tmp_path, saved_at, model):
     """A checkpoint of torchrun tp=2 x dp=2, or tp=2 x pp=2, resumes at simulated tp=4 and at
     tp=1 (dense) with identical logits and the uninterrupted run's losses: the all-sync model is
     the same function at any layout."""
@@ -227,6 +236,7 @@ def test_resume_at_another_layout_continues_the_same_run(text_data, tmp_path, sa
     data, _ = text_data
     common = dict(max_iters=40, lr_decay_iters=40, eval_interval=20, gradient_accumulation_steps=2,
                   n_head=4, n_layer=4, dtype="float64")
+    common.update(model)
     train(data, tmp_path / "full", tp=2, **common)
     args = [f"--{k}={v}" for k, v in tiny_train_overrides(
         data, tmp_path / "part", **{**common, "max_iters": 20, **saved_at}).items()]

@@ -154,7 +154,7 @@ def distill(o: DistillOptions) -> dict:
     model, distributed = loaded.model, loaded.mode == "distributed"
     rank = int(os.environ.get("RANK", "0")) if distributed else 0
     teacher, meta, _ = load_dense(o.teacher, t_state)
-    w = loaded.model.transformer.wpe.weight  # the teacher computes in the student's dtype
+    w = loaded.model.transformer.wte.weight  # the teacher computes in the student's dtype
     teacher.to(device=w.device, dtype=w.dtype)
     regions = dropping_regions(plan.bits)
     trained = region_parameters(model, regions)
@@ -167,8 +167,8 @@ def distill(o: DistillOptions) -> dict:
     sharded = ShardedState(model, optimizer, loaded.mesh)
     gen = torch.Generator().manual_seed(o.seed)
     bs = auto_batch_size(calib.x.shape[1], model.config.vocab_size,
-                         model.transformer.wpe.weight.element_size())
-    dev = model.transformer.wpe.weight.device
+                         model.transformer.wte.weight.element_size())
+    dev = model.transformer.wte.weight.device
 
     def calibration_loss(m) -> float:
         m.eval()

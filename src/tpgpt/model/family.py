@@ -87,6 +87,14 @@ def head_split(config, tp: int) -> str:
     return text + (f" (each KV head on {reps} ranks)" if reps > 1 else "")
 
 
+def model_line(config, tp: int) -> str:
+    """'llama (8 heads, 2 KV heads), 4 query heads, 1 KV head per rank', for train's banner."""
+    kv = config.kv_heads
+    text = f"{config.family} ({config.n_head} heads" + (f", {kv} KV heads" if kv != config.n_head
+                                                      else "") + ")"
+    return text + (f", {head_split(config, tp)}" if tp > 1 else "")
+
+
 # --- dense tensor <-> this process's shards ---------------------------------------------------
 def _heads(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.reshape(n, -1, *t.shape[1:])  # [n, hs, in] or [n, hs]

@@ -24,6 +24,7 @@ import torch
 from ..checkpoint.store import find_checkpoint
 from ..comm.plan import count_collectives
 from ..errors import ConfigError
+from ..model.family import model_line
 from ..text import counted
 from . import checkpointing
 from .checkpointing import Progress, last_good_iteration, save
@@ -96,6 +97,7 @@ class Trainer:
                 (", ladder" if cfg.ladder else "") + \
                 (", sequence-parallel" if cfg.sequence_parallel else "")
             print(f"tpgpt train: {s.layout.describe(cfg)}; sync={cfg.sync!r}{wire}; "
+                  f"{model_line(s.model_config, cfg.tp)}; "
                   f"{s.inner.get_num_params() / 1e6:.2f}M parameters"
                   f"{' on this rank' if s.layout.pp > 1 else ''}; {tokens_per_iter} tokens/iter "
                   f"(micro-batch {cfg.batch_size} x {s.accum} per rank x dp {s.layout.dp} "
@@ -199,7 +201,7 @@ class Trainer:
             m = memory_per_rank(s.inner.config, self.cfg.tp, self.cfg.vocab_parallel)
             local_ranks = self.cfg.tp // s.layout.tp_procs
             # parameter, gradient and AdamW's two moments: 4 copies of each element
-            elem = s.inner.transformer.wpe.weight.element_size()
+            elem = s.inner.transformer.wte.weight.element_size()
             planned = 4 * elem * (local_ranks * m["sharded_elements"] + m["replicated_elements"])
         return {"per_rank": ranks, "planned_state_mib_per_process":
                 planned / 2 ** 20 if planned is not None else None}
