@@ -59,9 +59,28 @@ def reference(text_data, tmp_path_factory):
 @pytest.mark.parametrize("tp,pp,dp,schedule,extra", PARAMS)
 def test_layout_matches_single_process(text_data, tmp_path, reference, tp, pp, dp, schedule,
                                        extra):
+    check_layout(text_data, tmp_path, reference, tp, pp, dp, schedule, {**COMMON, **extra})
+
+
+# the Llama family: rotary positions through the stages, the untied head on the last one, the
+# one KV head replicated over the TP ranks of each stage
+LLAMA = dict(COMMON, family="llama", bias=False, activation="silu", n_kv_head=1,
+             intermediate_size=48, tie_embeddings=False, qk_norm=True)
+
+
+@pytest.mark.numerics
+def test_llama_tp2_pp2_matches_single_process(text_data, tmp_path):
+    data, _ = text_data
+    cfg = load_config(None, tiny_train_overrides(data, tmp_path / "ref", **LLAMA))
+    Trainer(cfg, quiet=True).run()
+    check_layout(text_data, tmp_path, losses_and_weights(tmp_path / "ref"), 2, 2, 1, "1f1b",
+                 LLAMA)
+
+
+def check_layout(text_data, tmp_path, reference, tp, pp, dp, schedule, options):
     data, _ = text_data
     args = tiny_train_overrides(data, tmp_path / "run", tp=tp, pp=pp, pp_schedule=schedule,
-                                **COMMON, **extra)
+                                **options)
     torchrun(tp * pp * dp, "-m", ["tpgpt", "train", CONFIG,
                                   *[f"--{k}={v}" for k, v in args.items()]])
     losses, weights = losses_and_weights(tmp_path / "run")

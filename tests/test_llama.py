@@ -272,3 +272,26 @@ def test_tp_and_kv_heads_must_divide_one_another():
     from tpgpt.errors import ConfigError
     with pytest.raises(ConfigError, match=r"tp=4 and n_kv_head=6 must divide one another"):
         ParallelGPT(llama(n_head=12, n_kv_head=6, n_embd=48), tp=4)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_hf_adapter_round_trip_runs_in_transformers(variant):
+    """checkpoint/hf_llama.py: our config and tensors, as transformers' names, build its model
+    (Llama, Qwen2 or Qwen3 by the switches) with the same logits; and back to the same tensors."""
+    from tpgpt.checkpoint.hf_llama import (architecture, from_hf_llama_state, hf_llama_config,
+                                           to_hf_llama_state)
+    config = VARIANTS[variant]
+    gpt = dense64(config)
+    fields = {k: v for k, v in hf_llama_config(config).items()
+              if k not in ("architectures", "model_type", "torch_dtype")}
+    arch = architecture(config)
+    hf = getattr(transformers, arch + "ForCausalLM")(
+        getattr(transformers, arch + "Config")(**fields)).double().eval()
+    state = to_hf_llama_state(gpt.state_dict(), config)
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    idx = batch(config)[0]
+    assert_close(gpt(idx, idx)[0], hf(idx).logits, f"{variant} via transformers")
+    back = from_hf_llama_state(state, config)
+    assert back.keys() == gpt.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in gpt.state_dict().items())

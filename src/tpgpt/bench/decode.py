@@ -34,11 +34,20 @@ from ..model import GPT, GPTConfig
 from .plans import TimedComm, _slope, _span_stats
 from .timing import rotated, slowest_rank
 
+def hf_generate_key(config) -> str:
+    from .hf_reference import hf_name
+    return f"transformers {hf_name(config)} generate, KV cache"
+
+
 DECODE_SHAPES = {
     # nanoGPT's CPU Shakespeare model: 4 layers, 4 heads, 128 wide, block 64
     "cpu-preset": GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128),
     # 12 layers, 12 heads, 384 wide; block 512 so that a 256-token prompt leaves 128 to decode
     "12-layer": GPTConfig(block_size=512, vocab_size=512, n_layer=12, n_head=12, n_embd=384),
+    # the Llama preset (llama_char_cpu): 8 query heads on 2 KV heads (a 4x smaller cache)
+    "llama-cpu": GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=8, n_embd=128,
+                           bias=False, family="llama", n_kv_head=2, intermediate_size=352,
+                           activation="silu"),
 }
 
 
@@ -89,14 +98,14 @@ def _time_generations(models: dict, prompt, new_tokens: int, rounds: int, warmup
 
 
 def _reference_times(dense: GPT, prompt, new_tokens: int, rounds: int, no_cache_tokens: int):
-    """Rank 0 only: per-token times of tpgpt's dense GPT with its cache and of transformers'
-    GPT-2 `generate` on the same weights, interleaved by generation, tokens checked equal; and
-    the dense GPT without a cache for the first `no_cache_tokens` tokens. Returns (times, the
-    dense tokens, None), or a failed check's message last."""
-    from .hf_reference import hf_generate_timed
+    """Rank 0 only: per-token times of tpgpt's dense model with its cache and of transformers'
+    `generate` (its GPT-2, Llama, Qwen) on the same weights, interleaved by generation, tokens
+    checked equal; and the dense model without a cache for the first `no_cache_tokens` tokens.
+    Returns (times, the dense tokens, None), or a failed check's message last."""
+    from .hf_reference import hf_generate_timed, hf_name
     want = None
     out = {"tpgpt dense, KV cache": {"ttft": [], "steps": []},
-           "transformers GPT-2 generate, KV cache": {"ttft": [], "steps": []},
+           hf_generate_key(dense.config): {"ttft": [], "steps": []},
            "tpgpt dense, no cache": {"ttft": [], "steps": []}}
     for r in range(1 + rounds):
         stamps, toks = [time.perf_counter()], []
@@ -106,8 +115,8 @@ def _reference_times(dense: GPT, prompt, new_tokens: int, rounds: int, no_cache_
         want = torch.cat(toks, dim=1)
         hf = hf_generate_timed(dense, prompt, new_tokens)
         if hf is not None and not torch.equal(hf[1], want):
-            return None, want, ("transformers' GPT-2 generate gave other tokens than tpgpt's "
-                                "dense GPT on the same weights")
+            return None, want, (f"transformers' {hf_name(dense.config)} generate gave other "
+                                f"tokens than tpgpt's dense model on the same weights")
         stamps_nc = [time.perf_counter()]
         for _, tok in decode(dense, prompt, no_cache_tokens, temperature=0, kv_cache=False):
             stamps_nc.append(_done(tok))
@@ -115,7 +124,7 @@ def _reference_times(dense: GPT, prompt, new_tokens: int, rounds: int, no_cache_
         if r == 0:
             continue  # warm-up round
         for key, st in (("tpgpt dense, KV cache", stamps),
-                        ("transformers GPT-2 generate, KV cache", hf and hf[0]),
+                        (hf_generate_key(dense.config), hf and hf[0]),
                         ("tpgpt dense, no cache", stamps_nc)):
             if st:
                 d = [b - a for a, b in zip(st, st[1:])]

@@ -1,40 +1,61 @@
-"""The Hugging Face reference of the benchmarks: transformers' GPT2LMHeadModel on a dense GPT's
-weights (tpgpt.checkpoint.hf's mapping), trained beside tpgpt by `bench throughput`, and for
-`bench decode` its greedy `generate` with its KV cache, timed per token by a streamer
-(transformers calls `put` with every new token as it is chosen)."""
+"""The Hugging Face reference of the benchmarks: transformers' GPT2LMHeadModel (or its Llama,
+Qwen2, Qwen3 model) on a dense model's weights (the mappings of tpgpt.checkpoint.hf and
+hf_llama), trained beside tpgpt by `bench throughput`, and for `bench decode` its greedy
+`generate` with its KV cache, timed per token by a streamer (transformers calls `put` with every
+new token as it is chosen)."""
 from __future__ import annotations
 
 import time
 
 import torch
 
-def hf_gpt2(dense):
-    """The same weights in Hugging Face transformers' GPT2LMHeadModel (SDPA attention): an
-    independent implementation of the dense model, to time beside tpgpt's (in training mode:
-    set eval() to generate); None without transformers. Its loss shifts labels itself (T - 1
-    positions; the same matmuls)."""
+def hf_name(config) -> str:
+    """The transformers architecture a benchmark runs beside tpgpt: GPT-2, Llama, Qwen2, Qwen3."""
+    if config.family == "gpt2":
+        return "GPT-2"
+    from ..checkpoint.hf_llama import architecture
+    return architecture(config)
+
+
+def hf_reference(dense):
+    """The same weights in Hugging Face transformers (GPT2LMHeadModel, or LlamaForCausalLM /
+    Qwen2ForCausalLM / Qwen3ForCausalLM for the Llama family; SDPA attention): an independent
+    implementation of the dense model, to time beside tpgpt's (in training mode: set eval() to
+    generate); None without transformers. Its loss shifts labels itself (T - 1 positions; the
+    same matmuls)."""
     try:
         import transformers
     except ImportError:
         return None
-    from ..checkpoint.hf import hf_config, to_hf_state
     transformers.logging.set_verbosity_error()
-    cfg = {k: v for k, v in hf_config(dense.config).items() if k != "tpgpt_bias"}
-    model = transformers.GPT2LMHeadModel(
-        transformers.GPT2Config(**cfg, attn_implementation="sdpa"))
-    missing, unexpected = model.load_state_dict(to_hf_state(dense.state_dict(), dense.config),
-                                                strict=False)
+    if dense.config.family != "gpt2":
+        from ..checkpoint.hf_llama import hf_llama_config, to_hf_llama_state
+        arch = hf_name(dense.config)
+        fields = {k: v for k, v in hf_llama_config(dense.config).items()
+                  if k not in ("architectures", "model_type", "torch_dtype")}
+        model = getattr(transformers, f"{arch}ForCausalLM")(getattr(
+            transformers, f"{arch}Config")(**fields, attn_implementation="sdpa"))
+        state = to_hf_llama_state(dense.state_dict(), dense.config)
+    else:
+        from ..checkpoint.hf import hf_config, to_hf_state
+        cfg = {k: v for k, v in hf_config(dense.config).items() if k != "tpgpt_bias"}
+        model = transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(**cfg, attn_implementation="sdpa"))
+        state = to_hf_state(dense.state_dict(), dense.config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all(k == "lm_head.weight" for k in missing), (missing, unexpected)
-    return model.train()
+    if dense.config.tie_embeddings:
+        model.tie_weights()
+    return model.to(dense.transformer.wte.weight.dtype).train()
 
 
 _built: dict = {}  # {"dense": the dense GPT, "hf": its GPT2LMHeadModel}: the last one built
 
 
 def hf_model(dense):
-    """`hf_gpt2(dense)` in eval mode, built once per dense model; None without transformers."""
+    """`hf_reference(dense)` in eval mode, built once per dense model; None without transformers."""
     if _built.get("dense") is not dense:  # holding `dense` keeps its id from being reused
-        hf = hf_gpt2(dense)
+        hf = hf_reference(dense)
         if hf is None:
             return None
         _built.update(dense=dense, hf=hf.eval())

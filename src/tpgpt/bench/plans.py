@@ -323,7 +323,6 @@ def run_plans_cli(args) -> int:
     from ..train.config import load_config
     from ..analysis.costmodel import load_interconnect
     from ..errors import ConfigError
-    from ..model import GPTConfig
 
     check_out(args.out, args.overwrite)
     if "RANK" not in os.environ:
@@ -331,9 +330,7 @@ def run_plans_cli(args) -> int:
     from ..data import resolve_vocab_size
     cfg = load_config(args.config)
     # the config's vocabulary, else its data's, else Tiny Shakespeare's 65 characters
-    config = GPTConfig(block_size=cfg.block_size, vocab_size=resolve_vocab_size(cfg, 65),
-                       n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0,
-                       bias=cfg.bias)
+    config = dataclasses.replace(cfg.model_config(resolve_vocab_size(cfg, 65)), dropout=0.0)
     profile = load_interconnect(args.profile) if args.profile else None
     from ..comm.plan import SyncPlan, validate_tp
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -13,7 +13,7 @@ from contextlib import nullcontext
 import torch
 
 from ..model import GPTConfig
-from .hf_reference import hf_gpt2
+from .hf_reference import hf_name, hf_reference
 from .timing import check_out, time_interleaved, write_results
 
 THROUGHPUT_SHAPES = {
@@ -22,6 +22,10 @@ THROUGHPUT_SHAPES = {
     # a 12-layer model that fits a CPU benchmark: 12 heads, 384 wide, block 128, batch 8
     "12-layer": (GPTConfig(block_size=128, vocab_size=512, n_layer=12, n_head=12, n_embd=384), 8),
     # GPT-2 small (124M) at nanoGPT's padded vocabulary, for one GPU: block 1024, batch 8
+    # the Llama preset (llama_char_cpu): 8 query heads on 2 KV heads, SwiGLU 352, block 64
+    "llama-cpu": (GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=8, n_embd=128,
+                            bias=False, family="llama", n_kv_head=2, intermediate_size=352,
+                            activation="silu"), 12),
     "gpt2-small": (GPTConfig(block_size=1024, vocab_size=50304, n_layer=12, n_head=12,
                              n_embd=768), 8),
 }
@@ -56,7 +60,8 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int | None =
     return 2 * n ** 3 / best / 1e12
 
 
-HF_KEY = "HF transformers GPT-2 (dense)"
+def hf_key(config) -> str:
+    return f"HF transformers {hf_name(config)} (dense)"
 
 
 def _train_step_fn(model, device: torch.device, dtype: torch.dtype, hf: bool = False):
@@ -95,9 +100,9 @@ def bench_throughput_shape(name: str, steps: int, warmup: int = 3,
     models = {"dense": dense,
               "sim tp=2": ParallelGPT.from_dense(dense, tp=2),
               "sim tp=4": ParallelGPT.from_dense(dense, tp=4)}
-    reference = hf_gpt2(dense) if with_hf else None
+    reference = hf_reference(dense) if with_hf else None
     if reference is not None:
-        models[HF_KEY] = reference
+        models[hf_key(cfg)] = reference
     if compile:
         # every block (its sync bits differ) of every model is its own compiled frame
         import torch._dynamo.config as dynamo_config
@@ -108,7 +113,7 @@ def bench_throughput_shape(name: str, steps: int, warmup: int = 3,
             # in place (parameter names stay as they are); static shapes: tp differs between
             # the models that share this code, and must not become a symbolic integer
             m.compile(dynamic=False)
-    fns = {k: _train_step_fn(m, device, dtype, hf=k == HF_KEY) for k, m in models.items()}
+    fns = {k: _train_step_fn(m, device, dtype, hf=k == hf_key(cfg)) for k, m in models.items()}
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), generator=g).to(device)
     targets = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), generator=g).to(device)
@@ -125,7 +130,8 @@ def bench_throughput_shape(name: str, steps: int, warmup: int = 3,
     tokens = batch * cfg.block_size
     flops = train_flops_per_token(cfg, cfg.block_size) * tokens
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"shape": name, "tokens_per_step": tokens, "steps": steps, "device": str(device),
+    return {"shape": name, "hf_name": hf_name(cfg), "tokens_per_step": tokens, "steps": steps,
+            "device": str(device),
             "dtype": str(dtype).removeprefix("torch."), "compile": compile,
             "flops_per_step": flops, "peak_tflops": peak_tflops,
             "hf_logits_rel_diff_float64": hf_diff, "rows": [
@@ -144,8 +150,11 @@ def format_throughput(r: dict) -> str:
              "| model | median ms | min-max ms | tokens/s | throughput vs dense | TFLOP/s | MFU |",
              "|---|---|---|---|---|---|---|"]
     if r.get("hf_logits_rel_diff_float64") is not None:
-        lines.insert(1, f"(HF transformers' GPT-2 holds the dense weights: in float64 their "
-                        f"logits differ by {r['hf_logits_rel_diff_float64']:.1e} of their scale)")
+        lines.insert(1, f"(HF transformers' {r.get('hf_name', 'GPT-2')} holds the dense weights: "
+                        f"in float64 their "
+                        f"logits differ by {r['hf_logits_rel_diff_float64']:.1e} of their scale"
+                        + ("; its RMSNorm computes in float32" if r.get("hf_name", "GPT-2")
+                           != "GPT-2" else "") + ")")
     for row in r["rows"]:
         mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-"
         lines.append(f"| {row['model']} | {row['median_ms']:.1f} | {row['min_ms']:.1f}-"

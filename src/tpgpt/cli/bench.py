@@ -19,14 +19,14 @@ def register(sub) -> argparse.ArgumentParser:
                                        "cost model, calibrated on one plan and checked on the "
                                        "others. decode: time to first token and per-token "
                                        "decode latency of each plan with its KV cache, beside "
-                                       "the dense GPT and transformers' GPT-2 generate, against "
+                                       "the dense model and transformers' generate, against "
                                        "the generation cost model. comm, plans, dist and decode "
                                        "run under torchrun.")
     bench.add_argument("what", choices=["throughput", "comm", "plans", "dist", "decode"])
     bench.add_argument("--shapes", nargs="+", default=["cpu-preset", "12-layer"],
-                       choices=["cpu-preset", "12-layer", "gpt2-small"],
-                       help="throughput, decode: model shapes (decode: cpu-preset, 12-layer); "
-                            "dist: the first one")
+                       choices=["cpu-preset", "12-layer", "llama-cpu", "gpt2-small"],
+                       help="throughput, decode: model shapes (decode: cpu-preset, 12-layer, "
+                            "llama-cpu); dist: the first one")
     bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="throughput: where to run (auto: a GPU if there is one)")
     bench.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
