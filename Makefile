@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo verify test bench study-spd study-12layer sync-variants clean
+.PHONY: setup demo verify test test-fast bench study-spd study-12layer sync-variants clean
 
 # A virtual environment with the pinned CPU torch of requirements-ci.txt and tpgpt (editable).
 $(BIN)/tpgpt: pyproject.toml requirements-ci.txt
@@ -48,6 +48,12 @@ test: setup
 		ATEN_CPU_CAPABILITY=$$cap TORCHINDUCTOR_CACHE_DIR=$${TMPDIR:-/tmp}/tpgpt-inductor-$$cap \
 			$(BIN)/python -m pytest -q -m numerics || exit 1; \
 	done
+
+# The edit-test loop (under 3 minutes here): lint and every test that starts no processes (the
+# `slow` marker, set in tests/conftest.py); `make test` and CI run everything.
+test-fast: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q -m "not slow" --durations=5
 
 # Every CPU figure of BENCHMARKS.md (about 30 minutes), into out/bench.
 bench: setup

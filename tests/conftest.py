@@ -113,3 +113,42 @@ def eval_losses(out_dir: str) -> dict[int, tuple[float, float]]:
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         recs = [json.loads(line) for line in f]
     return {r["iter"]: (r["train_loss"], r["val_loss"]) for r in recs if r["kind"] == "eval"}
+
+
+# --- the `slow` marker: tests that start processes (torchrun, the CLI in a subprocess) ---------
+# `make test-fast` deselects them (-m "not slow"). Marked by what a test runs rather than by
+# hand, so a new multi-process test cannot be forgotten: its source, that of a fixture it uses,
+# or that of a test-suite function either calls (followed by name), calls torchrun or subprocess.
+PROCESS_CALLS = ("torchrun(", "subprocess.")
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _starts_processes(fn, seen: set) -> bool:
+    import inspect
+    fn = inspect.unwrap(fn)
+    if fn in seen or not callable(fn):
+        return False
+    seen.add(fn)
+    try:
+        src, file = inspect.getsource(fn), inspect.getsourcefile(fn)
+    except (OSError, TypeError):
+        return False
+    if not file or os.path.dirname(os.path.abspath(file)) != TESTS_DIR:
+        return False  # only the suite's own helpers are followed
+    if any(call in src for call in PROCESS_CALLS):
+        return True
+    code, names = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
+    return code is not None and any(
+        inspect.isfunction(names.get(n)) and _starts_processes(names[n], seen)
+        for n in code.co_names)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fns = [getattr(item, "function", None)]
+        info = getattr(item, "_fixtureinfo", None)
+        if info is not None:
+            fns += [d.func for defs in info.name2fixturedefs.values() for d in defs]
+        seen: set = set()
+        if any(fn is not None and _starts_processes(fn, seen) for fn in fns):
+            item.add_marker(pytest.mark.slow)

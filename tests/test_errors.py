@@ -37,7 +37,21 @@ CLI_CASES = [
     (["verify", "--tp", "1,x"], "'1,x' is not a comma list of integers"),
     (["verify", "--tp", "3"], "tp=3 does not divide n_head=4"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["plan", "--json=maybe"], "--json is a switch: --json, or --json=true / --json=false"),
+    # the Llama family's own fields and rules
+    (["plan", "--family=llama", "--n_head=8", "--n_kv_head=3", "--n_embd=64", "--bias=false",
+      "--activation=silu"], "n_kv_head=3"),
+    (["plan", "--family=llama", "--n_head=12", "--n_kv_head=6", "--n_embd=96", "--bias=false",
+      "--activation=silu", "--tp", "4"], "tp=4 and n_kv_head=6 must divide one another"),
+    (["plan", "--n_kv_head=2"], "n_kv_head=2 is a llama-family field: family=gpt2 needs it at 0"),
+    (["plan", "--family=opt"], "family='opt'"),
 ]
+
+
+def test_switches_take_the_config_form(capsys):
+    """--json=true is --json, --json=false leaves it off (the form config keys take)."""
+    assert main(["plan", "--json=true"]) == 0 and capsys.readouterr().out.startswith("{")
+    assert main(["plan", "--json=false"]) == 0 and capsys.readouterr().out.startswith("model:")
 
 
 @pytest.mark.parametrize("args,fragment", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])

@@ -37,6 +37,28 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + message
         raise CliError(f"{self.prog}: {message}")
 
+    def parse_known_args(self, args=None, namespace=None):
+        """On/off switches (`--overwrite`) also take the config keys' form, `--overwrite=true`
+        or `=false`, which argparse itself refuses."""
+        if args is None:
+            import sys
+            args = sys.argv[1:]
+        switches = {o for a in self._actions if isinstance(a, argparse._StoreTrueAction)
+                    for o in a.option_strings}
+        out = []
+        for arg in args:
+            name, eq, value = arg.partition("=")
+            if eq and name in switches:
+                try:
+                    if boolean(value):
+                        out.append(name)
+                except argparse.ArgumentTypeError:
+                    self.error(f"{name} is a switch: {name}, or {name}=true / {name}=false, "
+                               f"not {arg!r}")
+                continue
+            out.append(arg)
+        return super().parse_known_args(out, namespace)
+
 
 def boolean(text: str) -> bool:
     low = text.lower()
