@@ -11,6 +11,8 @@ window is full (block_size tokens), the model starts again on the latest block_s
 (one prefill into the emptied cache) and decodes on from there: the context is between half and
 all of block_size, and the prefill is paid once per block_size // 2 new tokens. Without the
 cache (kv_cache=False) every step recomputes the same window, so both give the same tokens.
+A rotary model (the Llama family) restarts the same way, its positions counted from the
+window's start: it never sees a position past the block_size it was trained on.
 """
 from __future__ import annotations
 
