@@ -284,6 +284,114 @@ def _(root):
     return ["import-hf", str(root / "no" / "such"), "--out", str(root / "ck")]
 
 
+# --- Hugging Face directories of the Llama family (tests/hf_dirs.py) ------------------------
+def hf_dir(root, arch="llama", **config):
+    """A directory saved by transformers (random weights, a tokenizer beside), config.json
+    then edited."""
+    from hf_dirs import edit_config, make_hf_dir
+    path = str(root / "hf")
+    make_hf_dir(path, arch, **({"tokenizer": config.pop("tokenizer")} if "tokenizer" in config
+                               else {}))
+    if config:
+        edit_config(path, **config)
+    return path
+
+
+def imp(root, *extra, **config):
+    return ["import-hf", hf_dir(root, **config), "--out", str(root / "ck"), *extra]
+
+
+@case("import-hf of a mixture of experts", "is a 'MixtralForCausalLM' model: tpgpt imports")
+def _(root):
+    return imp(root, model_type="mixtral", architectures=["MixtralForCausalLM"])
+
+
+@case("import-hf of another rope type", "uses rope type 'yarn': tpgpt computes the default")
+def _(root):
+    return imp(root, rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0})
+
+
+@case("import-hf of a window shorter than the context",
+      "attends within a sliding window of 8 tokens, shorter than the context of 32")
+def _(root):
+    return imp(root, model_type="mistral", architectures=["MistralForCausalLM"],
+               sliding_window=8)
+
+
+@case("import-hf of a bias tpgpt's Llama has not", "has attention_bias=true (a bias on q, k, v")
+def _(root):
+    return imp(root, attention_bias=True)
+
+
+@case("import-hf of quantized weights", "holds quantized weights (bitsandbytes)")
+def _(root):
+    return imp(root, quantization_config={"quant_method": "bitsandbytes"})
+
+
+@case("import-hf of weights its config does not describe",
+      "transformer.wte.weight as [300, 64], where its config needs [300, 32]")
+def _(root):
+    return imp(root, hidden_size=32, head_dim=8)
+
+
+@case("import-hf of weights lacking a layer",
+      "lack 9 tensors of the model its config describes (transformer.h.2.")
+def _(root):
+    return imp(root, num_hidden_layers=3)
+
+
+@case("import-hf of a shard that is missing", "a shard model.safetensors.index.json names, is "
+                                              "missing")
+def _(root):
+    path = hf_dir(root)
+    os.remove(os.path.join(path, "model-00002-of-00005.safetensors"))
+    return ["import-hf", path, "--out", str(root / "ck")]
+
+
+@case("import-hf of a Llama without its tokenizer", "has no tokenizer.json or tokenizer.model")
+def _(root):
+    return imp(root, tokenizer=False)
+
+
+@case("import-hf: unknown dtype", "invalid choice: 'int8'")
+def _(root):
+    return imp(root, "--dtype", "int8")
+
+
+@case("import-hf: a zero context", "--block-size 0 is invalid: it must be >= 1")
+def _(root):
+    return imp(root, "--block-size", "0")
+
+
+@case("prepare text: a tokenizer that is not there", "is neither char, byte nor a directory")
+def _(root):
+    return ["prepare", "text", "--input", str(root / "in.txt"), "--out", str(root / "t"),
+            "--tokenizer", str(root / "nowhere")]
+
+
+@case("prepare text: a directory without a tokenizer", "holds no tpgpt checkpoint, "
+                                                       "tokenizer.json nor tokenizer.model")
+def _(root):
+    (root / "empty").mkdir()
+    return ["prepare", "text", "--input", str(root / "in.txt"), "--out", str(root / "t"),
+            "--tokenizer", str(root / "empty")]
+
+
+@case("eval: data made with another model's tokenizer", "is tokenized differently from the "
+                                                        "checkpoint")
+def _(root):
+    from hf_dirs import make_hf_dir
+    first = hf_dir(root)
+    make_hf_dir(str(root / "other"), "qwen2")
+    edit = json.loads((root / "other" / "tokenizer.json").read_text())
+    edit["added_tokens"][1]["content"] = "<|end|>"  # another tokenizer, of the same size
+    (root / "other" / "tokenizer.json").write_text(json.dumps(edit))
+    assert main(["prepare", "text", "--input", str(root / "in.txt"), "--out",
+                 str(root / "odata"), "--tokenizer", str(root / "other")]) == 0
+    assert main(["import-hf", first, "--out", str(root / "ck")]) == 0
+    return ["eval", "--ckpt", str(root / "ck"), "--data-dir", str(root / "odata")]
+
+
 @case("plan: unknown activation", "activation='relu' is invalid: choose one of gelu, gelu_tanh")
 def _(root):
     return ["plan", "--activation", "relu"]

@@ -118,3 +118,46 @@ def test_token_file_errors(tmp_path):
 def test_char_tokenizer_rejects_unknown_characters():
     with pytest.raises(ConfigError, match="outside the vocabulary: 'z'"):
         CharTokenizer("abc").encode("abz")
+
+
+def test_a_vocabulary_past_uint16_writes_uint32_token_files(tmp_path):
+    """Llama 3's 128,256 or Qwen's 151,936 tokens do not fit nanoGPT's uint16 files."""
+    from tpgpt.data.prepare import write_dataset
+    from tpgpt.data.tokenizers import Tokenizer
+    from tpgpt.data.tokens import check_tokens_in_vocab, token_dtype
+
+    class Wide(Tokenizer):
+        name, vocab_size = "byte", 128_256  # the meta's kind is irrelevant here
+    ids = np.arange(65_530, 65_530 + 200) % 128_256
+    meta = write_dataset(str(tmp_path), Wide(), ids, ids[:50], "test")
+    assert meta["token_dtype"] == "uint32" and token_dtype(meta) is np.uint32
+    f = TokenFile(str(tmp_path / "train.bin"), 8, 128_256, token_dtype(meta))
+    x, y = f.batch(torch.tensor([0, 100]))
+    assert x[0].tolist() == ids[:8].tolist() and y[1].tolist() == ids[101:109].tolist()
+    check_tokens_in_vocab(f.path, 128_256, dtype=f.dtype)
+    with pytest.raises(ConfigError, match="holds token id 65729, outside the vocabulary"):
+        check_tokens_in_vocab(f.path, 65_600, dtype=f.dtype)
+    assert token_dtype({}) is np.uint16  # data prepared before the field existed
+
+
+def test_an_hf_tokenizer_travels_in_the_meta(tmp_path):
+    """tokenizer.json whole in meta.json: rebuilt, it encodes and decodes as the library does;
+    the same tokenizer is recognised by its sha256."""
+    pytest.importorskip("transformers")
+    from hf_dirs import train_tokenizer
+    from tpgpt.data import HFTokenizer, tokenizer_from_meta
+    from tpgpt.data.tokens import check_same_tokenizer
+
+    lib = train_tokenizer()
+    tok = HFTokenizer(lib.to_str())
+    meta = json.loads(json.dumps(tok.meta()))
+    again = tokenizer_from_meta(meta)
+    text = "the king shall speak"
+    assert again.encode(text) == lib.encode(text).ids and again.encode(text)[0] == \
+        lib.token_to_id("<s>")
+    assert again.encode_stream(text) == lib.encode(text, add_special_tokens=False).ids
+    assert again.decode(again.encode_stream(text)) == text
+    check_same_tokenizer("d", meta, tok.meta(), "m")
+    other = HFTokenizer(train_tokenizer(vocab_size=280).to_str()).meta()
+    with pytest.raises(ConfigError, match="tokenized differently .* hf tokenizer [0-9a-f]{12}"):
+        check_same_tokenizer("d", other, meta, "m")

@@ -58,17 +58,25 @@ def test_import_and_export_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["import-hf", str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 2
     assert "config.json cannot be read" in capsys.readouterr().err
-    (tmp_path / "empty" / "config.json").write_text('{"model_type": "gpt2", "n_positions": 8}')
+    (tmp_path / "empty" / "config.json").write_text(
+        '{"model_type": "gpt2", "n_positions": 8, "vocab_size": 50257, "n_layer": 1, '
+        '"n_head": 1, "n_embd": 8}')
     assert main(["import-hf", str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 2
-    assert "model.safetensors is missing (only safetensors are read" in capsys.readouterr().err
-    (tmp_path / "empty" / "config.json").write_text('{"model_type": "llama"}')
+    assert "holds no model.safetensors nor model.safetensors.index.json" in \
+        capsys.readouterr().err
+    (tmp_path / "empty" / "pytorch_model.bin").write_bytes(b"")
     assert main(["import-hf", str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 2
-    assert "is not a GPT-2 model" in capsys.readouterr().err
+    assert "only pytorch_model.bin: tpgpt reads safetensors, never pickles" in \
+        capsys.readouterr().err
+    (tmp_path / "empty" / "config.json").write_text('{"model_type": "bert"}')
+    assert main(["import-hf", str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 2
+    assert "is a 'bert' model: tpgpt imports LlamaForCausalLM" in capsys.readouterr().err
     gpt = make_gpt()
     write_ckpt(gpt, tmp_path / "ckpt")
     assert main(["export", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")]) == 0
     assert main(["export", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")]) == 2
-    assert "already holds an exported model: pass --force" in capsys.readouterr().err
+    assert "already holds an exported model (model.safetensors): pass --force" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.numerics

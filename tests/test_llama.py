@@ -46,7 +46,7 @@ def rmsnorm_in_the_input_dtype(monkeypatch):
         h = x.to(torch.promote_types(x.dtype, torch.float32))
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
         return self.weight * h.to(x.dtype)
-    for family in ("llama", "qwen2", "qwen3"):
+    for family in ("llama", "mistral", "qwen2", "qwen3"):
         module = getattr(transformers.models, family)
         cls = getattr(getattr(module, f"modeling_{family}"), f"{family.capitalize()}RMSNorm")
         monkeypatch.setattr(cls, "forward", forward)

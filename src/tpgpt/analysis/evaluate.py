@@ -8,7 +8,7 @@ import torch
 
 from ..checkpoint.load import load_trained, model_config, read_checkpoint
 from ..checkpoint.store import load_meta as checkpoint_meta
-from ..data import TokenFile, check_tokens_in_vocab, load_meta
+from ..data import TokenFile, check_tokens_in_vocab, load_meta, token_dtype
 from ..data.tokens import check_same_tokenizer
 from ..errors import ConfigError
 from ..model.parallel_gpt import ParallelGPT
@@ -99,8 +99,8 @@ def checkpoint_split(state: dict, split: str, data_dir: str | None = None) -> To
     check_same_tokenizer(data_dir, meta, checkpoint_meta(state["path"]),
                          f"the checkpoint {state['path']}")
     file = TokenFile(os.path.join(data_dir, f"{split}.bin"), config.block_size,
-                     config.vocab_size)
-    check_tokens_in_vocab(file.path, meta["vocab_size"])
+                     config.vocab_size, token_dtype(meta))
+    check_tokens_in_vocab(file.path, meta["vocab_size"], dtype=file.dtype)
     return file
 
 

@@ -1,6 +1,6 @@
 """The Hugging Face reference of the benchmarks: transformers' GPT2LMHeadModel (or its Llama,
-Qwen2, Qwen3 model) on a dense model's weights (the mappings of tpgpt.checkpoint.hf and
-hf_llama), trained beside tpgpt by `bench throughput`, and for `bench decode` its greedy
+Qwen2, Qwen3 model) on a dense model's weights (the mappings of tpgpt.checkpoint.hf_gpt2
+and hf_llama), trained beside tpgpt by `bench throughput`, and for `bench decode` its greedy
 `generate` with its KV cache, timed per token by a streamer (transformers calls `put` with every
 new token as it is chosen)."""
 from __future__ import annotations
@@ -37,8 +37,8 @@ def hf_reference(dense):
             transformers, f"{arch}Config")(**fields, attn_implementation="sdpa"))
         state = to_hf_llama_state(dense.state_dict(), dense.config)
     else:
-        from ..checkpoint.hf import hf_config, to_hf_state
-        cfg = {k: v for k, v in hf_config(dense.config).items() if k != "tpgpt_bias"}
+        from ..checkpoint.hf_gpt2 import hf_gpt2_config, to_hf_state
+        cfg = {k: v for k, v in hf_gpt2_config(dense.config).items() if k != "tpgpt_bias"}
         model = transformers.GPT2LMHeadModel(
             transformers.GPT2Config(**cfg, attn_implementation="sdpa"))
         state = to_hf_state(dense.state_dict(), dense.config)

@@ -1,18 +1,22 @@
-"""Hugging Face GPT-2 interchange: `tpgpt export` and `tpgpt import-hf`.
+"""Hugging Face interchange: `tpgpt import-hf` and `tpgpt export`, for GPT2LMHeadModel and the
+Llama family (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM).
 
-HF's GPT2LMHeadModel keeps nanoGPT's parameter names (the `transformer.` prefix included) but
-stores the four matmul weights as Conv1D, `[in, out]`, the transpose of nn.Linear's `[out, in]`.
-It always has biases: a model trained with bias=False exports zero biases, which is the same
-function. GELU: tpgpt trains with the exact (erf) GELU ("gelu" in HF's config); OpenAI's GPT-2
-uses the tanh approximation (HF's "gelu_new"), which tpgpt's GPT computes as
-activation="gelu_tanh". Only safetensors are read or written: nothing is unpickled.
+The families' adapters (config fields and tensor names) are hf_gpt2.py and hf_llama.py; the
+files of a directory (config.json, single or sharded safetensors, the tokenizer) hf_files.py.
+A local directory is read directly (no transformers needed, except to convert a sentencepiece
+tokenizer.model); a Hub id (`gpt2`, `Qwen/Qwen2.5-0.5B`) is fetched by huggingface_hub into its
+cache (config, safetensors and tokenizer files only) when the Hub is reachable, else looked up
+in that cache, and then read as a directory.
 
-A local directory is read directly (config.json + model.safetensors, no transformers needed); a
-Hugging Face Hub id (`gpt2`, `openai-community/gpt2`) is loaded through transformers, which
-downloads it when it can and otherwise fails in one line asking for a local directory.
+The tokenizer an import carries: the directory's tpgpt_meta.json when tpgpt wrote it (an
+export), else for GPT-2's own 50257-token vocabulary tiktoken's GPT-2 BPE (the same ids as its
+tokenizer.json; `prepare openwebtext` tokenizes with it), else the directory's tokenizer.json
+or tokenizer.model. A Llama-family directory without one is refused: nothing could encode a
+prompt or check that data matches it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,172 +24,116 @@ import re
 import socket
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from .store import save_checkpoint
 from ..errors import ConfigError
 from ..model import GPT, GPTConfig
+from . import hf_files
+from .hf_gpt2 import from_hf_state, gpt2_config_from_hf, hf_gpt2_config, to_hf_state
+from .hf_llama import from_hf_llama_state, hf_llama_config, llama_config_from_hf, \
+    to_hf_llama_state
 from .sharded_state import ShardedState
+from .store import save_checkpoint
 
-HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
-# HF's names for the two GELUs tpgpt computes ("gelu_pytorch_tanh" is the same tanh formula)
-FROM_HF_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+GPT2_META = {"tokenizer": "tiktoken:gpt2", "vocab_size": 50257}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model"]
 
 
-def hf_config(config: GPTConfig) -> dict:
-    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-            "vocab_size": config.vocab_size, "n_positions": config.block_size,
-            "n_ctx": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
-            "n_head": config.n_head, "n_inner": None,
-            "activation_function": HF_ACTIVATION[config.activation],
-            "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
-            "attn_pdrop": config.dropout, "layer_norm_epsilon": 1e-5,
-            "initializer_range": 0.02, "scale_attn_weights": True, "use_cache": True,
-            "tie_word_embeddings": True, "torch_dtype": "float32",
-            # GPT-2's <|endoftext|> (50256) exists only in a GPT-2-sized vocabulary
-            "bos_token_id": 50256 if config.vocab_size > 50256 else None,
-            "eos_token_id": 50256 if config.vocab_size > 50256 else None,
-            "tpgpt_bias": config.bias}
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
-def to_hf_state(sd: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """tpgpt (nanoGPT) state dict -> HF GPT-2 tensors (Conv1D transposed, zero biases added)."""
-    out = {}
-    for k, v in sd.items():
-        if k == "lm_head.weight":
-            continue  # tied to transformer.wte.weight
-        out[k] = v.t().contiguous() if k.endswith(CONV1D) else v.contiguous()
-    if not config.bias:
-        C, dtype = config.n_embd, sd["transformer.wte.weight"].dtype
-        zeros = {"ln_1.bias": C, "ln_2.bias": C, "attn.c_attn.bias": 3 * C,
-                 "attn.c_proj.bias": C, "mlp.c_fc.bias": 4 * C, "mlp.c_proj.bias": C}
-        for i in range(config.n_layer):
-            for name, n in zeros.items():
-                out[f"transformer.h.{i}.{name}"] = torch.zeros(n, dtype=dtype)
-        out["transformer.ln_f.bias"] = torch.zeros(C, dtype=dtype)
-    return out
-
-
-def from_hf_state(sd: dict[str, torch.Tensor], bias: bool) -> dict[str, torch.Tensor]:
-    """HF GPT-2 tensors -> tpgpt state dict (inverse of to_hf_state)."""
-    out = {}
-    for k, v in sd.items():
-        if k.endswith(".attn.bias") or k.endswith(".attn.masked_bias"):
-            continue  # HF's causal-mask buffers in old checkpoints
-        if not bias and k.endswith(".bias"):
-            continue
-        out[k] = v.t().contiguous() if k.endswith(CONV1D) else v
-    out["lm_head.weight"] = out["transformer.wte.weight"]
-    return out
-
-
-def export_hf(ckpt: str, out: str, force: bool = False, as_dense: bool = False) -> tuple[str, bool]:
-    """Write a checkpoint as an HF GPT-2 directory; returns (the checkpoint directory read,
-    whether the export computes another function than the trained one).
-
-    An HF GPT-2 computes the dense GPT: a checkpoint trained under a plan that drops syncs (at
-    tp > 1) is another function, and is refused unless `as_dense` asks for its weights as the
-    dense GPT on purpose."""
-    from ..comm.plan import SyncPlan
-    from .load import (is_dense_function, load_dense, model_config, read_checkpoint,
-                       trained_ladder, trained_plan, trained_wire)
-
-    state = read_checkpoint(ckpt)
-    found = state["path"]
-    tp, sync = trained_plan(state)
-    n_layer = model_config(state).n_layer
-    plan = SyncPlan.parse(sync, n_layer)
-    dense = is_dense_function(state)
-    if not dense and not as_dense:
-        wire, ladder = trained_wire(state), trained_ladder(state)
-        what = ([f"drops {2 * n_layer - plan.num_syncs} of its {2 * n_layer} syncs"]
-                if plan.num_syncs < 2 * n_layer else []) + \
-            ([f"sends its syncs in {wire.describe()}"] if wire.compressed else []) + \
-            (["ladders its syncs"] if ladder else [])
-        raise ConfigError(f"{found} was trained at tp={tp} with sync={sync!r}, which "
-                          f"{' and '.join(what)}: a Hugging Face GPT-2 computes the dense GPT, "
-                          f"another function; pass --as-dense to export its weights as the "
-                          f"dense GPT anyway")
-    if os.path.exists(os.path.join(out, "model.safetensors")) and not force:
-        raise ConfigError(f"{out} already holds an exported model: pass --force to replace it")
-    model, meta, _ = load_dense(found, state=state)
-    config = hf_config(model.config)
-    config["torch_dtype"] = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
-    config.update(tpgpt_trained_tp=tp, tpgpt_trained_sync=sync)
-    os.makedirs(out, exist_ok=True)
-    # each file whole or not at all: written under a temporary name, then renamed
-    tmp = os.path.join(out, ".model.safetensors.tmp")
-    save_file(to_hf_state(model.state_dict(), model.config), tmp, metadata={"format": "pt"})
-    umask = os.umask(0)  # safetensors creates its file 0600: give it a file's usual mode
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, os.path.join(out, "model.safetensors"))
-    for name, obj in (("config.json", config), ("tpgpt_meta.json", meta)):
-        with open(os.path.join(out, f".{name}.tmp"), "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(os.path.join(out, f".{name}.tmp"), os.path.join(out, name))
-    return found, not dense
-
-
-def load_hf(path: str) -> tuple[GPT, dict]:
-    """A GPT from an HF GPT-2 directory (config.json + model.safetensors) or Hub id, and its
-    tokenizer."""
+def load_hf(path: str, dtype: str = "float32", block_size: int | None = None
+            ) -> tuple[GPT, dict, dict]:
+    """(the dense model, its tokenizer meta, what the source was: {"architecture",
+    "sliding_window", "dtype"}) of an HF directory or Hub id. `dtype`: the weights' dtype
+    here ("keep": the file's); `block_size`: a shorter context than the config's, on purpose."""
+    if dtype != "keep" and dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype!r} is invalid: choose keep, {', '.join(DTYPES)}")
+    if block_size is not None and block_size < 1:
+        raise ConfigError(f"--block-size {block_size} is invalid: it must be >= 1")
+    where = path
     if not os.path.isdir(path):
         if not HUB_ID.match(path):
             raise ConfigError(f"{path} is neither a directory nor a Hugging Face Hub model id")
-        return _from_hub(path)
-    try:
-        with open(os.path.join(path, "config.json")) as f:
-            hf = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}/config.json cannot be read: {e}") from None
-    file = os.path.join(path, "model.safetensors")
-    if hf.get("model_type") == "gpt2" and not os.path.exists(file):
-        raise ConfigError(f"{file} is missing (only safetensors are read, never pickles)")
-    config = _gpt_config(hf, path)
-    model = _load_weights(config, load_file(file), f"{file} does not match {path}/config.json")
+        path = _from_hub(path)
+    hf = hf_files.read_config(path)
+    gpt2 = hf.get("model_type") == "gpt2"
+    config = gpt2_config_from_hf(hf, where, block_size) if gpt2 else \
+        llama_config_from_hf(hf, where, block_size)
+    meta = _tokenizer_meta(path, where, hf, config)
+    sd = hf_files.read_weights(path)
+    target = hf_files.weights_dtype(sd) if dtype == "keep" else DTYPES[dtype]
+    source = {"architecture": (hf.get("architectures") or ["GPT2LMHeadModel"])[0],
+              "sliding_window": hf.get("sliding_window"),
+              "dtype": dtype_name(hf_files.weights_dtype(sd))}
+    if gpt2:
+        if "transformer.wpe.weight" in sd:  # a shorter context keeps the first positions
+            sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"][:config.block_size]
+        ours = from_hf_state(sd, config.bias)
+    else:
+        try:
+            ours = from_hf_llama_state(sd, config)
+        except KeyError as e:
+            raise ConfigError(f"{where}'s weights hold {e.args[0]}, not a tensor of a "
+                              f"{source['architecture']}") from None
+    return _load_weights(config, ours, target, where), meta, source
+
+
+def _tokenizer_meta(path: str, where: str, hf: dict, config: GPTConfig) -> dict:
+    from ..data import hf_tokenizer_from_dir
+
     meta_file = os.path.join(path, "tpgpt_meta.json")
     if os.path.exists(meta_file):
-        with open(meta_file) as f:
-            return model, json.load(f)
-    return model, dict(GPT2_META)
+        try:
+            with open(meta_file) as f:
+                return json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{meta_file} cannot be read: {e}") from None
+    gpt2 = hf.get("model_type") == "gpt2"
+    if gpt2 and hf.get("vocab_size") == 50257:
+        return dict(GPT2_META)
+    tok = hf_tokenizer_from_dir(path)
+    if tok is None:
+        if gpt2:
+            return dict(GPT2_META)
+        raise ConfigError(f"{where} has no tokenizer.json or tokenizer.model beside its weights: "
+                          f"save the model's tokenizer there (tokenizer.save_pretrained)")
+    if tok.vocab_size > config.vocab_size:
+        raise ConfigError(f"{where}'s tokenizer has {tok.vocab_size} tokens, more than the "
+                          f"model's vocab_size={config.vocab_size}")
+    return tok.meta()
 
 
-GPT2_META = {"tokenizer": "tiktoken:gpt2", "vocab_size": 50257}
-
-
-def _gpt_config(hf: dict, where: str) -> GPTConfig:
-    if hf.get("model_type") != "gpt2":
-        raise ConfigError(f"{where} is not a GPT-2 model (model_type {hf.get('model_type')!r})")
-    act = hf.get("activation_function", "gelu_new")
-    if act not in FROM_HF_ACTIVATION:
-        raise ConfigError(f"{where} uses activation {act!r}; tpgpt's GPT computes "
-                          f"{', '.join(FROM_HF_ACTIVATION)}")
-    if hf.get("n_inner") not in (None, 4 * hf.get("n_embd", 0)):
-        raise ConfigError(f"{where} has n_inner={hf['n_inner']}: tpgpt's MLP is 4 x n_embd")
-    try:
-        return GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"],
-                         n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                         dropout=0.0, bias=hf.get("tpgpt_bias", True),
-                         activation=FROM_HF_ACTIVATION[act])
-    except KeyError as e:
-        raise ConfigError(f"{where}: the config has no {e.args[0]}") from None
-
-
-def _load_weights(config: GPTConfig, sd: dict, what: str) -> GPT:
-    model = GPT(config)
-    try:
-        model.load_state_dict(from_hf_state(sd, config.bias))
-    except RuntimeError as e:
-        raise ConfigError(f"{what}: {str(e).splitlines()[1].strip()}") from None
+def _load_weights(config: GPTConfig, sd: dict, dtype: torch.dtype, where: str) -> GPT:
+    """The dense model holding `sd` in `dtype`; a missing, extra or misshapen tensor is one
+    line naming it."""
+    model = GPT(config).to(dtype)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    extra = [k for k in sd if k not in expected]
+    shape = [k for k in expected if k in sd and sd[k].shape != expected[k].shape]
+    if missing or extra or shape:
+        k = (missing or extra or shape)[0]
+        if missing:
+            many = len(missing) > 1
+            what = (f"lack {len(missing)} tensor{'s' if many else ''} of the model its config "
+                    f"describes ({k}{', ...' if many else ''})")
+        elif extra:
+            what = f"hold {k}, which its config has no place for"
+        else:
+            what = (f"hold {k} as {list(sd[k].shape)}, where its config needs "
+                    f"{list(expected[k].shape)}")
+        raise ConfigError(f"{where}'s weights {what}: not imported")
+    model.load_state_dict(sd)
     return model
 
 
 def _hub_reachable() -> bool:
-    """Whether the Hub's endpoint resolves (else only transformers' cache is tried, at once,
-    instead of retrying a network that is not there)."""
+    """Whether the Hub's endpoint resolves (else only the cache is tried, at once, instead of
+    retrying a network that is not there)."""
     from urllib.parse import urlparse
 
     from huggingface_hub import constants
@@ -199,60 +147,103 @@ def _hub_reachable() -> bool:
         return False
 
 
-def _from_hub(name: str) -> tuple[GPT, dict]:
-    """A Hub id through transformers (its download and cache; safetensors only)."""
+def _from_hub(name: str) -> str:
+    """A Hub id's files in huggingface_hub's cache (downloaded when reachable): a directory."""
     try:
-        from transformers import GPT2LMHeadModel, PretrainedConfig
+        from huggingface_hub import snapshot_download
     except ImportError:
         raise ConfigError(f"{name!r} is not a directory, and loading a Hub id needs "
-                          f"transformers (pip install transformers): pass a local directory"
+                          f"huggingface_hub (pip install transformers): pass a local directory"
                           ) from None
     hub_logger = logging.getLogger("huggingface_hub")
     level = hub_logger.level
     hub_logger.setLevel(logging.ERROR)  # its retry warnings would break the one-line rule
-    local = not _hub_reachable()
     try:
-        # the repository's own config first: GPT2LMHeadModel would load any model_type (with a
-        # warning) and initialise what does not match at random
-        raw, _ = PretrainedConfig.get_config_dict(name, local_files_only=local)
-        config = _gpt_config(raw, name)
-        hf, info = GPT2LMHeadModel.from_pretrained(name, use_safetensors=True,
-                                                   local_files_only=local,
-                                                   output_loading_info=True)
-    except (OSError, ValueError) as e:
+        return snapshot_download(name, allow_patterns=HUB_FILES,
+                                 local_files_only=not _hub_reachable())
+    except Exception as e:  # the hub's errors have many types (offline, missing, gated)
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise ConfigError(f"cannot load {name!r} from the Hugging Face Hub through transformers "
-                          f"(offline, or not a GPT-2 with safetensors there: {first[:160]}): "
-                          f"pass a local directory with config.json and model.safetensors"
-                          ) from None
+        raise ConfigError(f"cannot load {name!r} from the Hugging Face Hub (offline and not in "
+                          f"its cache, or not there: {first[:160]}): pass a local directory "
+                          f"with config.json and model.safetensors") from None
     finally:
         hub_logger.setLevel(level)
-    missing = [k for k in info.get("missing_keys", []) if not k.endswith(".attn.bias")
-               and k != "lm_head.weight"]
-    if missing:
-        raise ConfigError(f"{name}'s weights lack {len(missing)} tensors of a GPT-2 "
-                          f"({missing[0]}, ...): not imported")
-    sd = {k: v.detach().float() for k, v in hf.state_dict().items()}
-    return _load_weights(config, sd, f"{name}'s weights do not match its config"), dict(GPT2_META)
 
 
-def import_hf(path: str, out: str, data_dir: str | None = None) -> None:
-    """Write an HF GPT-2 directory as a tpgpt checkpoint (sampling, fine-tuning at any tp).
-    `data_dir`, a prepared dataset with the model's tokenizer, is recorded as its data (what
-    eval, sensitivity, convert and distill read unless told otherwise)."""
+def import_hf(path: str, out: str, data_dir: str | None = None, dtype: str = "float32",
+              block_size: int | None = None) -> GPT:
+    """Write an HF directory (or Hub id) as a tpgpt checkpoint (sampling, evaluation, the SPD
+    tools, fine-tuning at any tp). `data_dir`, a prepared dataset with the model's tokenizer, is
+    recorded as its data (what eval, sensitivity, convert and distill read unless told
+    otherwise)."""
     from ..data.tokens import check_same_tokenizer, load_meta
-    model, meta = load_hf(path)
     if os.path.exists(os.path.join(out, "state.json")):
         raise ConfigError(f"{out} already holds a checkpoint: choose another --out")
+    data_meta = load_meta(data_dir) if data_dir is not None else None
+    model, meta, source = load_hf(path, dtype, block_size)
     if data_dir is not None:
-        check_same_tokenizer(data_dir, load_meta(data_dir), meta, f"the model {path}")
+        check_same_tokenizer(data_dir, data_meta, meta, f"the model {path}")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    c = model.config
+    held = dtype_name(model.transformer.wte.weight.dtype)
     state = {"iter": 0, "best_val_loss": None, "train_loss": None, "val_loss": None,
              "config": {"data_dir": os.path.abspath(data_dir)} if data_dir else {},
              "layout": {"world": 1, "tp": 1, "tp_procs": 1, "dp": 1},
-             "model": {k: getattr(c, k) for k in ("block_size", "vocab_size", "n_layer", "n_head",
-                                                   "n_embd", "dropout", "bias", "activation")},
+             "model": dataclasses.asdict(model.config), "weights_dtype": held, "hf": source,
              "source": os.path.abspath(path) if os.path.isdir(path) else path}
     save_checkpoint(out, rank=0, barrier=lambda: None, sharded=ShardedState(model),
                     state=state, meta=meta, rank_state=None)
+    return model
+
+
+def export_hf(ckpt: str, out: str, force: bool = False, as_dense: bool = False) -> tuple[str, bool]:
+    """Write a checkpoint as an HF directory of its family (GPT2LMHeadModel; Llama, Mistral,
+    Qwen2, Qwen3); returns (the checkpoint directory read, whether the export computes another
+    function than the trained one).
+
+    An HF model computes the dense model: a checkpoint trained under a plan that drops syncs (at
+    tp > 1) is another function, and is refused unless `as_dense` asks for its weights as the
+    dense model on purpose."""
+    from ..comm.plan import SyncPlan
+    from .load import (is_dense_function, load_dense, model_config, read_checkpoint,
+                       trained_ladder, trained_plan, trained_wire)
+
+    state = read_checkpoint(ckpt)
+    found = state["path"]
+    tp, sync = trained_plan(state)
+    config = model_config(state)
+    n_layer = config.n_layer
+    plan = SyncPlan.parse(sync, n_layer)
+    dense = is_dense_function(state)
+    arch = "GPT-2" if config.family == "gpt2" else \
+        hf_llama_config(config, state.get("hf"))["architectures"][0].removesuffix("ForCausalLM")
+    if not dense and not as_dense:
+        wire, ladder = trained_wire(state), trained_ladder(state)
+        what = ([f"drops {2 * n_layer - plan.num_syncs} of its {2 * n_layer} syncs"]
+                if plan.num_syncs < 2 * n_layer else []) + \
+            ([f"sends its syncs in {wire.describe()}"] if wire.compressed else []) + \
+            (["ladders its syncs"] if ladder else [])
+        raise ConfigError(f"{found} was trained at tp={tp} with sync={sync!r}, which "
+                          f"{' and '.join(what)}: a Hugging Face {arch} computes the dense "
+                          f"model, another function; pass --as-dense to export its weights as "
+                          f"the dense model anyway")
+    held = [f for f in ("model.safetensors", hf_files.INDEX) if os.path.exists(
+        os.path.join(out, f))]
+    if held and not force:
+        raise ConfigError(f"{out} already holds an exported model ({held[0]}): pass --force to "
+                          f"replace it")
+    model, meta, _ = load_dense(found, state=state)
+    sd = model.state_dict()
+    if config.family == "gpt2":
+        hf, tensors = hf_gpt2_config(config), to_hf_state(sd, config)
+    else:
+        hf, tensors = hf_llama_config(config, state.get("hf")), to_hf_llama_state(sd, config)
+    hf["torch_dtype"] = dtype_name(model.transformer.wte.weight.dtype)
+    hf.update(tpgpt_trained_tp=tp, tpgpt_trained_sync=sync)
+    os.makedirs(out, exist_ok=True)
+    hf_files.write_weights(out, tensors)
+    if os.path.exists(os.path.join(out, hf_files.INDEX)):  # --force: it names another's shards
+        os.remove(os.path.join(out, hf_files.INDEX))
+    hf_files.write_tokenizer(out, meta)
+    hf_files.write_json(out, "config.json", hf)
+    hf_files.write_json(out, "tpgpt_meta.json", meta)
+    return found, not dense

@@ -105,7 +105,10 @@ def trained_function(state: dict) -> tuple[int, str]:
 
 
 def _dtype(state: dict) -> torch.dtype:
-    """float64 for a model trained in float64, else float32 (autocast runs keep fp32 weights)."""
+    """The dtype the weights are held in: an import's own choice (weights_dtype), float64 for a
+    model trained in float64, else float32 (autocast runs keep fp32 weights)."""
+    if state.get("weights_dtype") in ("float32", "float64", "bfloat16", "float16"):
+        return getattr(torch, state["weights_dtype"])
     return torch.float64 if (state.get("config") or {}).get("dtype") == "float64" \
         else torch.float32
 

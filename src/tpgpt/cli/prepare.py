@@ -12,7 +12,10 @@ def register(sub) -> argparse.ArgumentParser:
     prep.add_argument("--out", required=True, help="output directory")
     prep.add_argument("--input", help="a local text file (shakespeare_char: a local copy of the "
                                       "corpus instead of the download; default $TPGPT_SHAKESPEARE)")
-    prep.add_argument("--tokenizer", choices=["char", "byte"], default="char", help="text only")
+    prep.add_argument("--tokenizer", default="char",
+                      help="text only: char, byte, or a model's own tokenizer: a tpgpt "
+                           "checkpoint (an imported one carries its model's) or a Hugging Face "
+                           "model directory (tokenizer.json or tokenizer.model)")
     flag(prep, "val_fraction", type=float, default=0.1, help="text only (default 0.1)")
     flag(prep, "num_proc", type=int, default=8, help="openwebtext only: tokenizer processes")
     prep.add_argument("--force", action="store_true", help="replace a prepared dataset in --out")
@@ -28,10 +31,33 @@ def run(args) -> int:
     elif args.dataset == "text":
         if not args.input:
             raise CliError("tpgpt prepare text: --input FILE is required")
-        meta = data.prepare_text(args.out, args.input, args.tokenizer, args.val_fraction,
-                                 force=args.force)
+        meta = data.prepare_text(args.out, args.input, _tokenizer(args.tokenizer),
+                                 args.val_fraction, force=args.force)
     else:
         meta = data.prepare_openwebtext(args.out, num_proc=args.num_proc, force=args.force)
     print(f"prepared {args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val "
-          f"tokens, tokenizer {meta['tokenizer']}, vocab_size {meta['vocab_size']}")
+          f"tokens, tokenizer {data.describe_tokenizer(meta)}, vocab_size {meta['vocab_size']}")
     return 0
+
+
+def _tokenizer(name: str):
+    """char or byte as named; otherwise the tokenizer of a checkpoint or an HF directory."""
+    import os
+
+    from .. import data
+    from ..checkpoint.store import find_checkpoint, load_meta
+
+    if name in ("char", "byte"):
+        return name
+    if not os.path.isdir(name):
+        raise CliError(f"--tokenizer {name!r} is neither char, byte nor a directory (a tpgpt "
+                       f"checkpoint or a Hugging Face model directory)")
+    for candidate in (name, os.path.join(name, "best"), os.path.join(name, "last")):
+        if find_checkpoint(candidate):
+            # a character checkpoint's own vocabulary (text outside it is refused)
+            return data.tokenizer_from_meta(load_meta(find_checkpoint(candidate)))
+    tok = data.hf_tokenizer_from_dir(name)
+    if tok is None:
+        raise CliError(f"--tokenizer {name} holds no tpgpt checkpoint, tokenizer.json nor "
+                       f"tokenizer.model")
+    return tok

@@ -26,8 +26,8 @@ def _check_out_dir(out: str, force: bool) -> None:
         raise ConfigError(f"{out} already holds a prepared dataset: pass --force to replace it")
 
 
-def _write_split(out: str, name: str, ids) -> int:
-    arr = np.asarray(ids, dtype=np.uint16)
+def _write_split(out: str, name: str, ids, dtype) -> int:
+    arr = np.asarray(ids, dtype=dtype)
     tmp = os.path.join(out, f".{name}.bin.tmp")
     arr.tofile(tmp)
     os.replace(tmp, os.path.join(out, f"{name}.bin"))  # never a half-written file
@@ -42,12 +42,13 @@ def _write_meta(out: str, meta: dict) -> None:
 
 
 def write_dataset(out: str, tok: Tokenizer, train_ids, val_ids, source: str) -> dict:
-    if tok.vocab_size > 65536:
-        raise ConfigError(f"vocab_size={tok.vocab_size} does not fit uint16 token files")
+    """uint16 token files (nanoGPT's), uint32 when the vocabulary is larger (Llama 3, Qwen)."""
+    wide = tok.vocab_size > 65536
     os.makedirs(out, exist_ok=True)
-    n_train = _write_split(out, "train", train_ids)
-    n_val = _write_split(out, "val", val_ids)
-    meta = {**tok.meta(), "train_tokens": n_train, "val_tokens": n_val, "source": source}
+    n_train = _write_split(out, "train", train_ids, np.uint32 if wide else np.uint16)
+    n_val = _write_split(out, "val", val_ids, np.uint32 if wide else np.uint16)
+    meta = {**tok.meta(), "train_tokens": n_train, "val_tokens": n_val, "source": source,
+            **({"token_dtype": "uint32"} if wide else {})}
     _write_meta(out, meta)
     return meta
 
@@ -105,22 +106,27 @@ def prepare_shakespeare_char(out: str, input_path: str | None = None, force: boo
     return write_dataset(out, tok, tok.encode(train), tok.encode(val), "tinyshakespeare")
 
 
-def prepare_text(out: str, input_path: str, tokenizer: str = "char", val_fraction: float = 0.1,
-                 force: bool = False) -> dict:
+def prepare_text(out: str, input_path: str, tokenizer: str | Tokenizer = "char",
+                 val_fraction: float = 0.1, force: bool = False) -> dict:
+    """A text file's first (1 - val_fraction) as train, the rest as val, tokenized by
+    characters, bytes, or a given tokenizer (a model's own: cli/prepare.py finds it), whose
+    stream has no special tokens added."""
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction={val_fraction} is invalid: it must be in (0, 1)")
-    if tokenizer not in ("char", "byte"):
-        raise ConfigError(f"tokenizer {tokenizer!r} is invalid: choose char or byte")
+    if isinstance(tokenizer, str) and tokenizer not in ("char", "byte"):
+        raise ConfigError(f"tokenizer {tokenizer!r} is invalid: choose char, byte, a "
+                          f"checkpoint or a Hugging Face model directory")
     if not os.path.exists(input_path):
         _missing(input_path)
     _check_out_dir(out, force)
     text = read_text(input_path)
     if len(text) < 2:
         raise ConfigError(f"{input_path} is too short to split into train and val")
-    tok = CharTokenizer.fit(text) if tokenizer == "char" else ByteTokenizer()
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else \
+        CharTokenizer.fit(text) if tokenizer == "char" else ByteTokenizer()
     train, val = split_text(text, val_fraction)
-    return write_dataset(out, tok, tok.encode(train), tok.encode(val),
-                         os.path.basename(input_path))
+    encode = getattr(tok, "encode_stream", tok.encode)
+    return write_dataset(out, tok, encode(train), encode(val), os.path.basename(input_path))
 
 
 def prepare_openwebtext(out: str, num_proc: int = 8, force: bool = False, dataset=None,

@@ -1,8 +1,14 @@
-"""Tokenizers: characters (nanoGPT's Shakespeare), UTF-8 bytes, or a tiktoken BPE (GPT-2).
+"""Tokenizers: characters (nanoGPT's Shakespeare), UTF-8 bytes, a tiktoken BPE (GPT-2), or a
+Hugging Face tokenizer (a model directory's tokenizer.json, through the `tokenizers` library).
 
-A prepared dataset names its tokenizer in meta.json; `tokenizer_from_meta` rebuilds it.
+A prepared dataset names its tokenizer in meta.json; `tokenizer_from_meta` rebuilds it. An HF
+tokenizer travels whole inside the meta (its tokenizer.json text, and tokenizer_config.json for
+the export back), so a checkpoint, its data and its export carry the same one; two are the same
+tokenizer when the sha256 of that text agrees.
 """
 from __future__ import annotations
+
+import hashlib
 
 from ..errors import ConfigError
 
@@ -79,6 +85,82 @@ class TiktokenTokenizer(Tokenizer):
         return self.enc.decode(list(ids))
 
 
+class HFTokenizer(Tokenizer):
+    """A Hugging Face tokenizer from its tokenizer.json text. `encode` tokenizes a prompt as
+    transformers' `tokenizer(text)` does (the post-processor's special tokens, e.g. Llama's
+    BOS, included); `encode_stream` tokenizes a corpus without them. `decode` keeps special
+    tokens, as transformers' `decode` does by default."""
+
+    name = "hf"
+
+    def __init__(self, tokenizer_json: str, tokenizer_config: dict | None = None):
+        from tokenizers import Tokenizer as _Tokenizer
+
+        try:
+            self.tok = _Tokenizer.from_str(tokenizer_json)
+        except Exception as e:  # the library raises its own Exception subclass
+            raise ConfigError(f"the tokenizer.json cannot be read by the tokenizers library: "
+                              f"{str(e).splitlines()[0][:160] if str(e) else type(e).__name__}"
+                              ) from None
+        self.json, self.config = tokenizer_json, tokenizer_config or {}
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.json.encode("utf-8")).hexdigest()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text).ids
+
+    def encode_stream(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    def meta(self) -> dict:
+        return {**super().meta(), "tokenizer_sha256": self.sha256,
+                "hf_tokenizer_json": self.json, "hf_tokenizer_config": self.config}
+
+
+def hf_tokenizer_from_dir(path: str) -> HFTokenizer | None:
+    """The tokenizer saved beside a Hugging Face model: its tokenizer.json, or a sentencepiece
+    tokenizer.model converted by transformers' fast tokenizer; None when it has neither."""
+    import json
+    import os
+
+    config = {}
+    cfg_file = os.path.join(path, "tokenizer_config.json")
+    if os.path.exists(cfg_file):
+        try:
+            with open(cfg_file) as f:
+                config = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{cfg_file} cannot be read: {e}") from None
+        # the parts an export writes back; a tokenizer's added-token table is in its json
+        config = {k: v for k, v in config.items() if k != "added_tokens_decoder"}
+    file = os.path.join(path, "tokenizer.json")
+    if os.path.exists(file):
+        try:
+            with open(file, encoding="utf-8") as f:
+                return HFTokenizer(f.read(), config)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{file} cannot be read: {e}") from None
+    if not os.path.exists(os.path.join(path, "tokenizer.model")):
+        return None
+    try:  # sentencepiece's model, converted to the tokenizers library's form by transformers
+        from transformers import AutoTokenizer
+        fast = AutoTokenizer.from_pretrained(path, use_fast=True)
+        text = fast.backend_tokenizer.to_str()
+    except Exception as e:  # ImportError (sentencepiece, protobuf) or the conversion's own
+        raise ConfigError(f"{path}/tokenizer.model (sentencepiece) cannot be converted to a "
+                          f"tokenizer.json by transformers ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else ''}): install "
+                          f"sentencepiece and protobuf, or save the tokenizer's tokenizer.json"
+                          ) from None
+    return HFTokenizer(text, config)
+
+
 def tokenizer_from_meta(meta: dict) -> Tokenizer:
     kind = meta.get("tokenizer")
     if kind == "char":
@@ -87,5 +169,17 @@ def tokenizer_from_meta(meta: dict) -> Tokenizer:
         return ByteTokenizer()
     if isinstance(kind, str) and kind.startswith("tiktoken:"):
         return TiktokenTokenizer(kind.split(":", 1)[1])
-    raise ConfigError(f"meta.json names an unknown tokenizer {kind!r}: expected char, byte or "
-                      f"tiktoken:<name>")
+    if kind == "hf":
+        if not isinstance(meta.get("hf_tokenizer_json"), str):
+            raise ConfigError("meta.json names an hf tokenizer but holds no hf_tokenizer_json")
+        return HFTokenizer(meta["hf_tokenizer_json"], meta.get("hf_tokenizer_config"))
+    raise ConfigError(f"meta.json names an unknown tokenizer {kind!r}: expected char, byte, "
+                      f"tiktoken:<name> or hf")
+
+
+def describe_tokenizer(meta: dict) -> str:
+    """A tokenizer in a few words (never its whole vocabulary)."""
+    kind = meta.get("tokenizer")
+    if kind == "hf":
+        return f"hf tokenizer {str(meta.get('tokenizer_sha256'))[:12]}"
+    return str(kind)

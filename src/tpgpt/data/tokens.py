@@ -12,10 +12,21 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .tokenizers import tokenizer_from_meta
+from .tokenizers import describe_tokenizer, tokenizer_from_meta
 
 # what must agree for a model and a dataset to share one tokenizer
-TOKENIZER_KEYS = ("tokenizer", "vocab_size", "chars")
+TOKENIZER_KEYS = ("tokenizer", "vocab_size", "chars", "tokenizer_sha256")
+# token files hold uint16 ids (nanoGPT's) unless the vocabulary needs more (meta "token_dtype")
+TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+
+
+def token_dtype(meta: dict):
+    """The numpy dtype of a dataset's token files (meta.json's token_dtype; uint16 before it
+    existed)."""
+    name = meta.get("token_dtype", "uint16")
+    if name not in TOKEN_DTYPES:
+        raise ConfigError(f"meta.json's token_dtype={name!r} is invalid: choose uint16 or uint32")
+    return TOKEN_DTYPES[name]
 
 
 def check_same_tokenizer(data_dir: str, data_meta: dict, model_meta: dict, model: str) -> None:
@@ -24,10 +35,11 @@ def check_same_tokenizer(data_dir: str, data_meta: dict, model_meta: dict, model
     if {k: data_meta.get(k) for k in TOKENIZER_KEYS} != \
             {k: model_meta.get(k) for k in TOKENIZER_KEYS}:
         raise ConfigError(f"{data_dir} is tokenized differently from {model} "
-                          f"({data_meta.get('tokenizer')}, vocab {data_meta.get('vocab_size')} "
-                          f"vs {model_meta.get('tokenizer')}, vocab "
-                          f"{model_meta.get('vocab_size')}): use the data the model was "
-                          f"trained on")
+                          f"({describe_tokenizer(data_meta)}, vocab "
+                          f"{data_meta.get('vocab_size')} vs {describe_tokenizer(model_meta)}, "
+                          f"vocab {model_meta.get('vocab_size')}): use data tokenized as the "
+                          f"model is ('tpgpt prepare text --tokenizer' tokenizes with a "
+                          f"model's own)")
 
 
 def load_meta(data_dir: str) -> dict:
@@ -45,23 +57,25 @@ def load_meta(data_dir: str) -> dict:
             or meta["vocab_size"] < 1:
         raise ConfigError(f"{path} has no positive integer vocab_size")
     tokenizer_from_meta(meta)  # checks the tokenizer entry
+    token_dtype(meta)
     if meta["tokenizer"] == "char" and len(meta["chars"]) != meta["vocab_size"]:
         raise ConfigError(f"{path}: {len(meta['chars'])} chars but vocab_size={meta['vocab_size']}")
     return meta
 
 
 class TokenFile:
-    """One split of uint16 tokens, read by memory map; opened anew per batch as nanoGPT does
-    (a long-lived np.memmap keeps every page it touched in memory)."""
+    """One split of tokens (uint16, or uint32 for a vocabulary past 65536), read by memory
+    map; opened anew per batch as nanoGPT does (a long-lived np.memmap keeps every page it
+    touched in memory)."""
 
-    def __init__(self, path: str, block_size: int, vocab_size: int):
+    def __init__(self, path: str, block_size: int, vocab_size: int, dtype=np.uint16):
         if not os.path.exists(path):
             raise ConfigError(f"{path} is missing: run 'tpgpt prepare' for this data_dir")
-        size = os.path.getsize(path)
-        if size % 2:
+        size, width = os.path.getsize(path), np.dtype(dtype).itemsize
+        if size % width:
             raise ConfigError(f"{path} is truncated: {size} bytes is not a whole number of "
-                              f"uint16 tokens")
-        self.path, self.n = path, size // 2
+                              f"{np.dtype(dtype).name} tokens")
+        self.path, self.n, self.dtype = path, size // width, dtype
         if self.n <= block_size + 1:
             raise ConfigError(f"{path} holds {self.n} tokens, too few for block_size="
                               f"{block_size}: it needs more than {block_size + 1}")
@@ -69,7 +83,7 @@ class TokenFile:
         self.vocab_size = vocab_size
 
     def batch(self, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        data = np.memmap(self.path, dtype=np.uint16, mode="r")
+        data = np.memmap(self.path, dtype=self.dtype, mode="r")
         T = self.block_size
         rows = np.stack([data[i:i + T + 1] for i in offsets.tolist()]).astype(np.int64)
         xy = torch.from_numpy(rows)
@@ -79,9 +93,10 @@ class TokenFile:
         return torch.randint(self.n - self.block_size, shape, generator=generator)
 
 
-def check_tokens_in_vocab(path: str, vocab_size: int, limit: int = 50_000_000) -> None:
+def check_tokens_in_vocab(path: str, vocab_size: int, limit: int = 50_000_000,
+                          dtype=np.uint16) -> None:
     """Every token id < vocab_size (checked in full up to `limit` tokens, else the first ones)."""
-    data = np.memmap(path, dtype=np.uint16, mode="r")
+    data = np.memmap(path, dtype=dtype, mode="r")
     top = int(data[:limit].max()) if data.size else 0
     if top >= vocab_size:
         raise ConfigError(f"{path} holds token id {top}, outside the vocabulary of "

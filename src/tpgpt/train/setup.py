@@ -16,7 +16,7 @@ import torch
 
 from ..comm.layout import Layout, setup_layout
 from ..comm.tp_comm import TPComm
-from ..data import TokenFile, check_tokens_in_vocab, load_meta
+from ..data import TokenFile, check_tokens_in_vocab, load_meta, token_dtype
 from ..errors import ConfigError
 from ..model import GPT, GPTConfig
 from ..model.parallel_gpt import ParallelGPT
@@ -92,10 +92,10 @@ def build_setup(cfg: TrainConfig) -> Setup:
     if vocab < meta["vocab_size"]:
         raise ConfigError(f"vocab_size={vocab} is smaller than the data's vocabulary "
                           f"({meta['vocab_size']} in {cfg.data_dir}/meta.json)")
-    files = {s: TokenFile(os.path.join(cfg.data_dir, f"{s}.bin"), cfg.block_size, vocab)
-             for s in ("train", "val")}
+    files = {s: TokenFile(os.path.join(cfg.data_dir, f"{s}.bin"), cfg.block_size, vocab,
+                          token_dtype(meta)) for s in ("train", "val")}
     for f in files.values():
-        check_tokens_in_vocab(f.path, meta["vocab_size"])
+        check_tokens_in_vocab(f.path, meta["vocab_size"], dtype=f.dtype)
     if cfg.gradient_accumulation_steps % layout.dp:
         raise ConfigError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} is "
                           f"not divisible by dp={layout.dp}")
