@@ -116,3 +116,52 @@ def test_export_loads_back_in_transformers(hf_dirs, arch, tmp_path):
     back_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "back"))
     assert back_tok(PROMPT).input_ids == tok(PROMPT).input_ids
     assert back_tok.bos_token == "<s>" and back_tok.eos_token == "</s>"
+
+
+def test_the_spd_tools_run_on_an_imported_llama(hf_dirs, tmp_path, capsys):
+    """sensitivity's greedy plan at tp=4 (each of the 2 KV heads on 2 ranks), convert to it with
+    head grouping (query heads regrouped among their KV head's replicas; the dense function
+    kept), distill the student against the import, and eval each: the dropped-sync path on a
+    model that came from transformers."""
+    path = hf_dirs["qwen3"][0]
+    (tmp_path / "text.txt").write_text(synthetic_text(3000, seed=6))
+    assert main(["prepare", "text", "--input", str(tmp_path / "text.txt"), "--tokenizer", path,
+                 "--out", str(tmp_path / "data")]) == 0
+    ck = imported(hf_dirs, "qwen3", tmp_path, "--data-dir", str(tmp_path / "data"))
+    capsys.readouterr()
+    assert main(["sensitivity", "--ckpt", ck, "--tp", "4", "--tokens", "512", "--budget", "2",
+                 "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert plan.startswith("bits:") and plan.count("1") == 2
+    assert main(["convert", "--ckpt", ck, "--sync", plan, "--tp", "4", "--tokens", str(10 ** 9),
+                 "--head-grouping", "--json", "--out", str(tmp_path / "student")]) == 0
+    c = json.loads(capsys.readouterr().out)
+    assert c["dense_logits_max_diff"] < 1e-12  # float64
+    for d in c["head_grouping"]:  # rank r's query heads all use KV head r // 2
+        assert [{h // 4 for h in g} for g in d["groups"]] == [{0}, {0}, {1}, {1}]
+    assert main(["eval", "--ckpt", str(tmp_path / "student"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(c["loss_grouped"],
+                                                                      rel=1e-12)
+    assert main(["distill", "--ckpt", str(tmp_path / "student"), "--teacher", ck, "--steps", "4",
+                 "--kl-steps", "2", "--batch-size", "2", "--tokens", "512", "--out",
+                 str(tmp_path / "distilled"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps_done"] == 6
+    assert main(["eval", "--ckpt", str(tmp_path / "distilled"), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["tp"], r["bits"]) == (4, plan.removeprefix("bits:"))
+
+
+def test_bench_decode_runs_an_imported_checkpoint(hf_dirs, tmp_path):
+    """bench decode --ckpt: the checkpoint's own shape and weights, at tp=2 under torchrun, its
+    tokens checked against transformers' generate of the same weights."""
+    from dist_common import torchrun
+    assert main(["import-hf", hf_dirs["mistral"][0], "--out", str(tmp_path / "ck")]) == 0
+    torchrun(2, "-m", ["tpgpt", "bench", "decode", "--ckpt", str(tmp_path / "ck"), "--plans",
+                       "tp", "spd", "--batches", "1", "--rounds", "1", "--prompt-len", "8",
+                       "--new-tokens", "4", "--no-cache-tokens", "2", "--repeats", "2",
+                       "--out", str(tmp_path / "decode")], timeout=240)
+    r = json.loads((tmp_path / "decode.json").read_text())
+    (run,) = r["shapes"]["ck"]["runs"]
+    assert r["shapes"]["ck"]["config"]["n_kv_head"] == 2 and run["tokens_checked"] is True
+    assert "transformers Llama generate, KV cache" in run["references"]

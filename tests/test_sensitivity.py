@@ -149,3 +149,42 @@ def test_a_model_trained_at_tp1_is_measured_from_every_sync_on(tmp_path, capsys)
     c = run_json(capsys, "convert", "--ckpt", tmp_path / "out", "--sync", "spd", "--tp", "2",
                  "--out", tmp_path / "c")
     assert c["trained_sync"] == "tp"
+
+
+@pytest.mark.parametrize("tp,kv", [(2, 4), (4, 2), (2, 2)])
+def test_head_grouping_under_gqa_moves_query_heads_with_their_kv_head(tp, kv):
+    """tp <= n_kv_head: whole KV groups move (at tp = n_kv_head: one per rank, nothing to
+    gain); tp > n_kv_head: query heads move among the replicas of their KV head. The dense
+    function is unchanged (float64), every rank's query heads share its KV heads, and the
+    objective never grows."""
+    import torch
+
+    from conftest import assert_close
+    from tpgpt.analysis.head_grouping import group_heads, kv_order, permute_heads
+    from tpgpt.model import GPT, GPTConfig
+    config = GPTConfig(family="llama", n_layer=2, n_head=8, n_kv_head=kv, n_embd=32, head_dim=6,
+                       vocab_size=40, block_size=12, bias=False, activation="silu",
+                       intermediate_size=40, qkv_bias=True, qk_norm=True)
+    torch.manual_seed(tp * 10 + kv)
+    model = GPT(config).double().eval()
+    x = torch.randint(0, 40, (6, 12), generator=torch.Generator().manual_seed(3))
+    before = model(x, x)[0]
+    with torch.no_grad():
+        r = group_heads(model, (0, 1, 0, 1), tp, x, 3)
+    assert_close(model(x, x)[0], before, "the regrouped dense model")
+    n_rep = 8 // kv
+    for d in r:
+        order = [h for g in d["groups"] for h in g]
+        assert sorted(order) == list(range(8)) and d["error_after"] <= d["error_before"]
+        for g in d["groups"]:  # a rank's query heads use only the KV heads it holds
+            held = {h // n_rep for h in g}
+            assert len(held) == max(1, kv // tp)
+    if tp < kv or tp > kv:  # room to improve: some layer must have moved
+        assert any(d["error_after"] < d["error_before"] for d in r)
+    else:
+        assert all(d["groups"] == [[0, 1, 2, 3], [4, 5, 6, 7]] for d in r)
+    with pytest.raises(ValueError, match="do not share one KV head"):
+        kv_order(config, [1, 2, 0, 3, 4, 5, 6, 7] if kv == 4 else [0, 1, 2, 4, 3, 5, 6, 7])
+    with torch.no_grad():
+        permute_heads(model, 1, list(range(8))[::-1])  # whole groups reversed: still the same
+    assert_close(model(x, x)[0], before, "reversed heads")

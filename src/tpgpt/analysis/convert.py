@@ -8,8 +8,8 @@ import os
 import torch
 
 from ..text import counted
-from ..checkpoint.load import (load_dense, model_config, read_checkpoint, require_plain_syncs,
-                               trained_function)
+from ..checkpoint.load import (inherited, load_dense, model_config, read_checkpoint,
+                               require_plain_syncs, trained_function)
 from ..checkpoint.sharded_state import ShardedState
 from ..checkpoint.store import save_checkpoint
 from ..comm.plan import SyncPlan, validate_tp
@@ -33,9 +33,6 @@ def convert(path: str, out: str, sync: str, tp: int, head_grouping: bool = False
     state = read_checkpoint(path)
     config = model_config(state)
     validate_tp(tp, config)
-    if head_grouping and config.family != "gpt2":
-        raise ConfigError(f"--head-grouping is for GPT-2's heads so far: a {config.family} "
-                          f"model's query heads move with their KV group (not built yet)")
     plan = SyncPlan.parse(sync, config.n_layer)
     require_plain_syncs(state, "convert")
     if tp == 1 and not all(plan.bits):
@@ -68,7 +65,7 @@ def convert(path: str, out: str, sync: str, tp: int, head_grouping: bool = False
     new_state = {"iter": state.get("iter", 0), "best_val_loss": None, "train_loss": None,
                  "val_loss": None, "config": config_out,
                  "layout": {"world": 1, "tp": 1, "tp_procs": 1, "dp": 1},
-                 "model": state["model"], "source": state.get("source"),
+                 "model": state["model"], **inherited(state),
                  "converted_from": {"path": os.path.abspath(ckpt), "tp": trained_tp,
                                     "sync": trained_sync,
                                     "head_groups": None if not head_grouping else

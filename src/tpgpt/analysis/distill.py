@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import torch
 
-from ..checkpoint.load import (load_dense, load_trained, model_config, read_checkpoint,
+from ..checkpoint.load import (inherited, load_dense, load_trained, model_config, read_checkpoint,
                                require_plain_syncs, trained_function)
 from ..checkpoint.sharded_state import ShardedState
 from ..checkpoint.store import find_checkpoint, load_sharded, load_state, save_checkpoint
@@ -252,7 +252,7 @@ def distill(o: DistillOptions) -> dict:
             record["history"].append({"step": done, "loss": after})
             log.write({"kind": "eval", "iter": done, "calibration_loss": after})
             bar.write(f"step {done}: calibration loss {after:.4f} "
-                      f"({_recovered(record, after):.0%} of the zero-shot gap recovered)")
+                      f"({recovered_text(_recovered(record, after))})")
             _save(last, record, done, gen, s_state, sharded, meta, rank, distributed)
     bar.close()
     log.close()
@@ -269,9 +269,16 @@ def distill(o: DistillOptions) -> dict:
     return summary
 
 
-def _recovered(record: dict, after: float) -> float:
+def _recovered(record: dict, after: float) -> float | None:
+    """The part of the zero-shot gap (student above teacher) distillation closed; None when
+    there was no gap to close."""
     gap = record["student_loss_before"] - record["teacher_loss"]
-    return (record["student_loss_before"] - after) / gap if gap > 0 else float("nan")
+    return (record["student_loss_before"] - after) / gap if gap > 0 else None
+
+
+def recovered_text(recovered: float | None) -> str:
+    return "no zero-shot gap to recover: the student started at or below the teacher" \
+        if recovered is None else f"{recovered:.0%} of the zero-shot gap recovered"
 
 
 def _save(last: str, record: dict, step: int, gen: torch.Generator, s_state: dict,
@@ -283,7 +290,7 @@ def _save(last: str, record: dict, step: int, gen: torch.Generator, s_state: dic
              "val_loss": None, "config": s_state.get("config") or {},
              "layout": {"world": 1, "tp": record["tp"], "tp_procs": 1, "dp": 1},
              "model": s_state["model"], "converted_from": s_state.get("converted_from"),
-             "source": s_state.get("source"),
+             **inherited(s_state),
              "distill": {**record, "step": step, "batch_rng": encode_generator(gen)}}
     save_checkpoint(last, rank=rank, barrier=barrier, sharded=sharded, state=state, meta=meta,
                     distributed=distributed, rank_state=None)

@@ -134,12 +134,14 @@ def _reference_times(dense: GPT, prompt, new_tokens: int, rounds: int, no_cache_
 
 
 def bench_one(config: GPTConfig, plans: list[str], batch: int, prompt_len: int,
-              new_tokens: int, rounds: int, no_cache_tokens: int, device: torch.device) -> dict:
-    """Every plan at tp = world size on one shape and batch, and the references (rank 0)."""
+              new_tokens: int, rounds: int, no_cache_tokens: int, device: torch.device,
+              dense: GPT | None = None) -> dict:
+    """Every plan at tp = world size on one shape and batch, and the references (rank 0);
+    `dense`: the weights (a checkpoint's), else random ones."""
     world, rank = dist.get_world_size(), dist.get_rank()
     from ..model.parallel_gpt import ParallelGPT
     torch.manual_seed(0)
-    dense = GPT(config).to(device).eval()
+    dense = (dense if dense is not None else GPT(config)).to(device).eval()
     prompt = torch.randint(0, config.vocab_size, (batch, prompt_len),
                            generator=torch.Generator().manual_seed(1)).to(device)
     compute_key = f"compute only ({plans[0]}, no collectives)"

@@ -13,9 +13,11 @@ from ..figures import save_figure
 from .timing import check_out, report_and_finish
 
 
-def bench_decode(shapes: list[str], plans: list[str], batches: list[int], rounds: int,
+def bench_decode(shapes: dict, plans: list[str], batches: list[int], rounds: int,
                  prompt_len: int | None, new_tokens: int | None, no_cache_tokens: int,
-                 repeats: int, calibrate_on: str | None) -> dict:
+                 repeats: int, calibrate_on: str | None, ckpt: str | None = None) -> dict:
+    """`shapes`: name -> GPTConfig (random weights), or with `ckpt` the one shape of that
+    checkpoint, run on its own weights."""
     from ..comm.distributed import init_distributed
     from .comm import bench_comm
 
@@ -24,18 +26,23 @@ def bench_decode(shapes: list[str], plans: list[str], batches: list[int], rounds
     idle = Interconnect.from_json(comm["profile"])
     out = {"rank": rank, "world": world, "backend": dist.get_backend(), "rounds": rounds,
            "idle_profile": idle.to_json(), "comm_rows": comm["rows"], "shapes": {}}
-    for name in shapes:
-        cfg = DECODE_SHAPES[name]
+    dense = None
+    if ckpt is not None:
+        from ..checkpoint.load import load_dense
+        dense = load_dense(ckpt)[0].float()
+    for name, cfg in shapes.items():
         P, N = lengths(cfg, prompt_len, new_tokens)
         runs = []
         for b in batches:
-            r = bench_one(cfg, plans, b, P, N, rounds, no_cache_tokens if b == 1 else 0, device)
+            r = bench_one(cfg, plans, b, P, N, rounds, no_cache_tokens if b == 1 else 0, device,
+                          dense=dense)
             calibrate(r, cfg, world, idle, fit_device(r, cfg, world), calibrate_on)
             runs.append(r)
         out["shapes"][name] = {"config": {k: getattr(cfg, k) for k in (
-            "n_layer", "n_head", "n_embd", "block_size", "vocab_size")}, "runs": runs}
+            "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "family", "n_kv_head",
+            "head_dim", "intermediate_size")}, "runs": runs}
     # for `tpgpt plan --inference --interconnect NAME.json`: the last shape's smallest batch
-    last = min(out["shapes"][shapes[-1]]["runs"], key=lambda r: r["batch"])
+    last = min(out["shapes"][list(shapes)[-1]]["runs"], key=lambda r: r["batch"])
     out.update(profile=last["profile"], device=last["device"])
     return out
 
@@ -173,11 +180,17 @@ def run_decode_cli(args) -> int:
     base = check_out(args.out, args.overwrite, (".json", ".md", ".png"))
     png = base + ".png" if base else None
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    shapes, plans = list(dict.fromkeys(args.shapes)), list(dict.fromkeys(args.plans))
-    for name in shapes:
+    plans = list(dict.fromkeys(args.plans))
+    shapes = {}
+    if args.ckpt is not None:  # the checkpoint's own shape and weights
+        from ..checkpoint.load import model_config, read_checkpoint
+        state = read_checkpoint(args.ckpt)
+        shapes[os.path.basename(os.path.normpath(state["path"]))] = model_config(state)
+    for name in dict.fromkeys(args.shapes) if args.ckpt is None else ():
         if name not in DECODE_SHAPES:
             raise ConfigError(f"bench decode shapes are {', '.join(DECODE_SHAPES)}, not {name!r}")
-        cfg = DECODE_SHAPES[name]
+        shapes[name] = DECODE_SHAPES[name]
+    for cfg in shapes.values():
         validate_tp(world, cfg)
         lengths(cfg, args.prompt_len, args.new_tokens)
         for p in plans:
@@ -191,7 +204,7 @@ def run_decode_cli(args) -> int:
                           "with TP >= 2")
     result = bench_decode(shapes, plans, sorted(set(args.batches)), args.rounds,
                           args.prompt_len, args.new_tokens, args.no_cache_tokens, args.repeats,
-                          args.calibrate_on)
+                          args.calibrate_on, ckpt=args.ckpt)
     report_and_finish(result, format_decode(result), args.out, args.overwrite,
                       " (its profile and device: tpgpt plan --inference --interconnect {path})")
     if png and result["rank"] == 0:

@@ -104,6 +104,15 @@ def trained_function(state: dict) -> tuple[int, str]:
     return tp, "tp" if tp == 1 else sync
 
 
+# what a checkpoint made from another (convert, distill) keeps of it: where the weights came
+# from (an import's path, its HF architecture) and the dtype they are held in
+INHERITED = ("source", "hf", "weights_dtype")
+
+
+def inherited(state: dict) -> dict:
+    return {k: state[k] for k in INHERITED if k in state}
+
+
 def _dtype(state: dict) -> torch.dtype:
     """The dtype the weights are held in: an import's own choice (weights_dtype), float64 for a
     model trained in float64, else float32 (autocast runs keep fp32 weights)."""

@@ -27,6 +27,9 @@ def register(sub) -> argparse.ArgumentParser:
                        choices=["cpu-preset", "12-layer", "llama-cpu", "gpt2-small"],
                        help="throughput, decode: model shapes (decode: cpu-preset, 12-layer, "
                             "llama-cpu); dist: the first one")
+    bench.add_argument("--ckpt", metavar="DIR",
+                       help="decode: a checkpoint's own shape and weights (an imported Llama, "
+                            "Mistral or Qwen, or a trained run) instead of --shapes")
     bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="throughput: where to run (auto: a GPU if there is one)")
     bench.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",

@@ -52,13 +52,14 @@ def run(args) -> int:
         eval_interval=args.eval_interval, resume=args.resume, overwrite=args.overwrite,
         stop_after=args.stop_after, progress=args.progress, quiet=args.json,
         device=args.device))
+    from ..analysis.distill import recovered_text
     if is_rank0():
         if args.json:
             print(json.dumps(r, indent=2))
         else:
             print(f"done: calibration loss {r['student_loss_after']:.4f} after "
                   f"{r['steps_done']} steps (zero-shot {r['student_loss_before']:.4f}, teacher "
-                  f"{r['teacher_loss']:.4f}: {r['recovered']:.0%} of the gap recovered) in "
+                  f"{r['teacher_loss']:.4f}: {recovered_text(r['recovered'])}) in "
                   f"{r['wall_s']:.0f} s; checkpoint {r['checkpoint']}"
                   + ("" if r["finished"] else " (stopped early: --resume continues it)"))
     return 0

@@ -132,8 +132,9 @@ class ParallelBlock(nn.Module):
     def run_sublayer(self, s: ResidualStream, k: int, kv: LayerKV | None = None,
                      rope=None) -> ResidualStream:
         """Sublayer k (0 attention, 1 MLP) on the stream; its sync if the plan has it. The
-        attention takes the layer's KV cache and the rotary angles (the Llama family's)."""
-        kw = {k: v for k, v in (("kv", kv), ("rope", rope)) if v is not None}
+        attention takes the layer's KV cache and the rotary angles (the Llama family's); the
+        MLP takes neither."""
+        kw = {} if k else {n: v for n, v in (("kv", kv), ("rope", rope)) if v is not None}
         return self._sublayer(s, *self.sublayer(k), kw)
 
     def _sublayer(self, s: ResidualStream, ln, sub, start: bool, sync: bool,
