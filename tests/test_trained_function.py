@@ -146,7 +146,7 @@ def test_export_refuses_a_dropped_sync_checkpoint_unless_as_dense(ckpts, tmp_pat
     assert len(err) == 1 and "sync='tp,spd'" in err[0] and "--as-dense" in err[0], err
     assert not out.exists()
     assert main(["export", "--ckpt", runs["tp,spd"], "--out", str(out), "--as-dense"]) == 0
-    assert "as the dense GPT" in capsys.readouterr().out
+    assert "as the dense model (--as-dense" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["tpgpt_trained_sync"] == "tp,spd"
     assert main(["export", "--ckpt", runs["tp"], "--out", str(tmp_path / "hf2")]) == 0
