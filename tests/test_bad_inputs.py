@@ -392,6 +392,18 @@ def _(root):
     return ["eval", "--ckpt", str(root / "ck"), "--data-dir", str(root / "odata")]
 
 
+@case("plan: an HF config that is not there", "is neither a config.json nor a directory")
+def _(root):
+    return ["plan", "--hf-config", str(root / "nowhere.json")]
+
+
+@case("plan: an HF config of another architecture", "is a 'BertModel' model: tpgpt imports")
+def _(root):
+    (root / "bert.json").write_text(json.dumps({"model_type": "bert",
+                                                "architectures": ["BertModel"]}))
+    return ["plan", "--hf-config", str(root / "bert.json")]
+
+
 @case("plan: unknown activation", "activation='relu' is invalid: choose one of gelu, gelu_tanh")
 def _(root):
     return ["plan", "--activation", "relu"]

@@ -184,3 +184,38 @@ def test_generation_at_tp1_communicates_nothing(capsys):
     r = plan_json(capsys, "--inference", "--tp", "1", "--n_layer", "2", "--block_size", "32")
     assert r["prefill"] == [] and r["decode"] == [] and r["forward_syncs"] == 0
     assert r["batch_size"] == 1 and r["prompt_len"] == 16 and r["new_tokens"] == 16
+
+
+LLAMA2_70B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8192,
+              "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
+              "num_key_value_heads": 8, "vocab_size": 32000, "max_position_embeddings": 4096,
+              "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "torch_dtype": "float16",
+              "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
+def test_plan_reads_a_hugging_face_config(tmp_path, capsys):
+    """plan --hf-config: Llama-2-70B's config.json (a file, or a directory holding it) gives
+    its shape and fp16's 2-byte activations; its 8 KV heads make the KV cache per rank at
+    tp=8 an eighth of the multi-head model's (--n_kv_head 0 overrides the file)."""
+    import json
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps(LLAMA2_70B))
+    args = ["plan", "--inference", "--json", "--tp", "8", "--prompt-len", "5", "--new-tokens",
+            "200"]
+    out = {}
+    for name, extra in (("file", ["--hf-config", str(tmp_path / "m" / "config.json")]),
+                        ("dir", ["--hf-config", str(tmp_path / "m")]),
+                        ("mha", ["--hf-config", str(tmp_path / "m"), "--n_kv_head", "0"])):
+        assert main(args + extra) == 0
+        out[name] = json.loads(capsys.readouterr().out)
+    assert out["file"] == out["dir"]
+    m = out["file"]["model"]
+    assert (m["n_layer"], m["n_embd"], m["n_head"], m["n_kv_head"], m["intermediate_size"],
+            m["family"], out["file"]["dtype_bytes"]) == (80, 8192, 64, 8, 28672, "llama", 2)
+    # 5 + 200 - 1 positions (the last token is never fed back) x 80 layers x (k, v) x 1 KV
+    # head x 128 x 2 bytes
+    assert out["file"]["kv_cache_bytes_per_rank"] == 204 * 80 * 2 * 128 * 2
+    assert out["mha"]["kv_cache_bytes_per_rank"] == 8 * out["file"]["kv_cache_bytes_per_rank"]
+    assert main(["plan", "--hf-config", str(tmp_path / "m"), "--config",
+                 "shakespeare_char_cpu"]) == 2
+    assert "--config and --hf-config both give the model" in capsys.readouterr().err

@@ -45,6 +45,27 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def hf_model_config(path: str) -> tuple[GPTConfig, dict]:
+    """(the GPTConfig, the raw config.json) of a config.json or of a directory holding one,
+    for its shapes only (`tpgpt plan --hf-config`: a sliding window is not refused)."""
+    if os.path.isfile(path):
+        where = path
+        try:
+            with open(path) as f:
+                hf = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path} cannot be read: {e}") from None
+        if not isinstance(hf, dict):
+            raise ConfigError(f"{path} is not a JSON object")
+    elif os.path.isdir(path):
+        where, hf = path, hf_files.read_config(path)
+    else:
+        raise ConfigError(f"--hf-config {path} is neither a config.json nor a directory")
+    config = gpt2_config_from_hf(hf, where) if hf.get("model_type") == "gpt2" else \
+        llama_config_from_hf(hf, where, window=False)
+    return config, hf
+
+
 def load_hf(path: str, dtype: str = "float32", block_size: int | None = None
             ) -> tuple[GPT, dict, dict]:
     """(the dense model, its tokenizer meta, what the source was: {"architecture",

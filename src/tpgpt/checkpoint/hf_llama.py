@@ -135,8 +135,9 @@ def _rope(hf: dict, where: str) -> dict:
         raise ConfigError(f"{where}: its llama3 rope scaling has no {e.args[0]}") from None
 
 
-def _check_exact(hf: dict, kind: str, where: str, block_size: int) -> None:
-    """Refuse what tpgpt's Llama does not compute (see the module's docstring)."""
+def _check_exact(hf: dict, kind: str, where: str, block_size: int, window: bool) -> None:
+    """Refuse what tpgpt's Llama does not compute (see the module's docstring); `window`:
+    also a sliding window shorter than block_size."""
     if hf.get("quantization_config"):
         raise ConfigError(f"{where} holds quantized weights "
                           f"({hf['quantization_config'].get('quant_method', '?')}): import "
@@ -146,19 +147,22 @@ def _check_exact(hf: dict, kind: str, where: str, block_size: int) -> None:
                           f"tpgpt's Llama has none, Qwen2's q/k/v biases only")
     if hf.get("mlp_bias"):
         raise ConfigError(f"{where} has mlp_bias=true: tpgpt's Llama MLP has no biases")
-    window = hf.get("sliding_window")
+    check_window, window = window, hf.get("sliding_window")
     sliding = window is not None and (
         kind == "mistral" or hf.get("use_sliding_window")
         or "sliding_attention" in (hf.get("layer_types") or ()))
-    if sliding and window < block_size:
+    if check_window and sliding and window < block_size:
         raise ConfigError(f"{where} attends within a sliding window of {window} tokens, shorter "
                           f"than the context of {block_size} it would run: tpgpt attends to the "
                           f"whole context; import with --block-size {window} (or less)")
 
 
-def llama_config_from_hf(hf: dict, where: str, block_size: int | None = None) -> GPTConfig:
+def llama_config_from_hf(hf: dict, where: str, block_size: int | None = None,
+                         window: bool = True) -> GPTConfig:
     """A GPTConfig for a Llama, Mistral, Qwen2 or Qwen3 config.json, or a one-line refusal;
-    `block_size` (default: max_position_embeddings) is the context it will run."""
+    `block_size` (default: max_position_embeddings) is the context it will run. `window=False`
+    (shapes only, as `tpgpt plan` needs them) lets a sliding window shorter than that pass: it
+    changes attention's compute, not the model's weights or its collectives."""
     kind = hf.get("model_type")
     arch = (hf.get("architectures") or [ARCHITECTURES.get(kind)])[0]
     if kind not in ARCHITECTURES or arch != ARCHITECTURES[kind]:
@@ -170,7 +174,7 @@ def llama_config_from_hf(hf: dict, where: str, block_size: int | None = None) ->
                           f"{', '.join(FROM_HF_ACT)}")
     n_embd, n_head = _get(hf, "hidden_size", where), _get(hf, "num_attention_heads", where)
     block_size = block_size or _get(hf, "max_position_embeddings", where)
-    _check_exact(hf, kind, where, block_size)
+    _check_exact(hf, kind, where, block_size, window)
     kv = hf.get("num_key_value_heads") or n_head
     head_dim = hf.get("head_dim") or n_embd // n_head
     return GPTConfig(

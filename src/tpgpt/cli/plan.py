@@ -43,6 +43,10 @@ def register(sub) -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print JSON for machines")
     plan.add_argument("--config", help="take the model, tp, sync and batch from a training "
                                        "config (path or preset); flags still override")
+    plan.add_argument("--hf-config", "--hf_config", dest="hf_config", metavar="PATH",
+                      help="take the model's shape from a Hugging Face config.json (or a "
+                           "directory holding one): GPT-2, Llama, Mistral, Qwen2, Qwen3; its "
+                           "bf16/fp16 dtype sets --dtype-bytes 2; flags still override")
     plan.add_argument("--interconnect", metavar="NAME|FILE",
                       help="predict step time on an interconnect: nvlink-h100, pcie4, ib-ndr, "
                            "100gbe, 25gbe, or a profile from 'tpgpt bench comm'")
@@ -75,7 +79,17 @@ def defaults_from_config(plan: argparse.ArgumentParser, argv: list[str]) -> None
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
+    pre.add_argument("--hf-config", "--hf_config", dest="hf_config")
     known, _ = pre.parse_known_args(argv)
+    if known.config and known.hf_config:
+        raise ConfigError("--config and --hf-config both give the model: pass one")
+    if known.hf_config:
+        from ..checkpoint.hf import hf_model_config
+        config, hf = hf_model_config(known.hf_config)
+        dtype = hf.get("dtype") or hf.get("torch_dtype")
+        plan.set_defaults(**dataclasses.asdict(config),
+                          **({"dtype_bytes": 2} if dtype in ("bfloat16", "float16") else {}))
+        return
     if not known.config:
         return
     cfg = load_config(known.config)
