@@ -3,7 +3,13 @@ is dropped (zero-shot), the SPD paper's backward cumulative sensitivity of the a
 (arXiv:2502.20727, section 4: blocks switched to SPD one at a time from the last layer back,
 each block's sensitivity the increase it adds with every later block already switched), and
 the plan a budget of forward syncs gets by greedy selection (drop the sync whose loss is
-least, re-measure the rest, repeat).
+least, re-measure the rest, repeat). The exact greedy re-measures every remaining sync at every
+step: about (2L)^2 / 2 evaluations for an L-layer model's whole path (12,800 at 80 layers). The
+lazy greedy (Minoux's accelerated greedy) keeps each sync's last measured increase as a bound
+and re-measures only the most promising candidate until one stays the best: it assumes that
+dropping other syncs first never makes a sync cheaper to drop (the harms add up or compound),
+and then picks what the exact greedy picks at a cost near one evaluation per step. Where the
+assumption fails it can pick another sync; `search="exact"` is the check.
 
 Everything runs the checkpoint's weights as a simulated `ParallelGPT` at the chosen tp (the
 function a distributed run computes) on a fixed calibration set: the first `tokens` tokens of a
@@ -12,6 +18,7 @@ calibration set of the whole split every loss here is `tpgpt eval --sync bits:..
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 import torch
@@ -105,6 +112,26 @@ def greedy_budget(loss: PlanLoss, base: tuple[int, ...], budget: int) -> list[di
         s = min(cand, key=lambda k: (cand[k], k))
         cur = _drop(cur, s)
         path.append({"forward_syncs": sum(cur), "bits": cur, "loss": cand[s], "dropped": s})
+    return path
+
+
+def lazy_greedy_budget(loss: PlanLoss, base: tuple[int, ...], budget: int) -> list[dict]:
+    """greedy_budget's path by lazy evaluation (see the module doc): a heap of each candidate's
+    increase as last measured; the top is re-measured against the current plan and taken when
+    it is still no worse than the next one's (stale) increase, else pushed back."""
+    cur = base
+    path = [{"forward_syncs": sum(cur), "bits": cur, "loss": loss(cur), "dropped": None}]
+    heap = [(loss(_drop(cur, s)) - loss(cur), s, cur) for s in droppable(cur)]
+    heapq.heapify(heap)
+    while sum(cur) > budget:
+        while True:
+            delta, s, measured_on = heapq.heappop(heap)
+            if measured_on == cur:  # fresh: no other candidate can do better
+                break
+            heapq.heappush(heap, (loss(_drop(cur, s)) - loss(cur), s, cur))
+        new = _drop(cur, s)
+        path.append({"forward_syncs": sum(new), "bits": new, "loss": loss(new), "dropped": s})
+        cur = new
     return path
 
 

@@ -9,15 +9,20 @@ from ..comm.plan import SyncPlan, validate_tp
 from ..errors import ConfigError
 from .evaluate import auto_batch_size, checkpoint_split
 from .sensitivity import (PlanLoss, backward_cumulative, calibration_set, greedy_budget,
-                          point_code, point_name, single_drop)
+                          lazy_greedy_budget, point_code, point_name, single_drop)
+
+SEARCHES = {"lazy": lazy_greedy_budget, "exact": greedy_budget}
 
 
 def sensitivity(path: str, tp: int, tokens: int = 8192, split: str = "val",
                 data_dir: str | None = None, budget: int | None = None,
-                batch_size: int | None = None) -> dict:
+                batch_size: int | None = None, search: str = "lazy") -> dict:
     """Single-drop and backward cumulative sensitivities of a checkpoint at `tp`, from the
     function it was trained to be (its plan; every sync on if it was trained at tp=1); with
-    `budget`, the greedy plan of that many forward syncs and its path."""
+    `budget`, the greedy plan of that many forward syncs and its path, by the lazy or the exact
+    greedy search (sensitivity.py)."""
+    if search not in SEARCHES:
+        raise ConfigError(f"--search {search!r} is invalid: choose lazy or exact")
     if tokens < 1:
         raise ConfigError(f"--tokens {tokens} is invalid: it must be >= 1")
     if batch_size is not None and batch_size < 1:
@@ -49,7 +54,9 @@ def sensitivity(path: str, tp: int, tokens: int = 8192, split: str = "val",
            "backward_cumulative": [{"layer": i, "delta": d} for i, d in
                                    sorted(cumulative.items())]}
     if budget is not None:
-        path_ = greedy_budget(loss, base, budget)
+        before = len(loss.measured)
+        path_ = SEARCHES[search](loss, base, budget)
+        out["search"] = {"kind": search, "plans_measured": len(loss.measured) - before}
         out["greedy_path"] = [{**p, "bits": "".join(map(str, p["bits"])),
                                "dropped": None if p["dropped"] is None else
                                point_name(p["dropped"]), "dropped_point": p["dropped"]}
@@ -77,8 +84,12 @@ def format_sensitivity(r: dict) -> str:
     lines += ["", "least harmful first: " + ", ".join(
         f"L{point_code(s)}" for s in order)]
     if "greedy_path" in r:
+        how = ("lazy: re-measure the most promising until one stays the best"
+               if r["search"]["kind"] == "lazy" else "exact: re-measure every remaining sync")
         lines += ["", f"greedy selection down to {counted(r['budget'], 'forward sync')} (drop "
-                      f"the least harmful, re-measure, repeat):", "  syncs  loss     dropped"]
+                      f"the least harmful, repeat; {how}; "
+                      f"{counted(r['search']['plans_measured'], 'plan')} measured beyond the "
+                      f"single drops):", "  syncs  loss     dropped"]
         lines += [f"  {p['forward_syncs']:5d}  {p['loss']:.4f}  {p['dropped'] or '-'}"
                   for p in r["greedy_path"]]
         lines += ["", f"plan with {counted(r['budget'], 'forward sync')}: {r['plan']}  (use it "

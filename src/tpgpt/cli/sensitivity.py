@@ -16,12 +16,17 @@ def register(sub) -> argparse.ArgumentParser:
                                    "paper's backward cumulative sensitivity of the attention "
                                    "syncs. With --budget K, the plan of K forward syncs found "
                                    "greedily (drop the least harmful sync, re-measure, repeat), "
-                                   "as a bits: plan for --sync.")
+                                   "as a bits: plan for --sync; --search lazy (the default) "
+                                   "re-measures only the most promising syncs, O(L) "
+                                   "evaluations for L layers instead of exact's O(L^2).")
     p.add_argument("--ckpt", required=True, help="a checkpoint dir or a run's out_dir")
     p.add_argument("--tp", type=int, default=2, help="tensor-parallel degree (default 2)")
     add_calibration_args(p)
     p.add_argument("--budget", type=int, default=None,
                    help="forward syncs to keep: print the greedy plan with that many")
+    p.add_argument("--search", choices=["lazy", "exact"], default="lazy",
+                   help="--budget's greedy search: lazy re-measures only the most promising "
+                        "candidates after each drop; exact re-measures every one")
     flag(p, "batch_size", type=int, default=None,
          help="windows per forward pass (default: as many as fit 256 MiB of logits, at most 64)")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
@@ -39,7 +44,7 @@ def run(args) -> int:
     base = check_out(args.out, args.overwrite, (".json", ".md", ".png"))
     png = base + ".png" if base else None
     r = sensitivity(args.ckpt, args.tp, args.tokens, args.split, args.data_dir, args.budget,
-                    args.batch_size)
+                    args.batch_size, args.search)
     text = format_sensitivity(r)
     print(json.dumps(r, indent=2) if args.json else text)
     if args.out:
