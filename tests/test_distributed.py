@@ -17,7 +17,7 @@ from tpgpt import GPT, ParallelGPT
 from tpgpt.comm.plan import count_collectives, summarize
 from tpgpt.comm.tp_comm import TPComm
 
-pytestmark = pytest.mark.numerics  # rerun under every CPU kernel set (Makefile)
+pytestmark = pytest.mark.numerics  # multi-process: not in the kernel-set reruns (Makefile)
 
 rng = random.Random(7)
 RANDOM_BITS = "bits:" + "".join(str(rng.randint(0, 1)) for _ in range(2 * CONFIG.n_layer - 1)) + "1"
