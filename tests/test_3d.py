@@ -32,7 +32,7 @@ LAYOUTS = [  # (tp, pp, dp, schedule, extra)
     # is covered by the eight-process 1f1b case: 8 processes on 2 CPU cores are what CI pays for)
     (2, 2, 1, "gpipe", {}), (2, 2, 1, "interleaved", {"pp_virtual_stages": 2}),
 ]
-# every dimension at once is marked numerical (multi-process: not in the kernel-set reruns, Makefile)
+# every dimension at once, marked numerical (multi-process: not in the kernel-set reruns)
 PARAMS = [pytest.param(*x, marks=[pytest.mark.numerics] if x[:4] == (2, 2, 2, "1f1b") else [],
                        id=f"tp{x[0]}-pp{x[1]}-dp{x[2]}-{x[3]}") for x in LAYOUTS]
 
