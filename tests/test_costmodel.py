@@ -112,3 +112,43 @@ def test_a_ladder_sync_costs_max_of_compute_and_communication():
     assert q["step_s"] == pytest.approx(p["step_s"] - q["hidden_s"]) and q["hidden_s"] > 0
     # 3 of the 4 syncs hide (the last is read by ln_f), none for longer than it lasts
     assert q["hidden_s"] <= 3 * ic.collective_time("all_reduce", 4 * 32 * 64 * 4, 2) * (1 + 1e-12)
+
+
+def test_nvlink_all_reduces_take_the_fastest_of_ring_one_shot_and_two_shot():
+    """Small messages: one one-shot step instead of 2 (n - 1) ring steps; large ones: the
+    ring's 2 (n - 1) / n N / B, which one-shot's (n - 1) N / B cannot beat, in two-shot's two
+    steps; a profile without the field (a measured one) stays a ring."""
+    from tpgpt.analysis.costmodel import BUILTIN, Interconnect, allreduce_shots
+    ic = BUILTIN["nvlink-a100"]
+    small, big = 8192, 64 << 20
+    ring = lambda n, b: 2 * (n - 1) * ic.alpha_s + 2 * (n - 1) / n * b / ic.bandwidth_Bps  # noqa
+    one, two = allreduce_shots(small, 8, ic.oneshot_alpha_s, ic.bandwidth_Bps)
+    assert ic.collective_time("all_reduce", small, 8) == pytest.approx(min(one, two))
+    assert one < ring(8, small) and ic.collective_time("all_reduce", small, 8) < ring(8, small)
+    one_big, two_big = allreduce_shots(big, 8, ic.oneshot_alpha_s, ic.bandwidth_Bps)
+    assert ic.collective_time("all_reduce", big, 8) == pytest.approx(two_big)
+    assert two_big < ring(8, big) < one_big
+    assert ic.collective_time("all_gather", small, 8) == pytest.approx(
+        BUILTIN["nvlink-a100"].alpha_s * 7 + 7 / 8 * small / ic.bandwidth_Bps)
+    plain = Interconnect.from_json({"name": "m", "alpha_s": ic.alpha_s,
+                                    "bandwidth_Bps": ic.bandwidth_Bps})
+    assert plain.collective_time("all_reduce", small, 8) == pytest.approx(ring(8, small))
+    assert Interconnect.from_json(ic.to_json()) == ic
+
+
+def test_a_device_layer_overhead_adds_to_every_pass():
+    import dataclasses
+
+    from tpgpt.analysis.costmodel import BUILTIN
+    from tpgpt.analysis.generation_cost import DEVICES, predict_generation
+    from tpgpt.comm.plan import SyncPlan
+    from tpgpt.model import GPTConfig
+    cfg = GPTConfig(n_layer=4, n_head=4, n_embd=64, vocab_size=100, block_size=64)
+    dev = DEVICES["a100-sxm"]
+    kw = dict(tp=2, batch=1, prompt_len=8, new_tokens=4, vocab_parallel=False, dtype_bytes=2,
+              ic=BUILTIN["nvlink-a100"])
+    base = predict_generation(cfg, SyncPlan.parse("tp", 4), device=dev, **kw)
+    slow = predict_generation(cfg, SyncPlan.parse("tp", 4), device=dataclasses.replace(
+        dev, layer_overhead_s=1e-5), **kw)
+    for phase in ("prefill", "decode"):
+        assert slow[phase]["total_s"] - base[phase]["total_s"] == pytest.approx(4e-5)

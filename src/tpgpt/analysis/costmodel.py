@@ -55,6 +55,10 @@ class Interconnect:
     # op -> (alpha_s, bandwidth_Bps) of an op measured on its own (all_gather, reduce_scatter);
     # the others use alpha_s and bandwidth_Bps, fitted to the all-reduce
     op_fits: tuple[tuple[str, float, float], ...] = ()
+    # > 0: the link also runs one-shot and two-shot all-reduces (every rank reads its peers'
+    # buffers directly, as NVLink peer-to-peer lets it), each step costing this latency; an
+    # all-reduce then takes the fastest of the three algorithms (see `allreduce_time`)
+    oneshot_alpha_s: float = 0.0
 
     def collective_time(self, op: str, nbytes: int, n: int, in_step: bool = True) -> float:
         """Expected time of one collective over n ranks; `in_step=False`: on an idle link."""
@@ -63,6 +67,8 @@ class Interconnect:
         alpha, bandwidth = next(((a, b) for o, a, b in self.op_fits if o == op),
                                 (self.alpha_s, self.bandwidth_Bps))
         link = ring_steps(op, n) * alpha + sent_bytes(op, nbytes, n) / bandwidth
+        if self.oneshot_alpha_s > 0 and op.startswith("all_reduce"):
+            link = min(link, *allreduce_shots(nbytes, n, self.oneshot_alpha_s, bandwidth))
         return link + (self.sync_overhead_s if in_step else 0.0)
 
     def to_json(self) -> dict:
@@ -76,7 +82,8 @@ class Interconnect:
         fits = tuple((str(o), float(f["alpha_s"]), float(f["bandwidth_Bps"]))
                      for o, f in (d.get("op_fits") or {}).items())
         return cls(str(d["name"]), float(d["alpha_s"]), float(d["bandwidth_Bps"]),
-                   str(d.get("source", source)), float(d.get("sync_overhead_s", 0.0)), fits)
+                   str(d.get("source", source)), float(d.get("sync_overhead_s", 0.0)), fits,
+                   float(d.get("oneshot_alpha_s", 0.0)))
 
 
 def ring_steps(op: str, n: int) -> int:
@@ -85,12 +92,34 @@ def ring_steps(op: str, n: int) -> int:
     return 2 * (n - 1) if op.startswith("all_reduce") else n - 1
 
 
-# Nominal link rates from the hardware specifications; latencies are typical NCCL small-message
-# figures (order of magnitude). Measure your own with `tpgpt bench comm` for real predictions.
+def allreduce_shots(nbytes: int, n: int, alpha: float, bandwidth: float) -> tuple[float, float]:
+    """(one-shot, two-shot) all-reduce of N bytes over n ranks that read each other's memory
+    (the algorithms of PyTorch's intra-node all-reduce and of TensorRT-LLM's and vLLM's custom
+    all-reduce kernels, which NCCL's low-latency protocols approach): one-shot, every rank reads
+    its n - 1 peers' whole buffers and sums them, one step, (n - 1) N bytes in; two-shot, a
+    reduce-scatter then an all-gather of 1/n each, two steps, 2 (n - 1) / n N bytes in."""
+    return (alpha + (n - 1) * nbytes / bandwidth,
+            2 * alpha + 2 * (n - 1) / n * nbytes / bandwidth)
+
+
+# Nominal link rates from the hardware specifications; ring latencies are typical NCCL
+# small-message figures (order of magnitude). The NVLink profiles also run the one-shot and
+# two-shot all-reduces of peer-to-peer memory access at ONESHOT_ALPHA_S a step: no published
+# figure was found for that latency; 5 us is this project's order-of-magnitude choice, and
+# benchmarks/decode_validation.py shows how far the predictions move with it (2-20 us) against
+# gpt-fast's published decode measurements. Measure your own with `tpgpt bench comm`.
+ONESHOT_ALPHA_S = 5e-6
 BUILTIN = {
     "nvlink-h100": Interconnect(
         "nvlink-h100", 3e-6, 450e9,
-        "NVLink 4: 900 GB/s total (450 GB/s per direction) per H100 SXM, NVIDIA H100 datasheet"),
+        "NVLink 4: 900 GB/s total (450 GB/s per direction) per H100 SXM, NVIDIA H100 datasheet; "
+        "one-shot/two-shot all-reduce steps of 5 us (unsourced, see costmodel.py)",
+        oneshot_alpha_s=ONESHOT_ALPHA_S),
+    "nvlink-a100": Interconnect(
+        "nvlink-a100", 3e-6, 300e9,
+        "NVLink 3: 600 GB/s total (300 GB/s per direction) per A100 SXM, NVIDIA A100 datasheet; "
+        "one-shot/two-shot all-reduce steps of 5 us (unsourced, see costmodel.py)",
+        oneshot_alpha_s=ONESHOT_ALPHA_S),
     "pcie4": Interconnect(
         "pcie4", 10e-6, 32e9,
         "PCIe 4.0 x16: 16 GT/s x 16 lanes = 32 GB/s per direction, PCI-SIG PCIe 4.0 spec"),

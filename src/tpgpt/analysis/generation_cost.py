@@ -10,15 +10,19 @@ to compute one position per sequence, so at small batches it is memory-bound, an
 all-reduces carry batch x n_embd elements, a few KiB: they cost the link's latency, not its
 bandwidth. That is why dropped syncs are worth more in decoding than in training or prefill.
 
-Built-in devices are datasheet peaks with no fixed cost per kernel (as if the decode step were
+The datasheet devices are peaks with no fixed cost per kernel (as if the decode step were
 captured in a CUDA graph), so their compute time is a lower bound (real kernels reach a
-fraction of both peaks) and the communication share an upper bound. `tpgpt bench decode`
-writes a measured device, fitted on compute-only timings (every collective skipped) of one
-shape and batch: see `measured_device`. On a CPU running eager PyTorch a small model's step is
-mostly dispatch overhead, which the fitted rate and bandwidth absorb: exact for the measured
-shape and batch, a rough guide for others. (A fixed per-pass term fitted across batches was
-tried: on the 4-layer model, whose batch-1 and batch-8 steps take the same time within noise,
-the fit is ill-conditioned.)
+fraction of both peaks) and the communication share an upper bound. A device may carry a fixed
+time per layer and forward pass (`layer_overhead_s`: kernel launches, and kernels too small to
+reach the memory bandwidth); `a100-sxm-330w` is gpt-fast's published A100, its bandwidth the
+one gpt-fast measured and its layer overhead fitted to gpt-fast's single-GPU Llama-2-7B decode
+(benchmarks/decode_validation.py holds it against the other published rows, tp 2-8 and 70B).
+`tpgpt bench decode` writes a measured device, fitted on compute-only timings (every collective
+skipped) of one shape and batch: see `measured_device`. On a CPU running eager PyTorch a small
+model's step is mostly dispatch overhead, which the fitted rate and bandwidth absorb: exact for
+the measured shape and batch, a rough guide for others. (A fixed per-pass term fitted across
+batches was tried: on the 4-layer model, whose batch-1 and batch-8 steps take the same time
+within noise, the fit is ill-conditioned.)
 """
 from __future__ import annotations
 
@@ -32,12 +36,19 @@ from ..model.family import kv_per_rank
 from .costmodel import Interconnect, ladder_hidden_s, read_profile, sublayer_flops
 
 
+# gpt-fast's one-GPU Llama-2-7B decode (batch 1, 5-token prompt, 200 new tokens): 1 / 104.9 s
+# per token, of which its weights and cache at 1,700 GB/s take 7.81 ms; the other 1.73 ms over
+# 32 layers (benchmarks/decode_validation.py computes it)
+A100_330W_LAYER_S = 54.0e-6
+
+
 @dataclass(frozen=True)
 class Device:
     name: str
     tflops: float  # dense matmul rate in the model's dtype, TFLOP/s
     mem_bandwidth_Bps: float  # memory bandwidth, bytes/s
     source: str = ""
+    layer_overhead_s: float = 0.0  # fixed time per layer in every forward pass
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -56,11 +67,16 @@ DEVICES = {
         "a100-pcie", 312.0, 1.935e12,
         "NVIDIA A100 Tensor Core GPU datasheet, A100 80GB PCIe: 312 TFLOP/s dense BF16, "
         "1,935 GB/s HBM2e"),
+    "a100-sxm-330w": Device(
+        "a100-sxm-330w", 312.0, 1.7e12,
+        "gpt-fast's 8xA100-80GB at 330 W (its README): 1,700 GB/s, the peak bandwidth it "
+        "measured; 54 us per layer fitted to its Llama-2-7B at 104.9 tokens/s on one GPU",
+        layer_overhead_s=A100_330W_LAYER_S),
 }
 # the GPU each built-in interconnect profile describes: NVLink 4 and NDR InfiniBand are H100
 # (DGX H100) systems; PCIe 4.0 is the A100 PCIe's host link
 IMPLIED_DEVICE = {"nvlink-h100": "h100-sxm", "ib-ndr": "h100-sxm", "pcie4": "a100-pcie",
-                  "100gbe": "h100-sxm", "25gbe": "h100-sxm"}
+                  "100gbe": "h100-sxm", "25gbe": "h100-sxm", "nvlink-a100": "a100-sxm"}
 
 
 def load_device(name_or_file: str) -> Device:
@@ -69,7 +85,8 @@ def load_device(name_or_file: str) -> Device:
                        "name, tflops, mem_bandwidth_Bps",
                        lambda d: Device(str(d["name"]), float(d["tflops"]),
                                         float(d["mem_bandwidth_Bps"]),
-                                        str(d.get("source", name_or_file))))
+                                        str(d.get("source", name_or_file)),
+                                        float(d.get("layer_overhead_s", 0.0))))
     if not (dev.tflops > 0 and dev.mem_bandwidth_Bps > 0) or \
             math.isinf(dev.tflops) or math.isinf(dev.mem_bandwidth_Bps):
         raise ConfigError(f"{name_or_file}: tflops and mem_bandwidth_Bps must be finite and > 0")
@@ -90,14 +107,14 @@ def pass_work(config, tp: int, *, batch: int, new: int, keys: float, vocab_paral
 
 
 def _pass(work: tuple[float, float], colls, device: Device, ic: Interconnect, tp: int,
-          ladder: tuple | None = None) -> dict:
+          ladder: tuple | None = None, fixed_s: float = 0.0) -> dict:
     """`ladder`: (regions, each sublayer's FLOPs in this pass) of a ladder model whose syncs
     are float32: the sync all-reduces overlap the next region (costmodel.ladder_hidden_s), its
     compute taken as its share of the pass's FLOPs."""
     flops, nbytes = work
     t_flops, t_bytes = flops / (device.tflops * 1e12), nbytes / device.mem_bandwidth_Bps
     comm = sum(c.count * ic.collective_time(c.op, c.nbytes, tp) for c in colls)
-    compute = max(t_flops, t_bytes)
+    compute = max(t_flops, t_bytes) + fixed_s  # fixed_s: the device's per-layer overhead
     if ladder and tp > 1:
         regions, sub_flops = ladder
         sync = next(c for c in colls if c.tag == "sync")
@@ -125,10 +142,12 @@ def predict_generation(config, plan: SyncPlan, *, tp: int, batch: int, prompt_le
     def lad(new: int, keys: float):  # each sublayer's FLOPs on this rank in this pass
         return (plan.regions(), [f * batch * new / tp for f in sublayer_flops(config, keys)]) \
             if overlap else None
+    fixed = config.n_layer * device.layer_overhead_s
     prefill = _pass(pass_work(config, tp, new=prompt_len, keys=(prompt_len + 1) / 2, **kw),
-                    colls["prefill"], device, ic, tp, lad(prompt_len, (prompt_len + 1) / 2))
+                    colls["prefill"], device, ic, tp, lad(prompt_len, (prompt_len + 1) / 2),
+                    fixed)
     decode = _pass(pass_work(config, tp, new=1, keys=prompt_len + new_tokens / 2, **kw),
-                   colls["decode"], device, ic, tp, lad(1, prompt_len + new_tokens / 2))
+                   colls["decode"], device, ic, tp, lad(1, prompt_len + new_tokens / 2), fixed)
     total = prefill["total_s"] + (new_tokens - 1) * decode["total_s"]
     return {"device": device.name, "interconnect": ic.name, "prefill": prefill,
             "decode": decode, "generation_s": total}

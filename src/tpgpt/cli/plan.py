@@ -48,8 +48,8 @@ def register(sub) -> argparse.ArgumentParser:
                            "directory holding one): GPT-2, Llama, Mistral, Qwen2, Qwen3; its "
                            "bf16/fp16 dtype sets --dtype-bytes 2; flags still override")
     plan.add_argument("--interconnect", metavar="NAME|FILE",
-                      help="predict step time on an interconnect: nvlink-h100, pcie4, ib-ndr, "
-                           "100gbe, 25gbe, or a profile from 'tpgpt bench comm'")
+                      help="predict step time on an interconnect: nvlink-h100, nvlink-a100, "
+                           "pcie4, ib-ndr, 100gbe, 25gbe, or a profile from 'tpgpt bench comm'")
     flag(plan, "achieved_tflops", type=float, default=None,
          help="compute rate of one device for the prediction (default: the rate measured by "
               "'bench plans' when --interconnect is its result, else 300 TFLOP/s, about 30%% of "
@@ -66,8 +66,8 @@ def register(sub) -> argparse.ArgumentParser:
          help="--inference: tokens generated (default: the rest of block_size)")
     plan.add_argument("--device", metavar="NAME|FILE",
                       help="--inference with --interconnect: the GPU (h100-sxm, a100-sxm, "
-                           "a100-pcie) or a 'tpgpt bench decode' result (default: the GPU the "
-                           "interconnect implies, or the device such a result measured)")
+                           "a100-pcie, a100-sxm-330w) or a 'tpgpt bench decode' result "
+                           "(default: the GPU the interconnect implies, or the device such a result measured)")
     plan.set_defaults(func=run, prepare=defaults_from_config)
     return plan
 
