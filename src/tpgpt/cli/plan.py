@@ -67,7 +67,8 @@ def register(sub) -> argparse.ArgumentParser:
     plan.add_argument("--device", metavar="NAME|FILE",
                       help="--inference with --interconnect: the GPU (h100-sxm, a100-sxm, "
                            "a100-pcie, a100-sxm-330w) or a 'tpgpt bench decode' result "
-                           "(default: the GPU the interconnect implies, or the device such a result measured)")
+                           "(default: the GPU the interconnect implies, or the device such a "
+                           "result measured)")
     plan.set_defaults(func=run, prepare=defaults_from_config)
     return plan
 
