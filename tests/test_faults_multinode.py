@@ -42,8 +42,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-KW = dict(tp=2, sync="spd", n_layer=4, n_head=4, n_embd=64, max_iters=400, lr_decay_iters=400,
-          eval_interval=100, log_interval=10)
+KW = dict(tp=2, sync="spd", n_layer=4, n_head=4, n_embd=64, max_iters=200, lr_decay_iters=200,
+          eval_interval=50, log_interval=10)
 
 
 def test_killed_rank_stops_the_others_and_restart_resumes(text_data, tmp_path):
