@@ -3,16 +3,24 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from ..errors import ConfigError
 from ..text import counted
 
-if TYPE_CHECKING:  # the training config; comm/ does not import train/ at run time
-    from ..train.config import TrainConfig
+
+class LayoutConfig(Protocol):
+    """What a layout reads of a training config (train.config.TrainConfig has it); comm/ does
+    not import train/."""
+
+    tp: int
+    tp_procs: int
+    pp: int
+    pp_schedule: str
+    device: str
+    comm_timeout_s: float
 
 
 @dataclass
@@ -28,7 +36,7 @@ class Layout:
     device: torch.device = torch.device("cpu")
     groups: str = ""
 
-    def describe(self, cfg: "TrainConfig") -> str:
+    def describe(self, cfg: LayoutConfig) -> str:
         mode = ("dense" if cfg.tp == 1 else "simulated TP" if self.tp_procs == 1
                 else "distributed TP" if self.tp_procs == cfg.tp else "hybrid TP")
         pp = f"pp={self.pp} ({cfg.pp_schedule}), " if self.pp > 1 else ""
@@ -37,7 +45,7 @@ class Layout:
                 + (f"; {self.groups}" if self.groups else ""))
 
 
-def setup_layout(cfg: "TrainConfig") -> tuple[Layout, object]:
+def setup_layout(cfg: LayoutConfig) -> tuple[Layout, object]:
     """Returns (layout, mesh); the (dp, tp) device mesh is None when not distributed."""
     device_kind = cfg.device if cfg.device != "auto" else \
         ("cuda" if torch.cuda.is_available() else "cpu")
