@@ -17,7 +17,6 @@ prompt or check that data matches it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -49,14 +48,7 @@ def hf_model_config(path: str) -> tuple[GPTConfig, dict]:
     """(the GPTConfig, the raw config.json) of a config.json or of a directory holding one,
     for its shapes only (`tpgpt plan --hf-config`: a sliding window is not refused)."""
     if os.path.isfile(path):
-        where = path
-        try:
-            with open(path) as f:
-                hf = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path} cannot be read: {e}") from None
-        if not isinstance(hf, dict):
-            raise ConfigError(f"{path} is not a JSON object")
+        where, hf = path, hf_files.read_json(path)
     elif os.path.isdir(path):
         where, hf = path, hf_files.read_config(path)
     else:
@@ -108,11 +100,7 @@ def _tokenizer_meta(path: str, where: str, hf: dict, config: GPTConfig) -> dict:
 
     meta_file = os.path.join(path, "tpgpt_meta.json")
     if os.path.exists(meta_file):
-        try:
-            with open(meta_file) as f:
-                return json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{meta_file} cannot be read: {e}") from None
+        return hf_files.read_json(meta_file)
     gpt2 = hf.get("model_type") == "gpt2"
     if gpt2 and hf.get("vocab_size") == 50257:
         return dict(GPT2_META)

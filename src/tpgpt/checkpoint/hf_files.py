@@ -18,15 +18,20 @@ from ..errors import ConfigError
 INDEX = "model.safetensors.index.json"
 
 
-def read_config(path: str) -> dict:
+def read_json(file: str) -> dict:
+    """A JSON object from `file`, or a one-line error naming it."""
     try:
-        with open(os.path.join(path, "config.json")) as f:
-            hf = json.load(f)
+        with open(file) as f:
+            obj = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}/config.json cannot be read: {e}") from None
-    if not isinstance(hf, dict):
-        raise ConfigError(f"{path}/config.json is not a JSON object")
-    return hf
+        raise ConfigError(f"{file} cannot be read: {e}") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{file} is not a JSON object")
+    return obj
+
+
+def read_config(path: str) -> dict:
+    return read_json(os.path.join(path, "config.json"))
 
 
 def _load(file: str) -> dict[str, torch.Tensor]:
