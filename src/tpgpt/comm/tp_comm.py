@@ -53,10 +53,8 @@ class CommCounter:
     def __init__(self) -> None:
         self.events: list[CommEvent] = []
 
-    # Not traced by torch.compile: the growing list must not become a guard (a recompile per
-    # step); the call stays a graph break, so counts stay exact under compile.
-    @torch.compiler.disable
     def record(self, event: CommEvent) -> None:
+        # not traced by torch.compile once `untrace_counters()` ran (ParallelGPT.compile runs it)
         self.events.append(event)
 
     def reset(self) -> None:
@@ -72,6 +70,24 @@ class CommCounter:
 
     def collectives(self) -> list[Collective]:
         return [Collective(p, o, t, n, b // n) for (p, o, t), (n, b) in self.summary().items()]
+
+
+def untrace_counters() -> None:
+    """Keep `CommCounter.record` out of torch.compile's graphs (torch.compiler.disable): traced,
+    the growing list becomes a guard and every step recompiles; as a graph break the call runs
+    in Python, so the counts stay exact under compile.
+
+    Applied before compiling rather than as a decorator at import: the decorator imports
+    torch._dynamo, which costs as much as importing torch (1.2 s here) in every process (each
+    CLI call, each torchrun worker), and most of them never compile. ParallelGPT.compile calls
+    this; call it before `torch.compile(model)` on a model of this package yourself."""
+    global _UNTRACED
+    if not _UNTRACED:
+        CommCounter.record = torch.compiler.disable(CommCounter.record)
+        _UNTRACED = True
+
+
+_UNTRACED = False
 
 
 class TPComm:

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..comm.plan import SyncPlan, validate_tp
-from ..comm.tp_comm import SEQ_DIM, TPComm
+from ..comm.tp_comm import SEQ_DIM, TPComm, untrace_counters
 from ..comm.wire import DEFAULT_BLOCK, SyncWire
 from ..errors import ConfigError
 from .blocks import ParallelBlock, ResidualStream, land, rank_norm
@@ -130,6 +130,12 @@ class ParallelGPT(nn.Module):
         return gpt
 
     # --- forward ---------------------------------------------------------------------------
+    def compile(self, *args, **kwargs) -> None:
+        """nn.Module.compile (in place: parameter names stay as they are), with the comm
+        counter kept out of the graphs (tp_comm.untrace_counters)."""
+        untrace_counters()
+        super().compile(*args, **kwargs)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 return_logits: bool = True, cache: KVCache | None = None):
         """idx (B, T) -> (logits (B, T, V) or, without targets, (B, 1, V); loss).
