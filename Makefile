@@ -40,9 +40,14 @@ verify: setup
 # is the main run's, so it is not run twice (on an AVX2 CPU: default is rerun; on AVX-512: both).
 # Inductor's on-disk cache gets a directory per kernel set: torch 2.13 reuses code compiled for
 # avx2 under =default, which fails.
+# The suite runs in two pytest-xdist workers, a test file to each (`--dist loadfile`: a file's
+# module fixtures are built once), one intra-op thread each (OMP_NUM_THREADS=1, inherited by the
+# processes tests start, so a run and its subprocess reruns compute alike): 9.5 min here, 13.5
+# in one process, whose multi-process tests leave a core idle while processes start.
+XDIST = -n $(or $(TEST_WORKERS),2) --dist loadfile
 test: setup
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q --durations=10
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(XDIST) --durations=10
 	native=$$($(BIN)/python -c "import torch; print(torch.backends.cpu.get_cpu_capability().lower())"); \
 	for cap in default avx2; do \
 		if [ "$$cap" = "$$native" ]; then \
@@ -56,7 +61,7 @@ test: setup
 # `slow` marker, set in tests/conftest.py); `make test` and CI run everything.
 test-fast: setup
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q -m "not slow" --durations=5
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(XDIST) -m "not slow" --durations=5
 
 # Every CPU figure of BENCHMARKS.md (about 30 minutes), into out/bench.
 bench: setup

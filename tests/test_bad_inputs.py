@@ -353,6 +353,16 @@ def _(root):
     return imp(root, tokenizer=False)
 
 
+@case("import-hf of an end-of-sequence id past the vocabulary",
+      "generation_config.json: eos_token_id=[1, 300] is not a token id (or a list of them) "
+      "below vocab_size=300")
+def _(root):
+    path = hf_dir(root)
+    with open(os.path.join(path, "generation_config.json"), "w") as f:
+        f.write('{"eos_token_id": [1, 300]}')
+    return ["import-hf", path, "--out", str(root / "ck")]
+
+
 @case("import-hf: unknown dtype", "invalid choice: 'int8'")
 def _(root):
     return imp(root, "--dtype", "int8")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -64,7 +65,7 @@ def test_greedy_sample_is_transformers_generate(hf_dirs, arch, tmp_path, capsys)
     want = transformers_greedy(hf, tok)
     capsys.readouterr()
     assert main(["sample", "--ckpt", ck, "--temperature", "0", "--prompt", PROMPT,
-                 "--max-new-tokens", str(NEW)]) == 0
+                 "--max-new-tokens", str(NEW), "--no-stop-at-eos"]) == 0
     printed = capsys.readouterr().out.split("\n", 1)[1]
     assert printed == tok.decode(want) + "\n"
     loaded = load_trained(ck)
@@ -75,7 +76,39 @@ def test_greedy_sample_is_transformers_generate(hf_dirs, arch, tmp_path, capsys)
         ids = tok(PROMPT, return_tensors="pt").input_ids
         got = sharded.model.generate(ids, NEW, temperature=0.0)[0].tolist()
         assert got == want, f"tp={tp}"
-        assert sample(ck, PROMPT, 1, NEW, 0.0, loaded=sharded) == [tok.decode(want)]
+        assert sample(ck, PROMPT, 1, NEW, 0.0, loaded=sharded, stop_at_eos=False) == \
+            [tok.decode(want)]
+
+
+def test_sample_stops_where_transformers_generate_stops(hf_dirs, tmp_path, capsys):
+    """The eos_token_id of generation_config.json (over config.json's) ends a sample where
+    transformers' `generate` ends it, the EOS itself not printed; --no-stop-at-eos goes on to
+    --max-new-tokens. The EOS is made a token the greedy model draws (the 6th new one), so the
+    stop is certain; the export writes it back."""
+    path, hf, tok = hf_dirs["llama"]
+    want = transformers_greedy(hf, tok)
+    n_prompt = len(tok(PROMPT).input_ids)
+    new = want[n_prompt:]
+    k = next(i for i in range(5, NEW) if new[i] not in new[:i])  # its first time drawn
+    local = tmp_path / "hf"
+    shutil.copytree(path, local)
+    (local / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, new[k]]}))
+    config = transformers.GenerationConfig(max_new_tokens=NEW, do_sample=False,
+                                           eos_token_id=[0, new[k]], pad_token_id=0)
+    with torch.no_grad():
+        stopped = hf.generate(tok(PROMPT, return_tensors="pt").input_ids,
+                              generation_config=config)[0].tolist()
+    assert stopped == want[:n_prompt + k + 1]  # transformers ends with the EOS
+    ck = str(tmp_path / "ck")
+    assert main(["import-hf", str(local), "--out", ck, "--dtype", "float64"]) == 0
+    capsys.readouterr()
+    for extra, text in (([], tok.decode(stopped[:-1])), (["--no-stop-at-eos"], tok.decode(want))):
+        assert main(["sample", "--ckpt", ck, "--temperature", "0", "--prompt", PROMPT,
+                     "--max-new-tokens", str(NEW), *extra]) == 0
+        assert capsys.readouterr().out.split("\n", 1)[1] == text + "\n", extra
+    assert main(["export", "--ckpt", ck, "--out", str(tmp_path / "back")]) == 0
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["eos_token_id"] == \
+        [0, new[k]]
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

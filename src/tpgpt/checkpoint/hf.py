@@ -113,7 +113,28 @@ def _tokenizer_meta(path: str, where: str, hf: dict, config: GPTConfig) -> dict:
     if tok.vocab_size > config.vocab_size:
         raise ConfigError(f"{where}'s tokenizer has {tok.vocab_size} tokens, more than the "
                           f"model's vocab_size={config.vocab_size}")
+    tok.eos_token_ids = eos_token_ids(path, where, hf, config.vocab_size)
     return tok.meta()
+
+
+def eos_token_ids(path: str, where: str, hf: dict, vocab_size: int) -> tuple[int, ...] | None:
+    """The token ids that end generation, as transformers' `generate` reads them:
+    generation_config.json's eos_token_id, else config.json's (one id or a list, e.g. Llama 3
+    Instruct's <|end_of_text|> and <|eot_id|>); None when neither names any."""
+    file = os.path.join(path, "generation_config.json")
+    gen = hf_files.read_json(file) if os.path.exists(file) else {}
+    for source, name in ((gen, "generation_config.json"), (hf, "config.json")):
+        ids = source.get("eos_token_id")
+        if ids is None:
+            continue
+        ids = [ids] if isinstance(ids, int) and not isinstance(ids, bool) else ids
+        if not (isinstance(ids, list) and ids and all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size
+                for i in ids)):
+            raise ConfigError(f"{where}/{name}: eos_token_id={source['eos_token_id']!r} is "
+                              f"not a token id (or a list of them) below vocab_size={vocab_size}")
+        return tuple(ids)
+    return None
 
 
 def _load_weights(config: GPTConfig, sd: dict, dtype: torch.dtype, where: str) -> GPT:
@@ -247,6 +268,11 @@ def export_hf(ckpt: str, out: str, force: bool = False, as_dense: bool = False) 
     else:
         hf, tensors = hf_llama_config(config, state.get("hf")), to_hf_llama_state(sd, config)
     hf["torch_dtype"] = dtype_name(model.transformer.wte.weight.dtype)
+    if meta.get("tokenizer") == "hf":  # where generation stops, as the import found it
+        from ..data import tokenizer_from_meta
+        eos = tokenizer_from_meta(meta).eos_ids
+        if eos:
+            hf["eos_token_id"] = eos[0] if len(eos) == 1 else list(eos)
     hf.update(tpgpt_trained_tp=tp, tpgpt_trained_sync=sync)
     os.makedirs(out, exist_ok=True)
     hf_files.write_weights(out, tensors)

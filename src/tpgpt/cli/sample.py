@@ -25,6 +25,11 @@ def register(sub) -> argparse.ArgumentParser:
                       action=argparse.BooleanOptionalAction,
                       help="decode with the KV cache (default); --no-kv-cache recomputes the "
                            "whole context for every token (the same text, slower)")
+    samp.add_argument("--stop-at-eos", "--stop_at_eos", dest="stop_at_eos", default=True,
+                      action=argparse.BooleanOptionalAction,
+                      help="end a sample at the tokenizer's end-of-sequence token (default; "
+                           "GPT-2's <|endoftext|>, an HF model's eos_token_id); "
+                           "--no-stop-at-eos prints --max-new-tokens tokens")
     add_plan_args(samp)
     samp.set_defaults(func=run)
     return samp
@@ -42,7 +47,7 @@ def run(args) -> int:
                               sync_dtype=args.sync_dtype, sync_block=args.sync_block)
         texts = sample(args.ckpt, args.prompt, args.num_samples, args.max_new_tokens,
                        args.temperature, args.top_k, args.seed, args.device, loaded=loaded,
-                       kv_cache=args.kv_cache)
+                       kv_cache=args.kv_cache, stop_at_eos=args.stop_at_eos)
     finally:
         shutdown()
     if is_rank0():

@@ -26,6 +26,11 @@ class Tokenizer:
     def meta(self) -> dict:
         return {"tokenizer": self.name, "vocab_size": self.vocab_size}
 
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """The tokens that end a text (sampling stops at one); none for characters or bytes."""
+        return ()
+
 
 class CharTokenizer(Tokenizer):
     """One token per distinct character of the corpus, in sorted order (nanoGPT's)."""
@@ -84,6 +89,11 @@ class TiktokenTokenizer(Tokenizer):
     def decode(self, ids) -> str:
         return self.enc.decode(list(ids))
 
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        eot = getattr(self.enc, "eot_token", None)  # GPT-2's <|endoftext|>, 50256
+        return () if eot is None else (eot,)
+
 
 class HFTokenizer(Tokenizer):
     """A Hugging Face tokenizer from its tokenizer.json text. `encode` tokenizes a prompt as
@@ -93,7 +103,8 @@ class HFTokenizer(Tokenizer):
 
     name = "hf"
 
-    def __init__(self, tokenizer_json: str, tokenizer_config: dict | None = None):
+    def __init__(self, tokenizer_json: str, tokenizer_config: dict | None = None,
+                 eos_ids: list[int] | None = None):
         from tokenizers import Tokenizer as _Tokenizer
 
         try:
@@ -104,6 +115,18 @@ class HFTokenizer(Tokenizer):
                               ) from None
         self.json, self.config = tokenizer_json, tokenizer_config or {}
         self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        self.eos_token_ids = None if eos_ids is None else tuple(eos_ids)
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """The model's eos_token_id(s) (generation_config.json, else config.json), recorded at
+        import; else the tokenizer_config's eos_token."""
+        if self.eos_token_ids is not None:
+            return self.eos_token_ids
+        eos = self.config.get("eos_token")
+        eos = eos.get("content") if isinstance(eos, dict) else eos
+        token = self.tok.token_to_id(eos) if isinstance(eos, str) else None
+        return () if token is None else (token,)
 
     @property
     def sha256(self) -> str:
@@ -120,7 +143,9 @@ class HFTokenizer(Tokenizer):
 
     def meta(self) -> dict:
         return {**super().meta(), "tokenizer_sha256": self.sha256,
-                "hf_tokenizer_json": self.json, "hf_tokenizer_config": self.config}
+                "hf_tokenizer_json": self.json, "hf_tokenizer_config": self.config,
+                **({} if self.eos_token_ids is None
+                   else {"eos_token_ids": list(self.eos_token_ids)})}
 
 
 def hf_tokenizer_from_dir(path: str) -> HFTokenizer | None:
@@ -172,7 +197,8 @@ def tokenizer_from_meta(meta: dict) -> Tokenizer:
     if kind == "hf":
         if not isinstance(meta.get("hf_tokenizer_json"), str):
             raise ConfigError("meta.json names an hf tokenizer but holds no hf_tokenizer_json")
-        return HFTokenizer(meta["hf_tokenizer_json"], meta.get("hf_tokenizer_config"))
+        return HFTokenizer(meta["hf_tokenizer_json"], meta.get("hf_tokenizer_config"),
+                           meta.get("eos_token_ids"))
     raise ConfigError(f"meta.json names an unknown tokenizer {kind!r}: expected char, byte, "
                       f"tiktoken:<name> or hf")
 

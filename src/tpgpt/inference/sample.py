@@ -12,10 +12,13 @@ from ..errors import ConfigError
 def sample(path: str, prompt: str = "\n", num_samples: int = 3, max_new_tokens: int = 500,
            temperature: float = 0.8, top_k: int | None = 200, seed: int = 1337,
            device: str = "cpu", tp: int | None = None, sync: str | None = None,
-           loaded: Loaded | None = None, kv_cache: bool = True) -> list[str]:
+           loaded: Loaded | None = None, kv_cache: bool = True,
+           stop_at_eos: bool = True) -> list[str]:
     """`num_samples` continuations of `prompt`. `tp` / `sync` convert the model to another plan
     (zero-shot); `loaded` reuses a model already built by `load_trained`. Past block_size the
-    context window slides (tpgpt.model.generation says how)."""
+    context window slides (tpgpt.model.generation says how). A sample ends at the tokenizer's
+    end-of-sequence token (not printed; GPT-2's <|endoftext|>, an HF model's eos_token_id)
+    unless `stop_at_eos` is False; characters and bytes have none."""
     check_sampling(num_samples, max_new_tokens, temperature, top_k)
     if loaded is None:
         loaded = load_trained(path, tp=tp, sync=sync, device=device)
@@ -29,11 +32,14 @@ def sample(path: str, prompt: str = "\n", num_samples: int = 3, max_new_tokens: 
                           f"block_size={block}: shorten it")
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.tensor([ids], dtype=torch.long, device=device)
+    stop = tok.eos_ids if stop_at_eos else ()
     out = []
     for _ in range(num_samples):
         y = loaded.model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k,
-                                  generator=gen, kv_cache=kv_cache)
-        out.append(tok.decode(y[0].tolist()))
+                                  generator=gen, kv_cache=kv_cache, stop=stop)[0].tolist()
+        new = y[len(ids):]
+        ends = [i for i, t in enumerate(new) if t in stop]
+        out.append(tok.decode(ids + new[:ends[0] if ends else len(new)]))
     return out
 
 

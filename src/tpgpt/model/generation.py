@@ -34,13 +34,17 @@ def window_start(length: int, start: int, block_size: int) -> int:
 @torch.no_grad()
 def decode(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, generator: torch.Generator | None = None,
-           kv_cache: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+           kv_cache: bool = True, stop: tuple[int, ...] = ()
+           ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Per new token, (the logits it was drawn from [B, V], the token [B, 1]), extending idx
     (B, T) (temperature 0: greedy). A prompt longer than block_size is cut to its latest
-    block_size tokens."""
+    block_size tokens. Decoding ends early once every row has drawn a token of `stop` (the
+    tokenizer's end-of-sequence ids); a row that stopped first goes on drawing until then."""
     block = model.config.block_size
     start = max(0, idx.shape[1] - block)
     cache = model.new_kv_cache(idx.shape[0]) if kv_cache else None
+    stop_ids = torch.tensor(list(stop), dtype=torch.long, device=idx.device)
+    stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     for _ in range(max_new_tokens):
         new_start = window_start(idx.shape[1], start, block)
         if cache is not None and new_start != start:
@@ -56,12 +60,17 @@ def decode(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1
         token = sample_next(logits, temperature, top_k, generator)
         idx = torch.cat((idx, token), dim=1)
         yield logits, token
+        if len(stop):  # every rank drew the same tokens, so every rank stops here
+            stopped |= torch.isin(token[:, 0], stop_ids)
+            if bool(stopped.all()):
+                return
 
 
 def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, generator: torch.Generator | None = None,
-             kv_cache: bool = True) -> torch.Tensor:
-    """idx (B, T) extended by `max_new_tokens` tokens drawn from `model` (see `decode`)."""
+             kv_cache: bool = True, stop: tuple[int, ...] = ()) -> torch.Tensor:
+    """idx (B, T) extended by `max_new_tokens` tokens drawn from `model`, fewer when every row
+    drew a `stop` token (see `decode`)."""
     tokens = [t for _, t in decode(model, idx, max_new_tokens, temperature, top_k, generator,
-                                   kv_cache)]
+                                   kv_cache, stop)]
     return torch.cat([idx, *tokens], dim=1)

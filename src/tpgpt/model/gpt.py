@@ -152,8 +152,10 @@ class GPT(nn.Module):
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,
-                 kv_cache: bool = True):
-        """Extend idx (B, T) by max_new_tokens sampled tokens (temperature 0 = greedy); see
-        tpgpt.model.generation for the cache and the context past block_size."""
+                 kv_cache: bool = True, stop: tuple[int, ...] = ()):
+        """Extend idx (B, T) by max_new_tokens sampled tokens (temperature 0 = greedy), or fewer
+        once every row has drawn a token of `stop`; see tpgpt.model.generation for the cache
+        and the context past block_size."""
         from .generation import generate  # generation calls back into the model
-        return generate(self, idx, max_new_tokens, temperature, top_k, generator, kv_cache)
+        return generate(self, idx, max_new_tokens, temperature, top_k, generator, kv_cache,
+                        stop)

@@ -228,10 +228,11 @@ class ParallelGPT(nn.Module):
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,
-                 kv_cache: bool = True):
+                 kv_cache: bool = True, stop: tuple[int, ...] = ()):
         """As `GPT.generate`. Distributed ranks draw the same tokens: their logits are equal."""
         from .generation import generate
-        return generate(self, idx, max_new_tokens, temperature, top_k, generator, kv_cache)
+        return generate(self, idx, max_new_tokens, temperature, top_k, generator, kv_cache,
+                        stop)
 
 
 def check_sequence_parallel(sequence_parallel: bool, tp: int, wire: SyncWire,
