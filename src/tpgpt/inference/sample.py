@@ -37,9 +37,8 @@ def sample(path: str, prompt: str = "\n", num_samples: int = 3, max_new_tokens: 
     for _ in range(num_samples):
         y = loaded.model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k,
                                   generator=gen, kv_cache=kv_cache, stop=stop)[0].tolist()
-        new = y[len(ids):]
-        ends = [i for i, t in enumerate(new) if t in stop]
-        out.append(tok.decode(ids + new[:ends[0] if ends else len(new)]))
+        end = next((i for i in range(len(ids), len(y)) if y[i] in stop), len(y))
+        out.append(tok.decode(y[:end]))
     return out
 
 
