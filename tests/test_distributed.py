@@ -111,3 +111,36 @@ def test_compressed_all_reduce_is_bit_for_bit_the_simulated_one(layout):
         want = TPComm(tp).reduce_from_tp(x, wire=wire)
         for res in results["wire"]:
             assert torch.equal(res["out"][dtype], want), f"{name} {dtype} ranks {res['ranks']}"
+
+
+_RELEASE_SCRIPT = """
+import gc, weakref, torch, torch.distributed as dist
+from tpgpt import GPT, GPTConfig
+from tpgpt.comm.distributed import init_distributed
+init_distributed()
+world = weakref.ref(dist.group.WORLD)
+with torch.device("meta"):  # as a checkpoint is loaded: torch imports torch._dynamo here
+    GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=8))
+dist.destroy_process_group()
+gc.collect()
+print("released" if world() is None else "still held")
+"""
+
+
+def test_the_process_group_is_released_when_destroyed(tmp_path):
+    """Nothing keeps the default group past destroy_process_group: a group left alive until
+    interpreter teardown aborts a rank at exit now and then (gloo's destructor: SIGABRT,
+    'terminate called without an active exception'). torch.distributed.nn.functional binds
+    group.WORLD into its default arguments when imported, which torch does lazily."""
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(port))
+    proc = subprocess.run([sys.executable, "-c", _RELEASE_SCRIPT], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "released"
