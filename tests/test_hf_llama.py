@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from conftest import assert_close, synthetic_text
-from hf_dirs import ARCHS, BLOCK, make_hf_dir
+from hf_dirs import ARCHS, BLOCK, make_hf_dir, train_sentencepiece
 from test_llama import rmsnorm_in_the_input_dtype  # noqa: F401 (an autouse fixture)
 from tpgpt.checkpoint.load import load_trained
 from tpgpt.cli import main
+from tpgpt.data import tokenizer_from_meta
 from tpgpt.inference.sample import sample
 from tpgpt.model import ParallelGPT
 
@@ -109,6 +110,54 @@ def test_sample_stops_where_transformers_generate_stops(hf_dirs, tmp_path, capsy
     assert main(["export", "--ckpt", ck, "--out", str(tmp_path / "back")]) == 0
     assert json.loads((tmp_path / "back" / "config.json").read_text())["eos_token_id"] == \
         [0, new[k]]
+
+
+
+def test_a_sentencepiece_tokenizer_model_is_carried(tmp_path, capsys):
+    """A Llama directory whose only tokenizer is a sentencepiece tokenizer.model (Llama 2's):
+    the import carries it (converted by transformers to the tokenizers library's form); it
+    encodes as sentencepiece itself does (BOS first; bytes for characters it never saw) and
+    decodes back; greedy `tpgpt sample` prints transformers' generate text with transformers'
+    own tokenizer of the directory; `prepare text` tokenizes with it; the export's tokenizer
+    gives transformers the same ids."""
+    pytest.importorskip("sentencepiece")
+    path = tmp_path / "hf"
+    path.mkdir()
+    sp = train_sentencepiece(str(path))
+    hf, _ = make_hf_dir(str(path), "llama", tokenizer=False, vocab_size=sp.vocab_size(),
+                        bos_token_id=sp.bos_id(), eos_token_id=sp.eos_id())
+    assert sorted(p.name for p in path.iterdir() if "token" in p.name) == \
+        ["tokenizer.model", "tokenizer_config.json"]
+    ck = str(tmp_path / "ck")
+    assert main(["import-hf", str(path), "--out", ck, "--dtype", "float64"]) == 0
+    loaded = load_trained(ck)
+    tok = tokenizer_from_meta(loaded.meta)
+    texts = [PROMPT, "Hello, 1234 wörld: ünseen ✓ 漢字", "two  spaces\nand a newline"]
+    assert any(sp.id_to_piece(i).startswith("<0x") for i in sp.encode(texts[1])), \
+        "no byte fallback exercised"
+    for text in texts:
+        ids = sp.encode(text)
+        assert tok.encode(text) == [sp.bos_id(), *ids], text
+        assert tok.encode_stream(text) == ids, text
+        assert tok.decode(ids) == sp.decode(ids), text
+    assert tok.eos_ids == (sp.eos_id(),)
+    fast = transformers.AutoTokenizer.from_pretrained(str(path))
+    # leading spaces: transformers' conversion prepends one '▁' fewer than sentencepiece does
+    # (its Metaspace 'first' scheme); tpgpt tokenizes as transformers does
+    assert tok.encode("  x") == fast("  x").input_ids
+    want = transformers_greedy(hf.double(), fast)
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", ck, "--temperature", "0", "--prompt", PROMPT,
+                 "--max-new-tokens", str(NEW), "--no-stop-at-eos"]) == 0
+    assert capsys.readouterr().out.split("\n", 1)[1] == fast.decode(want) + "\n"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(texts * 40))
+    assert main(["prepare", "text", "--input", str(corpus), "--tokenizer", ck,
+                 "--out", str(tmp_path / "data")]) == 0
+    assert main(["eval", "--ckpt", ck, "--data-dir", str(tmp_path / "data")]) == 0
+    assert main(["export", "--ckpt", ck, "--out", str(tmp_path / "back")]) == 0
+    back = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "back"))
+    assert [back(t).input_ids for t in texts] == [fast(t).input_ids for t in texts]
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
