@@ -628,6 +628,12 @@ def _(root):
     return distill_args(student, student, root / "d")
 
 
+@case("distill: --teacher-sharded given a value", "ignored explicit argument 'yes'")
+def _(root):
+    teacher, student = converted(root)
+    return distill_args(teacher, student, root / "d", "--teacher-sharded=yes")
+
+
 @case("distill: --out holding the teacher", "holds the input checkpoint")
 def _(root):
     teacher, student = converted(root)

@@ -4,6 +4,7 @@ gives the run it would have been."""
 from __future__ import annotations
 
 import json
+import re
 import os
 
 import pytest
@@ -159,6 +160,21 @@ def test_resume_continues_the_same_run(pair, capsys, tmp_path):
     assert lines(tmp_path / "full") == lines(tmp_path / "part")
 
 
+def test_a_sharded_teacher_gives_the_dense_teachers_run(pair, capsys, tmp_path):
+    """The teacher sharded like the student (tp=2, every sync on; torchrun's default, here
+    simulated) is the same function as the dense one: the same losses and weights, float64."""
+    dense = distil(capsys, pair, tmp_path / "dense")
+    sharded = distil(capsys, pair, tmp_path / "sharded", "--teacher-sharded")
+    assert dense["teacher_layout"] == "dense in every process"
+    assert sharded["teacher_layout"].startswith("sharded like the student at tp=2")
+    assert sharded["teacher_loss"] == pytest.approx(dense["teacher_loss"], rel=FLOAT64_RTOL)
+    for x, y in zip(dense["history"], sharded["history"], strict=True):
+        assert x["step"] == y["step"] and abs(x["loss"] - y["loss"]) < TRAIN_LOSS_TOL64
+    a, b = weights(dense["checkpoint"]), weights(sharded["checkpoint"])
+    bound = adam_weight_bound([3e-4] * 16)
+    assert max((b[k] - a[k]).abs().max().item() for k in a if k.startswith("model.")) < bound
+
+
 def test_torchrun_equals_simulated(pair, capsys, tmp_path):
     """Two processes, one rank each, float64: the same losses and weights to rounding."""
     teacher, student = pair
@@ -169,6 +185,10 @@ def test_torchrun_equals_simulated(pair, capsys, tmp_path):
                        "1000000000", "--progress", "false"])
     with open(tmp_path / "two" / "summary.json") as f:
         two = json.load(f)
+    layout = two["teacher_layout"]  # each process holds its share of the teacher
+    assert layout.startswith("sharded like the student at tp=2") and "torchrun job" in layout
+    held, whole = map(float, re.search(r"([\d.]+)M of its ([\d.]+)M", layout).groups())
+    assert held < 0.75 * whole, layout
     for x, y in zip(one["history"], two["history"], strict=True):
         assert x["step"] == y["step"] and abs(x["loss"] - y["loss"]) < TRAIN_LOSS_TOL64
     from tpgpt.checkpoint.load import load_dense

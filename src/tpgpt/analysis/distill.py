@@ -5,8 +5,11 @@ then optionally a short end-to-end phase on the KL divergence to the teacher's l
 Only the parameters of the regions that drop a sync train (their LayerNorms and sublayers);
 everything else keeps the student's weights (the teacher's, for a conversion without head
 grouping). The student is the converted checkpoint as its
-trained function (simulated in one process, or its tp ranks spread over a torchrun job); the
-teacher is the dense GPT, run whole on every process under no_grad. The output directory is a
+trained function (simulated in one process, or its tp ranks spread over a torchrun job). The
+teacher runs under no_grad: in one process, the dense GPT; under torchrun, sharded like the
+student (its tp ranks over the same processes, every sync on: the all-sync function, to
+rounding), so a process holds its share of the teacher, not all of it, at the price of the
+teacher's all-reduces (two a layer per step); `teacher_sharded` chooses. The output directory is a
 run directory: `last/` (a checkpoint that eval, sample and sensitivity run as the student's
 plan, with the optimizer and the batch generator for --resume), metrics.jsonl, summary.json.
 """
@@ -59,6 +62,9 @@ class DistillOptions:
     progress: bool = True
     quiet: bool = False  # no lines on stdout (--json prints only the summary)
     device: str = "cpu"
+    # the teacher sharded like the student (its ranks over the torchrun job's processes) or
+    # the dense GPT whole in every process; None: sharded exactly when the student is
+    teacher_sharded: bool | None = None
 
     def check(self) -> None:
         for name, low in (("steps", 0), ("kl_steps", 0), ("batch_size", 1), ("tokens", 1)):
@@ -142,6 +148,25 @@ def _check_pair(student: dict, teacher: dict) -> tuple[int, SyncPlan]:
     return tp, plan
 
 
+def _load_teacher(o: DistillOptions, t_state: dict, tp: int, distributed: bool):
+    """(the teacher, its tokenizer meta, a line saying how it is held). Sharded, it is the
+    teacher's checkpoint loaded at the student's tp with every sync on (each process reads
+    only its shards); dense, the whole GPT. In one process a sharded teacher is the simulated
+    all-sync model: no memory saved, the same code path as under torchrun."""
+    sharded = distributed if o.teacher_sharded is None else o.teacher_sharded
+    if not sharded:
+        teacher, meta, _ = load_dense(o.teacher, t_state)
+        return teacher, meta, "dense in every process"
+    t = load_trained(o.teacher, tp=tp, device=o.device, state=t_state, sharded=True)
+    model = t.model
+    params = list(model.parameters())
+    held = sum(p.numel() for p in params)
+    where = "over this torchrun job" if t.mode == "distributed" else "simulated in one process"
+    return model.eval(), t.meta, (f"sharded like the student at tp={tp}, every sync on, "
+                                  f"{where}: {held / 1e6:.2f}M of its "
+                                  f"{model.dense_numel(params) / 1e6:.2f}M parameters here")
+
+
 def distill(o: DistillOptions) -> dict:
     o.check()
     s_state, t_state = read_checkpoint(o.ckpt), read_checkpoint(o.teacher)
@@ -153,7 +178,7 @@ def distill(o: DistillOptions) -> dict:
     loaded = load_trained(o.ckpt, device=o.device, state=s_state)
     model, distributed = loaded.model, loaded.mode == "distributed"
     rank = int(os.environ.get("RANK", "0")) if distributed else 0
-    teacher, meta, _ = load_dense(o.teacher, t_state)
+    teacher, meta, t_layout = _load_teacher(o, t_state, tp, distributed)
     w = loaded.model.transformer.wte.weight  # the teacher computes in the student's dtype
     teacher.to(device=w.device, dtype=w.dtype)
     regions = dropping_regions(plan.bits)
@@ -178,7 +203,7 @@ def distill(o: DistillOptions) -> dict:
 
     record: dict = {"options": o.resume_record(), "student": os.path.abspath(s_state["path"]),
                     "teacher": os.path.abspath(t_state["path"]), "tp": tp, "sync": plan.spec,
-                    "regions": [r.name() for r in regions],
+                    "teacher_layout": t_layout, "regions": [r.name() for r in regions],
                     "trained_parameters": model.dense_numel(trained)}
     start = 0
     if o.resume:
@@ -198,8 +223,8 @@ def distill(o: DistillOptions) -> dict:
     if not quiet:
         print(f"tpgpt distill: {loaded.describe()}; regions {', '.join(record['regions'])} "
               f"({record['trained_parameters'] / 1e6:.2f}M parameters trained); teacher "
-              f"{t_state['path']}; {o.steps} block steps + {o.kl_steps} KL steps, batch "
-              f"{o.batch_size} x {calib.x.shape[1]}" + (f"; resuming at step {start}"
+              f"{t_state['path']} ({t_layout}); {o.steps} block steps + {o.kl_steps} KL "
+              f"steps, batch {o.batch_size} x {calib.x.shape[1]}" + (f"; resuming at step {start}"
                                                        if o.resume else ""))
         gap = record["student_loss_before"] - record["teacher_loss"]
         print(f"calibration loss (first {calib.tokens:,} tokens of {calib.path}): teacher "

@@ -67,13 +67,27 @@ def region_parameters(model: ParallelGPT, regions: list[Region]) -> list[torch.n
 
 
 @torch.no_grad()
-def teacher_streams(dense, idx: torch.Tensor, points: set[int]) -> dict[int, torch.Tensor]:
-    """The dense model's residual stream before sublayer s (s = 2 * n_layer: after the last),
-    for every s in `points`, [B, T, C]."""
-    x, rope = embed(dense.transformer, idx, False, 0, dense.rotary)
+def teacher_streams(teacher, idx: torch.Tensor, points: set[int]) -> dict[int, torch.Tensor]:
+    """The teacher's residual stream before sublayer s (s = 2 * n_layer: after the last), for
+    every s in `points`, [B, T, C]. The teacher is the dense GPT, or a ParallelGPT with every
+    sync on (sharded like the student), whose stream after each sync is the whole stream, the
+    same on every rank."""
+    if isinstance(teacher, ParallelGPT):
+        if not all(teacher.plan.bits) or teacher.ladder or teacher.sequence_parallel:
+            raise ConfigError("a sharded teacher must have every sync on, without ladder or "
+                              "sequence parallelism")
+        x, rope = embed(teacher.transformer, idx, teacher.vocab_parallel, 0, teacher.rotary)
+        s = ResidualStream(shared=x)
+        out = {0: x.squeeze(0)} if 0 in points else {}
+        for j in range(2 * teacher.config.n_layer):
+            s = teacher.transformer.h[j // 2].run_sublayer(s, j % 2, rope=rope)
+            if j + 1 in points:
+                out[j + 1] = s.shared.squeeze(0)
+        return out
+    x, rope = embed(teacher.transformer, idx, False, 0, teacher.rotary)
     x = x.squeeze(0)
     out = {0: x} if 0 in points else {}
-    for i, block in enumerate(dense.transformer.h):
+    for i, block in enumerate(teacher.transformer.h):
         x = x + block.attn(block.ln_1(x), None, rope)
         if 2 * i + 1 in points:
             out[2 * i + 1] = x
@@ -95,11 +109,11 @@ def student_region(model: ParallelGPT, region: Region, x: torch.Tensor) -> torch
     return s.shared.squeeze(0)
 
 
-def region_losses(model: ParallelGPT, dense, regions: list[Region],
+def region_losses(model: ParallelGPT, teacher, regions: list[Region],
                   idx: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
     """(summed MSE over the regions, each region's relative error ||s - t||^2 / ||t||^2)."""
     points = {r.first for r in regions} | {r.last + 1 for r in regions}
-    streams = teacher_streams(dense, idx, points)
+    streams = teacher_streams(teacher, idx, points)
     total, relative = 0.0, []
     for r in regions:
         out = student_region(model, r, streams[r.first])
@@ -110,13 +124,13 @@ def region_losses(model: ParallelGPT, dense, regions: list[Region],
     return total, relative
 
 
-def logit_kl(model: ParallelGPT, dense, idx: torch.Tensor) -> torch.Tensor:
+def logit_kl(model: ParallelGPT, teacher, idx: torch.Tensor) -> torch.Tensor:
     """KL(teacher || student) of the next-token distributions, mean per position."""
     with torch.no_grad():
-        teacher = F.log_softmax(dense(idx, idx)[0].float(), dim=-1)
+        target = F.log_softmax(teacher(idx, idx)[0].float(), dim=-1)
     logits, _ = model(idx, idx)  # with targets: every position's logits
     student = F.log_softmax(logits.float(), dim=-1)
     V = student.shape[-1]
-    return F.kl_div(student.reshape(-1, V), teacher.reshape(-1, V), log_target=True,
+    return F.kl_div(student.reshape(-1, V), target.reshape(-1, V), log_target=True,
                     reduction="batchmean")
 

@@ -216,13 +216,15 @@ def check_device(device: str | torch.device) -> torch.device:
 def load_trained(path: str, tp: int | None = None, sync: str | None = None,
                  device: str | torch.device = "cpu", distributed: bool | None = None,
                  state: dict | None = None, sync_dtype: str | None = None,
-                 sync_block: int | None = None) -> Loaded:
+                 sync_block: int | None = None, sharded: bool = False) -> Loaded:
     """The model a checkpoint (or a run's out_dir) was trained to be, or, with `tp`, `sync`,
     `sync_dtype` or `sync_block`, the conversion to another plan or sync precision.
     `distributed` (default: under torchrun, RANK set): a model that drops syncs runs with its tp
     ranks spread over the job's processes (collective: every process calls this); otherwise it
     is simulated in this process. `state`: the checkpoint's state.json as `read_checkpoint`
-    returned it (read and verified once)."""
+    returned it (read and verified once). `sharded`: a plan that computes the dense GPT (every
+    sync on) is still loaded as its tp ranks (as distill holds a teacher like its student),
+    not as the dense model whole."""
     device = check_device(device)
     state = state if state is not None else read_checkpoint(path)
     ckpt = state["path"]
@@ -247,7 +249,7 @@ def load_trained(path: str, tp: int | None = None, sync: str | None = None,
     common = dict(meta=load_meta(ckpt), path=ckpt, iteration=state.get("iter"), tp=tp,
                   plan=plan, trained_tp=trained_tp, trained_sync=trained_sync, wire=wire,
                   trained_wire=t_wire, ladder=ladder, history=provenance(state))
-    if function_key(tp, plan, wire, ladder) == ("dense",):
+    if function_key(tp, plan, wire, ladder) == ("dense",) and not (sharded and tp > 1):
         model = GPT(config).to(dtype)
         load_sharded(ckpt, ShardedState(model))
         return Loaded(model=model.to(device).eval(), mode="dense", **common)

@@ -36,6 +36,12 @@ def register(sub) -> argparse.ArgumentParser:
                    "a run")
     p.add_argument("--progress", type=boolean, default=True, help="progress bar (default true)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--teacher-sharded", "--teacher_sharded", dest="teacher_sharded",
+                   default=None, action=argparse.BooleanOptionalAction,
+                   help="hold the teacher sharded like the student, every sync on (default "
+                        "under torchrun: each process holds its share of the teacher, at the "
+                        "price of its all-reduces); --no-teacher-sharded: the dense teacher "
+                        "whole in every process (the default in one process)")
     add_calibration_args(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
@@ -51,7 +57,7 @@ def run(args) -> int:
         tokens=args.tokens, split=args.split, data_dir=args.data_dir,
         eval_interval=args.eval_interval, resume=args.resume, overwrite=args.overwrite,
         stop_after=args.stop_after, progress=args.progress, quiet=args.json,
-        device=args.device))
+        device=args.device, teacher_sharded=args.teacher_sharded))
     from ..analysis.distill import recovered_text
     if is_rank0():
         if args.json:
