@@ -13,6 +13,13 @@ Three predictions per row:
   and the same model with the one-shot step at 2, 10 and 20 us, and the per-layer overhead
   at half and 1.5x, for how far the unsourced and fitted numbers move it.
 
+A second source, another serving stack on other GPUs, nothing fitted to it: NVIDIA NeMo
+Framework's Llama-2 inference table (TensorRT-LLM engines; its user guide, Performance,
+Llama 2): Llama-2-7B at batch 1, 128-token prompt, 20 new tokens, average latency on 1-8 A100
+80GB SXM4 and H100 80GB HBM3. Predicted with the A100 above (gpt-fast's) and, for the H100,
+the datasheet H100 and one with gpt-fast's A100 ratios carried over (the bandwidth fraction
+1,700 / 2,039 and 54 us a layer): an assumption, said as one.
+
     python benchmarks/decode_validation.py [--out benchmarks/results/decode_validation.md]
 """
 from __future__ import annotations
@@ -38,13 +45,73 @@ MEASURED = [("Llama-2-7B", 1, 104.9), ("Llama-2-7B", 2, 168.84), ("Llama-2-7B", 
             ("Llama-2-7B", 8, 328.43), ("Llama-2-70B", 2, 21.32), ("Llama-2-70B", 4, 38.01),
             ("Llama-2-70B", 8, 62.50)]
 PROMPT, NEW = 5, 200  # gpt-fast's benchmark prompt, and its generate.py's default length
+NEMO_SOURCE = ("NVIDIA NeMo Framework user guide, Performance, Llama 2 inference table "
+               "(TensorRT-LLM), batch 1")
+NEMO = [("A100", 1, 234.0), ("A100", 2, 171.7), ("A100", 4, 143.7), ("A100", 8, 136.5),
+        ("H100", 1, 153.8), ("H100", 2, 128.6), ("H100", 4, 107.4), ("H100", 8, 97.6)]
+NEMO_PROMPT, NEMO_NEW = 128, 20
+
+
+def generation_s(config, tp, device, ic, prompt=PROMPT, new=NEW) -> float:
+    """Predicted prefill + (new - 1) decode steps at batch 1, bf16, every sync on."""
+    return predict_generation(config, SyncPlan.parse("tp", config.n_layer), tp=tp, batch=1,
+                              prompt_len=prompt, new_tokens=new, vocab_parallel=False,
+                              dtype_bytes=2, device=device, ic=ic)["generation_s"]
 
 
 def tokens_per_s(config, tp, device, ic) -> float:
-    p = predict_generation(config, SyncPlan.parse("tp", config.n_layer), tp=tp, batch=1,
-                           prompt_len=PROMPT, new_tokens=NEW, vocab_parallel=False,
-                           dtype_bytes=2, device=device, ic=ic)
-    return NEW / p["generation_s"]
+    return NEW / generation_s(config, tp, device, ic)
+
+
+def fit_layer_overhead(dev, ic, measured_s: float):
+    """`dev` with the per-layer fixed cost that makes the tp=1 NeMo row exact (the prediction
+    is linear in it)."""
+    config = SHAPES["Llama-2-7B"]
+    at = [generation_s(config, 1, dataclasses.replace(dev, layer_overhead_s=o), ic,
+                       NEMO_PROMPT, NEMO_NEW) for o in (0.0, 1e-4)]
+    o = 1e-4 * (measured_s - at[0]) / (at[1] - at[0])
+    return dataclasses.replace(dev, name=f"{dev.name}, {o * 1e6:.0f} us a layer",
+                               layer_overhead_s=o)
+
+
+def nemo_lines(a100) -> list[str]:
+    """The second source: predicted against NeMo's measured latency (ms), nothing fitted."""
+    h100 = DEVICES["h100-sxm"]
+    ratio = DEVICES["a100-sxm-330w"].mem_bandwidth_Bps / DEVICES["a100-sxm"].mem_bandwidth_Bps
+    h100_like = dataclasses.replace(h100, name="h100 as gpt-fast's a100",
+                                    mem_bandwidth_Bps=h100.mem_bandwidth_Bps * ratio,
+                                    layer_overhead_s=a100.layer_overhead_s)
+    ic = {"A100": BUILTIN["nvlink-a100"], "H100": BUILTIN["nvlink-h100"]}
+    variants = {"A100": {"gpt-fast's A100": (a100, ic["A100"])},
+                "H100": {"datasheet H100": (h100, ic["H100"]),
+                         "H100 as gpt-fast's A100": (h100_like, ic["H100"])}}
+    for gpu, dev in (("A100", a100), ("H100", h100_like)):  # this stack's own fixed cost
+        ms1 = next(ms for g, tp, ms in NEMO if g == gpu and tp == 1)
+        slow = dataclasses.replace(ic[gpu], oneshot_alpha_s=20e-6)  # NCCL-like small messages
+        variants[gpu]["overhead fitted on its tp=1"] = (fit_layer_overhead(
+            dev, ic[gpu], ms1 / 1e3), ic[gpu])
+        variants[gpu]["fitted, 20 us one-shot step"] = (fit_layer_overhead(
+            dev, slow, ms1 / 1e3), slow)
+    lines = ["", f"Second source: {NEMO_SOURCE}; Llama-2-7B, {NEMO_PROMPT}-token prompt, "
+             f"{NEMO_NEW} new tokens, end-to-end latency (prefill and {NEMO_NEW - 1} decode "
+             f"steps). Nothing fitted to it.", "",
+             "| GPU | tp | measured ms | predicted ms (error) |", "|---|---|---|---|"]
+    errors: dict[str, list[float]] = {}
+    for gpu, tp, ms in NEMO:
+        cells = []
+        for name, (dev, link) in variants[gpu].items():
+            pred = 1e3 * generation_s(SHAPES["Llama-2-7B"], tp, dev, link, NEMO_PROMPT,
+                                      NEMO_NEW)
+            if not ("fitted" in name and tp == 1):  # a fitted row is not a test
+                errors.setdefault(f"{gpu}: {name}", []).append(pred / ms - 1)
+            label = name if "fitted" not in name else \
+                f"{dev.layer_overhead_s * 1e6:.0f} us a layer, fitted" + \
+                (", 20 us one-shot step" if "20 us" in name else "")
+            cells.append(f"{label}: {pred:.1f} ({pred / ms - 1:+.1%})")
+        lines.append(f"| {gpu} | {tp} | {ms:.1f} | " + "; ".join(cells) + " |")
+    lines += [""] + [f"{name}: mean |error| {sum(map(abs, e)) / len(e):.1%}, worst "
+                     f"{max(e, key=abs):+.1%}" for name, e in errors.items()]
+    return lines
 
 
 def main() -> None:
@@ -82,6 +149,7 @@ def main() -> None:
     for name, tp, m, p in rows:
         lines.append(f"| {name} | {tp} | {m:.1f} | " + " | ".join(
             f"{p[k]:.1f}" for k in list(variants)[1:]) + " |")
+    lines += nemo_lines(model_dev)
     text = "\n".join(lines)
     print(text)
     if args.out:
