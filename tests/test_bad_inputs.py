@@ -440,6 +440,37 @@ def _(root):
     return ["eval", "--ckpt", trained(root), "--sync", "bits:11"]
 
 
+@case("eval --tasks: a task lm-eval does not know", "--tasks no_such_task: not a task lm-eval")
+def _(root):
+    return ["eval", "--ckpt", trained(root), "--tasks", "no_such_task"]
+
+
+@case("eval --tasks: an --include-path that is no folder", "is not a directory")
+def _(root):
+    return ["eval", "--ckpt", trained(root), "--tasks", "x", "--include-path",
+            str(root / "nowhere")]
+
+
+@case("eval --tasks: naming no task", "names no task")
+def _(root):
+    return ["eval", "--ckpt", trained(root), "--tasks", ","]
+
+
+@case("eval --tasks: a zero --limit", "'0' is not a positive number")
+def _(root):
+    return ["eval", "--ckpt", trained(root), "--tasks", "x", "--limit", "0"]
+
+
+@case("eval --tasks: a negative --num-fewshot", "'-1' is not a non-negative integer")
+def _(root):
+    return ["eval", "--ckpt", trained(root), "--tasks", "x", "--num-fewshot=-1"]
+
+
+@case("eval: --limit without --tasks", "--limit is an option of --tasks")
+def _(root):
+    return ["eval", "--ckpt", trained(root), "--limit", "3"]
+
+
 @case("eval: zero batch size", "batch_size=0 is invalid")
 def _(root):
     return ["eval", "--ckpt", trained(root), "--batch-size", "0"]

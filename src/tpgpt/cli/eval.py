@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_plan_args, flag, is_rank0, shutdown
+from ..errors import ConfigError
+from .common import (add_plan_args, flag, is_rank0, non_negative_int, positive_float,
+                     shutdown)
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -24,12 +26,30 @@ def register(sub) -> argparse.ArgumentParser:
     flag(ev, "batch_size", type=int, default=None,
          help="windows per forward pass (default: as many as fit 256 MiB of logits, at most 64)")
     ev.add_argument("--device", default="cpu", help="cpu or cuda")
+    tasks = ev.add_argument_group(
+        "downstream tasks", "with --tasks, lm-evaluation-harness's tasks instead of the loss "
+                            "over a split (the model as `simple_evaluate(model=\"tpgpt\", "
+                            "...)` runs it: tpgpt.analysis.harness)")
+    tasks.add_argument("--tasks", default=None, metavar="T1,T2",
+                       help="lm-eval task names, comma-separated")
+    flag(tasks, "include_path", default=None, metavar="DIR",
+         help="a folder of task YAML files of your own (lm-eval's --include_path)")
+    tasks.add_argument("--limit", type=positive_float, default=None, metavar="N",
+                       help="at most N documents per task (a fraction below 1)")
+    flag(tasks, "num_fewshot", type=non_negative_int, default=None, metavar="K",
+         help="few-shot examples per prompt (default: the task's)")
     ev.add_argument("--json", action="store_true", help="print JSON for machines")
     ev.set_defaults(func=run)
     return ev
 
 
 def run(args) -> int:
+    if args.tasks is not None:
+        return run_tasks(args)
+    for name in ("include_path", "limit", "num_fewshot"):
+        if getattr(args, name) is not None:
+            raise ConfigError(f"--{name.replace('_', '-')} is an option of --tasks (downstream "
+                              f"tasks through lm-eval): give --tasks too")
     from ..analysis.evaluate import evaluate_checkpoint
 
     try:
@@ -50,4 +70,34 @@ def run(args) -> int:
           f"{r['tokens'] + r['targets_left_out']:,} next-token targets (consecutive windows of "
           f"{r['block_size']} in {r['data']}; the last {r['targets_left_out']:,}, short of a "
           f"window, are left out)")
+    return 0
+
+
+def run_tasks(args) -> int:
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise ConfigError(f"--tasks {args.tasks!r} names no task")
+    if args.data_dir is not None or args.split != "val":
+        raise ConfigError("--tasks scores lm-eval tasks, not a split: drop --data-dir/--split")
+    try:
+        from ..analysis.harness import evaluate_tasks
+    except ImportError as e:
+        raise ConfigError(f"--tasks needs lm-evaluation-harness ({e.name} is not installed): "
+                          f"pip install lm_eval") from None
+    try:
+        r = evaluate_tasks(args.ckpt, tasks, tp=args.tp, sync=args.sync,
+                           sync_dtype=args.sync_dtype, sync_block=args.sync_block,
+                           include_path=args.include_path, limit=args.limit,
+                           num_fewshot=args.num_fewshot, batch_size=args.batch_size or 8,
+                           device=args.device)
+    finally:
+        shutdown()
+    if not is_rank0():
+        return 0
+    table = r.pop("table")
+    if args.json:
+        print(json.dumps(r, indent=2, default=str))
+        return 0
+    print(f"tpgpt eval: {r['checkpoint']} ({r['history']})\n  plan: {r['description']}\n"
+          f"{table}")
     return 0
