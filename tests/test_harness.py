@@ -59,21 +59,23 @@ def write_tasks(root) -> str:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
+    """(root, the tasks' folder, lm-eval's TaskManager of the local tasks only: the index of
+    its own tasks takes ~12 s to build)."""
+    from lm_eval.tasks import TaskManager
     root = tmp_path_factory.mktemp("harness")
     make_hf_dir(str(root / "hf"), "llama", seed=0)
     assert main(["import-hf", str(root / "hf"), "--out", str(root / "ck"), "--dtype",
                  "float64"]) == 0
-    return root, write_tasks(root)
+    tasks = write_tasks(root)
+    return root, tasks, TaskManager(include_path=tasks, include_defaults=False)
 
 
-def evaluate(model: str, args: str, tasks_dir: str) -> dict:
+def evaluate(model: str, args: str, manager) -> dict:
     """lm-eval's Python API: task -> (its metrics, every request's responses)."""
     import tpgpt.analysis.harness  # noqa: F401 (registers "tpgpt")
-    from lm_eval.tasks import TaskManager
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     r = lm_eval.simple_evaluate(model=model, model_args=args, tasks=TASKS, batch_size=4,
-                                device="cpu", log_samples=True,
-                                task_manager=TaskManager(include_path=tasks_dir))
+                                device="cpu", log_samples=True, task_manager=manager)
     return {t: (r["results"][t], [s["resps"] for s in r["samples"][t]]) for t in TASKS}
 
 
@@ -91,11 +93,11 @@ def loglikelihoods(resps) -> torch.Tensor:
 
 
 def test_lm_eval_scores_the_imported_model_as_transformers(setup):
-    root, tasks = setup
-    hf = evaluate("hf", f"pretrained={root / 'hf'},dtype=float64", tasks)
-    ours = evaluate("tpgpt", f"ckpt={root / 'ck'}", tasks)
-    sharded = evaluate("tpgpt", f"ckpt={root / 'ck'},tp=4", tasks)  # every sync on
-    dropped = evaluate("tpgpt", f"ckpt={root / 'ck'},tp=2,sync=spd", tasks)
+    root, _, manager = setup
+    hf = evaluate("hf", f"pretrained={root / 'hf'},dtype=float64", manager)
+    ours = evaluate("tpgpt", f"ckpt={root / 'ck'}", manager)
+    sharded = evaluate("tpgpt", f"ckpt={root / 'ck'},tp=4", manager)  # every sync on
+    dropped = evaluate("tpgpt", f"ckpt={root / 'ck'},tp=2,sync=spd", manager)
     for run, name in ((ours, "dense"), (sharded, "tp=4")):
         for t in ("local_mc", "local_roll"):
             assert_close(loglikelihoods(run[t][1]), loglikelihoods(hf[t][1]), f"{name} {t}")
@@ -112,7 +114,7 @@ def test_lm_eval_scores_the_imported_model_as_transformers(setup):
 def test_tpgpt_eval_tasks_prints_lm_evals_table_with_the_plan(setup, capsys):
     """`tpgpt eval --tasks`: the header names the plan, lm-eval's table follows; --json gives
     the results, the same under torchrun (tp=2 over two processes) as simulated."""
-    root, tasks = setup
+    root, tasks, _ = setup
     args = ["eval", "--ckpt", str(root / "ck"), "--tp", "2", "--sync", "spd", "--tasks",
             "local_mc,local_roll", "--include-path", tasks, "--limit", "4"]
     capsys.readouterr()

@@ -178,7 +178,12 @@ def evaluate_tasks(ckpt: str, tasks: list[str], *, tp: int | None = None,
 
     if include_path is not None and not os.path.isdir(include_path):
         raise ConfigError(f"--include-path {include_path} is not a directory")
-    manager = TaskManager(include_path=include_path)
+    manager = None
+    if include_path is not None:  # lm-eval's own task index takes ~12 s to build: skip it
+        manager = TaskManager(include_path=include_path, include_defaults=False)
+        if any(t not in manager.all_tasks for t in tasks):  # when every task is local
+            manager = None
+    manager = manager or TaskManager(include_path=include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise ConfigError(f"--tasks {','.join(unknown)}: not a task lm-eval knows (its own, "
