@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -61,6 +62,13 @@ def greedy_decode(model) -> dict:
     steps = list(decode(model.eval(), make_batch()[0][:, :3], 10, temperature=0))
     return {"tokens": torch.cat([t for _, t in steps], 1),
             "logits": torch.stack([lg for lg, _ in steps])}
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a process group's store)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def torchrun(nproc: int, script: str, args: list[str], timeout: float = 300,

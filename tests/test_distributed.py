@@ -12,7 +12,7 @@ import torch
 
 from conftest import assert_close
 from dist_common import (CONFIG, DTYPE, HERE, case_config, case_options, greedy_decode,
-                         make_batch, torchrun, wire_inputs)
+                         free_port, make_batch, torchrun, wire_inputs)
 from tpgpt import GPT, ParallelGPT
 from tpgpt.comm.plan import count_collectives, summarize
 from tpgpt.comm.tp_comm import TPComm
@@ -132,14 +132,10 @@ def test_the_process_group_is_released_when_destroyed(tmp_path):
     interpreter teardown aborts a rank at exit now and then (gloo's destructor: SIGABRT,
     'terminate called without an active exception'). torch.distributed.nn.functional binds
     group.WORLD into its default arguments when imported, which torch does lazily."""
-    import socket
     import subprocess
     import sys
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(port))
+               MASTER_PORT=str(free_port()))
     proc = subprocess.run([sys.executable, "-c", _RELEASE_SCRIPT], capture_output=True,
                           text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 from conftest import tiny_train_overrides, train_losses
 from tpgpt.analysis.numerics import TRAIN_LOSS_TOL64
-from dist_common import HERE, torchrun
+from dist_common import HERE, free_port, torchrun
 
 CONFIG = os.path.join(HERE, "..", "configs", "shakespeare_char_cpu.toml")
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -34,12 +33,6 @@ def _worker_pid(out_dir, local_rank: int) -> int | None:
         if f"--out_dir={out_dir}".encode() in cmd and f"LOCAL_RANK={local_rank}".encode() in env:
             return int(pid)
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 KW = dict(tp=2, sync="spd", n_layer=4, n_head=4, n_embd=64, max_iters=200, lr_decay_iters=200,
@@ -96,7 +89,7 @@ def test_two_nodes_on_loopback_equal_one_node(text_data, tmp_path):
     kw = dict(tp=2, sync="tp,spd", gradient_accumulation_steps=2, n_head=4, max_iters=30,
               dtype="float64")
     torchrun(4, "-m", _args(data, tmp_path / "one", **kw)[1:])
-    port = _free_port()
+    port = free_port()
     procs = []
     for node in (0, 1):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",

@@ -25,6 +25,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from ..checkpoint.load import load_trained
 from ..data import tokenizer_from_meta
 from ..errors import ConfigError
+from ..model.generation import until_stop
 
 
 @register_model("tpgpt")
@@ -55,11 +56,8 @@ class TpgptLM(TemplateLM):
         """What lm-eval's hf model conditions an empty context on: the BOS token, else the
         end-of-sequence one; a character or byte tokenizer has neither, and uses a newline
         (where a document of its corpus starts)."""
-        bos = (getattr(self.tok, "config", None) or {}).get("bos_token")
-        bos = bos.get("content") if isinstance(bos, dict) else bos
-        lookup = getattr(getattr(self.tok, "tok", None), "token_to_id", None)  # HF tokenizers
-        if isinstance(bos, str) and lookup is not None and lookup(bos) is not None:
-            return lookup(bos)
+        if self.tok.bos_id is not None:
+            return self.tok.bos_id
         if self.tok.eos_ids:
             return self.tok.eos_ids[0]
         newline = self.tok.encode_stream("\n")
@@ -150,12 +148,7 @@ class TpgptLM(TemplateLM):
             stop = tuple(self.tok.eos_ids)
             with torch.no_grad():
                 row = self.model.generate(idx, new, temperature=0.0, stop=stop)[0].tolist()
-            gen = row[len(ids):]
-            for i, t in enumerate(gen):
-                if t in stop:
-                    gen = gen[:i]
-                    break
-            text = self.tok_decode(gen)
+            text = self.tok_decode(until_stop(row, len(ids), stop)[len(ids):])
             for s in until:
                 if s and s in text:
                     text = text[:text.index(s)]

@@ -31,6 +31,11 @@ class Tokenizer:
         """The tokens that end a text (sampling stops at one); none for characters or bytes."""
         return ()
 
+    @property
+    def bos_id(self) -> int | None:
+        """The token that begins a text (lm-eval conditions an empty context on it), if any."""
+        return None
+
 
 class CharTokenizer(Tokenizer):
     """One token per distinct character of the corpus, in sorted order (nanoGPT's)."""
@@ -123,10 +128,20 @@ class HFTokenizer(Tokenizer):
         import; else the tokenizer_config's eos_token."""
         if self.eos_token_ids is not None:
             return self.eos_token_ids
-        eos = self.config.get("eos_token")
-        eos = eos.get("content") if isinstance(eos, dict) else eos
-        token = self.tok.token_to_id(eos) if isinstance(eos, str) else None
+        token = self._config_token("eos_token")
         return () if token is None else (token,)
+
+    @property
+    def bos_id(self) -> int | None:
+        """The tokenizer_config's bos_token (Llama's <s>), if it names one."""
+        return self._config_token("bos_token")
+
+    def _config_token(self, name: str) -> int | None:
+        """The id of the token tokenizer_config.json names under `name` (a string or an
+        AddedToken dict), None when it names none or one the vocabulary lacks."""
+        token = self.config.get(name)
+        token = token.get("content") if isinstance(token, dict) else token
+        return self.tok.token_to_id(token) if isinstance(token, str) else None
 
     @property
     def sha256(self) -> str:

@@ -7,6 +7,7 @@ import torch
 from ..checkpoint.load import Loaded, load_trained
 from ..data import tokenizer_from_meta
 from ..errors import ConfigError
+from ..model.generation import until_stop
 
 
 def sample(path: str, prompt: str = "\n", num_samples: int = 3, max_new_tokens: int = 500,
@@ -37,8 +38,7 @@ def sample(path: str, prompt: str = "\n", num_samples: int = 3, max_new_tokens: 
     for _ in range(num_samples):
         y = loaded.model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k,
                                   generator=gen, kv_cache=kv_cache, stop=stop)[0].tolist()
-        end = next((i for i in range(len(ids), len(y)) if y[i] in stop), len(y))
-        out.append(tok.decode(y[:end]))
+        out.append(tok.decode(until_stop(y, len(ids), stop)))
     return out
 
 

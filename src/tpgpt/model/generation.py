@@ -66,6 +66,12 @@ def decode(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1
                 return
 
 
+def until_stop(row: list[int], start: int, stop: tuple[int, ...]) -> list[int]:
+    """A generated row up to (not including) its first `stop` token at or after `start` (the
+    prompt's length); the whole row when it drew none."""
+    return row[:next((i for i in range(start, len(row)) if row[i] in stop), len(row))]
+
+
 def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, generator: torch.Generator | None = None,
              kv_cache: bool = True, stop: tuple[int, ...] = ()) -> torch.Tensor:
