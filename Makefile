@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo verify test test-fast bench study-spd study-12layer sync-variants clean
+.PHONY: setup demo verify test test-fast bench study-spd study-12layer study-llama sync-variants clean
 
 # A virtual environment with the pinned CPU torch of requirements-ci.txt and tpgpt (editable).
 $(BIN)/tpgpt: pyproject.toml requirements-ci.txt
@@ -75,6 +75,10 @@ study-spd: setup
 
 study-12layer: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash benchmarks/study_12layer.sh
+
+# the Llama study (docs/study_llama/, about 50 minutes here; rerun to resume)
+study-llama: setup
+	PATH="$(abspath $(BIN)):$$PATH" bash benchmarks/study_llama.sh
 
 # compressed and ladder syncs side by side (BENCHMARKS.md; about 90 minutes; replaces the
 # committed variants_* results, keeps finished training runs in out/sweep_variants*)

@@ -17,11 +17,9 @@ results.json, frontier.png, loss_curves.png) is rewritten from what OUT holds at
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
@@ -119,6 +117,7 @@ def run_job(out: str, j: dict) -> None:
     from tpgpt.analysis.evaluate import evaluate_checkpoint
 
     t0 = time.perf_counter()
+    os.makedirs(os.path.join(out, "converted"), exist_ok=True)
     z, d = (converted_path(out, j["tp"], j["plan"], k) for k in ("zero_shot", "distilled"))
     if not os.path.exists(os.path.join(z, "state.json")):
         for p in (z, z + ".tmp", z + ".old", z + ".prev"):  # a conversion killed half-way
@@ -139,7 +138,10 @@ def run_job(out: str, j: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-# --- the scheduler -----------------------------------------------------------------------------
+# --- the study's command line (study_runner.py) ---------------------------------------------
+
+NAME = "study_12layer"
+
 
 def settings() -> dict:
     """What a study's results depend on: a rerun in the same OUT must use the same."""
@@ -147,136 +149,28 @@ def settings() -> dict:
             "groups": [list(g) for g in GROUPS], "dense": list(DENSE), "distill": DISTILL}
 
 
-def write_json(path: str, obj) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)
+def write_report(out: str, doc: str, timings: dict) -> str:
+    from study_12layer_report import write_report as write
+    write(out, doc, timings, BUDGET)
+    return f"wrote {doc}/results.md, results.json, frontier.png, loss_curves.png"
 
 
-def schedule(out: str, lanes: int, threads: int, on_job_end, echo) -> list[str]:
-    """Run every job not done yet in `lanes` processes; return the names of those that failed."""
-    from tqdm import tqdm
-
-    dense = jobs(out)[0]
-    assert dense == {"kind": "train", "tp": DENSE[0], "seed": DENSE[1], "plan": "tp"}
-    todo = [j for j in jobs(out) if not job_done(out, j)]
-    total = len(jobs(out))
-    echo(f"{total - len(todo)} of {total} jobs done before; {len(todo)} to run in {lanes} "
-         f"processes of {threads} thread(s)")
-    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
-    os.makedirs(os.path.join(out, "converted"), exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    running: dict[int, tuple[dict, subprocess.Popen, float, object]] = {}
-    failed: list[str] = []
-    finished = total - len(todo)
-    try:
-        while todo or running:
-            if job_name(dense) in failed:  # the conversions can never start: fail them too
-                for j in [j for j in todo if j.get("after") == "dense"]:
-                    todo.remove(j)
-                    failed.append(job_name(j) + " (needs the dense model)")
-            for lane in range(lanes):
-                ready = [j for j in todo if j.get("after") != "dense" or job_done(out, dense)]
-                if lane in running or not ready:
-                    continue
-                j = ready[0]
-                todo.remove(j)
-                log = os.path.join(out, "logs", job_name(j).replace(" ", "_") + ".log")
-                with open(log, "a") as f:
-                    argv = [sys.executable, __file__, "--out", out, "--iters", str(BUDGET),
-                            "--job", json.dumps(j)]
-                    proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env)
-                bar = tqdm(total=progress_of(out, j)[1], desc=job_name(j), position=lane,
-                           leave=False, dynamic_ncols=True, disable=None)
-                running[lane] = (j, proc, time.perf_counter(), bar)
-                echo(f"[{finished + len(running)}/{total}] lane {lane}: {job_name(j)} started")
-            if not running and todo:  # nothing can start and nothing runs: cannot happen
-                raise RuntimeError(f"jobs that can never start: {[job_name(j) for j in todo]}")
-            time.sleep(2)
-            for lane, (j, proc, t0, bar) in list(running.items()):
-                bar.n = progress_of(out, j)[0]
-                bar.refresh()
-                if proc.poll() is None:
-                    continue
-                bar.close()
-                del running[lane]
-                finished += 1
-                ok = proc.returncode == 0 and job_done(out, j)
-                if not ok:
-                    failed.append(job_name(j))
-                echo(f"lane {lane}: {job_name(j)} {'done' if ok else 'FAILED'} in "
-                     f"{time.perf_counter() - t0:.0f} s" + ("" if ok else " (see its log in "
-                                                              f"{out}/logs)"))
-                on_job_end(1)
-    finally:  # interrupted: stop the jobs too (each resumes from its last checkpoint)
-        for _, proc, _, _ in running.values():
-            proc.terminate()
-        for _, proc, _, _ in running.values():
-            proc.wait()
-    return failed
-
-
-def main() -> int:
-    global BUDGET
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="out/study_12layer")
-    ap.add_argument("--doc", default="docs/study_12layer")
-    ap.add_argument("--lanes", type=int, default=2, help="jobs at once (default 2)")
-    ap.add_argument("--threads", type=int, default=1, help="threads per job (default 1)")
+def _iters(ap: argparse.ArgumentParser):
     ap.add_argument("--iters", type=int, default=BUDGET,
                     help=f"training iterations per run (default {BUDGET}, the study's; fewer for "
                          f"a quick trial in another --out)")
-    ap.add_argument("--job", help=argparse.SUPPRESS)  # internal: one job, in a lane's process
-    args = ap.parse_args()
-    BUDGET = args.iters
-    if args.job:
-        run_job(args.out, json.loads(args.job))
-        return 0
-    for name in ("lanes", "threads", "iters"):
-        if getattr(args, name) < 1:
-            print(f"study_12layer: --{name} must be >= 1", file=sys.stderr)
-            return 2
-    os.makedirs(args.out, exist_ok=True)
-    lock = open(os.path.join(args.out, ".lock"), "w")
-    try:  # two invocations on one OUT would train the same runs at once
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        print(f"study_12layer: another invocation is running in {args.out}", file=sys.stderr)
-        return 2
-    spath = os.path.join(args.out, "study.json")
-    if os.path.exists(spath):
-        with open(spath) as f:
-            before = json.load(f)
-        if before != settings():
-            diff = sorted(k for k in settings() if before.get(k) != settings()[k])
-            print(f"study_12layer: {args.out} holds a study with other settings ({', '.join(diff)}"
-                  f"): choose another --out", file=sys.stderr)
-            return 2
-    else:
-        write_json(spath, settings())
-    tpath = os.path.join(args.out, "timings.json")
-    timings = json.load(open(tpath)) if os.path.exists(tpath) else {"invocations": []}
-    mine = {"lanes": args.lanes, "threads": args.threads, "wall_s": 0.0, "jobs": 0}
-    timings["invocations"].append(mine)
-    t0 = time.perf_counter()
 
-    def on_job_end(ran: int = 0):  # a killed invocation keeps its time up to its last job
-        mine["jobs"] += ran
-        mine["wall_s"] = time.perf_counter() - t0
-        write_json(tpath, timings)
-
-    from tqdm import tqdm
-    failed = schedule(args.out, args.lanes, args.threads, on_job_end, echo=tqdm.write)
-    on_job_end()
-    if failed:
-        print(f"study_12layer: {len(failed)} job(s) failed: {', '.join(failed)}; rerun to retry",
-              file=sys.stderr)
-        return 1
-    from study_12layer_report import write_report
-    write_report(args.out, args.doc, timings, BUDGET)
-    print(f"wrote {args.doc}/results.md, results.json, frontier.png, loss_curves.png")
-    return 0
+    def job_args(args):
+        global BUDGET
+        if args.iters < 1:
+            print(f"{NAME}: --iters must be >= 1", file=sys.stderr)
+            return None
+        BUDGET = args.iters
+        return ["--iters", str(BUDGET)]
+    return job_args
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from study_runner import main
+    sys.exit(main(sys.modules[__name__], __file__, "docs/study_12layer", "out/study_12layer",
+                  extra=_iters))

@@ -20,6 +20,11 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
+    def encode_stream(self, text: str) -> list[int]:
+        """`text` without the special tokens a tokenizer adds around a whole text (a
+        continuation, a part of a prompt); the same as encode for those that add none."""
+        return self.encode(text)
+
     def decode(self, ids) -> str:
         raise NotImplementedError
 
