@@ -131,3 +131,36 @@ def test_tpgpt_eval_tasks_prints_lm_evals_table_with_the_plan(setup, capsys):
     for t, metric in (("local_mc", "acc,none"), ("local_roll", "word_perplexity,none")):
         assert dist["results"][t][metric] == pytest.approx(sim["results"][t][metric],
                                                            rel=1e-9), t
+
+
+def test_a_character_level_checkpoint_is_scored_by_its_own_forward_pass(text_data, tmp_path):
+    """A tpgpt-trained character-level model (no BOS or EOS: an empty context is conditioned on
+    the newline its corpus starts documents with): each choice's log-likelihood is the sum of
+    the model's own log-probabilities of its characters after the context's (float64: the
+    batch's padding reorders no sum that tolerance does not cover)."""
+    from tpgpt.analysis.harness import TpgptLM
+    from tpgpt.checkpoint.load import load_trained
+    from tpgpt.train.config import load_config
+    from tpgpt.train.trainer import Trainer
+    from conftest import tiny_train_overrides
+
+    data, _ = text_data
+    Trainer(load_config(None, tiny_train_overrides(data, str(tmp_path / "run"), max_iters=4,
+                                                   tp=2, sync="spd", dtype="float64")),
+            quiet=True).run()
+    ckpt = str(tmp_path / "run" / "last")
+    lm = TpgptLM(ckpt, batch_size=3)
+    loaded = load_trained(ckpt)
+    assert loaded.sync == "spd" and lm.prefix_token_id == lm.tok_encode("\n")[0]
+    pairs = [("the king ", "shall"), ("", "love"), ("my good sir ", "y")]
+    got = [ll for ll, _ in lm._loglikelihood_tokens(
+        [((c, k), lm.tok_encode(c) if c else [lm.prefix_token_id], lm.tok_encode(k))
+         for c, k in pairs])]
+    for (c, k), ll in zip(pairs, got):
+        ids = (lm.tok_encode(c) if c else [lm.prefix_token_id]) + lm.tok_encode(k)
+        idx = torch.tensor([ids[:-1]])
+        with torch.no_grad():
+            logits, _ = loaded.model(idx, idx)
+        logp = torch.log_softmax(logits[0].double(), -1)[-len(k):]
+        want = logp.gather(1, torch.tensor(lm.tok_encode(k))[:, None]).sum()
+        assert_close(torch.tensor([ll], dtype=torch.float64), want[None], f"{c!r} {k!r}")
