@@ -114,13 +114,6 @@ def main(study, script: str, doc: str, out: str, extra=None, argv=None) -> int:
         if getattr(args, name) < 1:
             print(f"{study.NAME}: --{name} must be >= 1", file=sys.stderr)
             return 2
-    os.makedirs(args.out, exist_ok=True)
-    lock = open(os.path.join(args.out, ".lock"), "w")
-    try:  # two invocations on one OUT would train the same runs at once
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        print(f"{study.NAME}: another invocation is running in {args.out}", file=sys.stderr)
-        return 2
     spath = os.path.join(args.out, "study.json")
     if os.path.exists(spath):
         with open(spath) as f:
@@ -130,7 +123,14 @@ def main(study, script: str, doc: str, out: str, extra=None, argv=None) -> int:
             print(f"{study.NAME}: {args.out} holds a study with other settings "
                   f"({', '.join(diff)}): choose another --out", file=sys.stderr)
             return 2
-    else:
+    os.makedirs(args.out, exist_ok=True)
+    lock = open(os.path.join(args.out, ".lock"), "w")
+    try:  # two invocations on one OUT would train the same runs at once
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print(f"{study.NAME}: another invocation is running in {args.out}", file=sys.stderr)
+        return 2
+    if not os.path.exists(spath):
         write_json(spath, study.settings())
     tpath = os.path.join(args.out, "timings.json")
     timings = json.load(open(tpath)) if os.path.exists(tpath) else {"invocations": []}

@@ -81,3 +81,25 @@ def test_the_report_measures_gaps_over_the_all_sync_model(tmp_path, monkeypatch,
     assert ("Beside the GPT-2 12-layer study" in md) == beside
     assert (r["gpt2"] is not None) == beside
     assert os.path.getsize(os.path.join(doc, "frontier.png")) > 10_000
+
+
+@pytest.mark.parametrize("case", ["lanes", "threads", "other_settings"])
+def test_the_study_command_refuses_bad_input_in_one_line(tmp_path, capsys, case):
+    """`python benchmarks/study_llama.py` (and the GPT-2 12-layer study: one command line,
+    study_runner.main): a bad option, or an OUT that holds a study with other settings, is
+    one line and exit 2, and nothing is written."""
+    import study_runner
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--doc", str(tmp_path / "doc")]
+    if case == "other_settings":
+        _write(str(out / "study.json"), {**study.settings(), "iters": study.BUDGET + 1})
+    else:
+        argv += [f"--{case}", "0"]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    assert study_runner.main(study, study.__file__, "doc", "out", argv=argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("study_llama: "), err
+    assert {"lanes": "--lanes must be >= 1", "threads": "--threads must be >= 1",
+            "other_settings": "other settings (iters)"}[case] in err[0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
