@@ -20,14 +20,17 @@ VARIANT_MARK = {"long": ("P", "4x longer distillation"), "kl": ("X", "+ KL phase
 
 
 def _route(ax, rows: list[dict], key: str, route: str, tp: int) -> None:
-    pts = sorted([(24, 0.0)] + [(r["forward_syncs"], r[key]) for r in rows if r["tp"] == tp])
+    pts = sorted([(r["forward_syncs"], r[key]) for r in rows if r["tp"] == tp])
+    if not pts:  # a partial study: nothing of this route at this tp yet
+        return
+    pts = [(24, 0.0)] + pts
     marker, line = STYLE[tp]
     ax.plot(*zip(*pts), marker=marker, linestyle=line, color=COLORS[route], markersize=5,
             label=f"{LABELS[route]}, tp={tp}")
 
 
 def _panel(ax, trained, converted, routes, title, variants=()) -> None:
-    for tp in sorted({r["tp"] for r in trained}):
+    for tp in sorted({r["tp"] for r in [*trained, *converted]}):
         for route in routes:
             if route == "trained":
                 _route(ax, [r for r in trained if r["plan"] != "tp"], "gap_pct", route, tp)

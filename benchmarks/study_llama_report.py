@@ -36,30 +36,34 @@ def _read(path: str) -> dict:
 
 
 def collect(out: str) -> dict:
+    """What OUT holds: every finished job's results (a study still running, or stopped, gives
+    a partial report, which says so); the dense model's run must be there."""
+    from study_llama import job_done, jobs
+
+    done = [j for j in jobs(out) if job_done(out, j)]
     trained = []
-    for tp in TPS:
-        for plan in PLANS:
-            d = run_dir(out, tp, plan)
-            s = _read(os.path.join(d, "summary.json"))
-            trained.append({"tp": tp, "plan": plan, "bits": SyncPlan.parse(plan, 12).bitstring,
-                            "forward_syncs": s["forward_syncs"],
-                            "collectives_per_step": s["collectives_per_step"],
-                            "val_loss": s["full_val_loss"], "train_loss": s["final_train_loss"],
-                            "median_ms": (s.get("step_ms") or {}).get("median"),
-                            "downstream": _read(os.path.join(d, "downstream.json")),
-                            "curve": [(e["iter"], e["val_loss"]) for e in curve(d)]})
-    converted = [_read(converted_path(out, tp, plan, v, "result"))
-                 for v, (tps, _, _) in VARIANTS.items() for tp in tps
-                 for plan in (PLANS[1:] if v == "base" else (SIX,))]
+    for tp, plan in ((j["tp"], j["plan"]) for j in done if j["kind"] == "train"):
+        d = run_dir(out, tp, plan)
+        s = _read(os.path.join(d, "summary.json"))
+        trained.append({"tp": tp, "plan": plan, "bits": SyncPlan.parse(plan, 12).bitstring,
+                        "forward_syncs": s["forward_syncs"],
+                        "collectives_per_step": s["collectives_per_step"],
+                        "val_loss": s["full_val_loss"], "train_loss": s["final_train_loss"],
+                        "median_ms": (s.get("step_ms") or {}).get("median"),
+                        "downstream": _read(os.path.join(d, "downstream.json")),
+                        "curve": [(e["iter"], e["val_loss"]) for e in curve(d)]})
+    converted = [_read(converted_path(out, j["tp"], j["plan"], j["variant"], "result"))
+                 for j in done if j["kind"] == "convert"]
     dense = next(r for r in trained if (r["tp"], r["plan"]) == (DENSE[0], "tp"))["val_loss"]
     for r in trained:
         r["gap_pct"] = 100 * (r["val_loss"] / dense - 1)
     for c in converted:
         c["zero_shot_gap_pct"] = 100 * (c["zero_shot_loss"] / dense - 1)
         c["distilled_gap_pct"] = 100 * (c["distilled_loss"] / dense - 1)
-        c["trained_loss"] = next(r["val_loss"] for r in trained
-                                 if (r["tp"], r["plan"]) == (c["tp"], c["plan"]))
-    return {"trained": trained, "converted": converted, "dense_loss": dense}
+        c["trained_loss"] = next((r["val_loss"] for r in trained
+                                  if (r["tp"], r["plan"]) == (c["tp"], c["plan"])), None)
+    return {"trained": trained, "converted": converted, "dense_loss": dense,
+            "jobs_done": len(done), "jobs": len(jobs(out))}
 
 
 def gpt2_beside() -> dict | None:
@@ -86,9 +90,8 @@ def meta_of(out: str, data: dict, timings: dict) -> dict:
 
     cfg = load_config(PRESET)
     model = cfg.model_config(_read(os.path.join(cfg.data_dir, "meta.json"))["vocab_size"])
-    floor = {tp: abs(next(r["val_loss"] for r in data["trained"]
-                          if (r["tp"], r["plan"]) == (tp, "tp")) - data["dense_loss"])
-             for tp in TPS if tp != DENSE[0]}
+    floor = {r["tp"]: abs(r["val_loss"] - data["dense_loss"]) for r in data["trained"]
+             if r["plan"] == "tp" and r["tp"] != DENSE[0]}
     return {"preset": PRESET, "iters": BUDGET, "batch_size": cfg.batch_size,
             "block_size": cfg.block_size, "n_head": model.n_head, "n_kv_head": model.kv_heads,
             "params": GPT(model).get_num_params(), "variants": VARIANTS,
@@ -96,9 +99,13 @@ def meta_of(out: str, data: dict, timings: dict) -> dict:
             "same_function_floor": floor,
             "median_step_ms": {tp: statistics.median(r["median_ms"] for r in data["trained"]
                                                      if r["tp"] == tp and r["median_ms"])
-                               for tp in TPS},
+                               for tp in sorted({r["tp"] for r in data["trained"]})},
             "invocations": [i for i in timings["invocations"] if i.get("jobs", 1)],
             "wall_s": sum(i["wall_s"] for i in timings["invocations"] if i.get("jobs", 1))}
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
 
 
 def _acc(d: dict) -> str:
@@ -121,15 +128,16 @@ def tables(data: dict, gpt2: dict | None, meta: dict) -> list[str]:
         L.append(f"| {c['tp']} | `{c['plan']}` | {c['forward_syncs']} | "
                  f"{c['zero_shot_loss']:.4f} | {c['zero_shot_gap_pct']:+.2f}% | "
                  f"{c['distilled_loss']:.4f} | {c['distilled_gap_pct']:+.2f}% | "
-                 f"{c['trained_loss']:.4f} | {_acc(c['zero_shot_downstream'])} | "
+                 f"{_f(c['trained_loss'])} | {_acc(c['zero_shot_downstream'])} | "
                  f"{_acc(c['distilled_downstream'])} | "
                  f"{100 * c['calibration_recovered']:.0f}% |")
     L += ["", f"## The target: `{SIX}` (6 of 24 syncs)", "",
           "| tp | route | val loss | vs all-sync | target | met | downstream acc % |",
           "|---|---|---|---|---|---|---|"]
     for tp in TARGET:
-        t = next(r for r in data["trained"] if (r["tp"], r["plan"]) == (tp, SIX))
-        rows = [("trained with the plan", t["val_loss"], t["gap_pct"], t["downstream"])]
+        t = [r for r in data["trained"] if (r["tp"], r["plan"]) == (tp, SIX)]
+        rows = [("trained with the plan", r["val_loss"], r["gap_pct"], r["downstream"])
+                for r in t]
         rows += [(ATTEMPTS[c["variant"]], c["distilled_loss"], c["distilled_gap_pct"],
                   c["distilled_downstream"]) for c in data["converted"]
                  if (c["tp"], c["plan"]) == (tp, SIX)]
@@ -146,16 +154,17 @@ def tables(data: dict, gpt2: dict | None, meta: dict) -> list[str]:
               "Llama distilled |", "|---|---|---|---|---|---|---|"]
         for tp in TPS:
             for plan in PLANS[1:]:
-                lt = next(r for r in data["trained"] if (r["tp"], r["plan"]) == (tp, plan))
-                lc = next(c for c in data["converted"]
-                          if (c["tp"], c["plan"], c["variant"]) == (tp, plan, "base"))
+                lt = [r for r in data["trained"] if (r["tp"], r["plan"]) == (tp, plan)]
+                lc = [c for c in data["converted"]
+                      if (c["tp"], c["plan"], c["variant"]) == (tp, plan, "base")]
+                if not lt and not lc:
+                    continue
                 gt = [r for r in gpt2["trained"] if (r["tp"], r["plan"]) == (tp, plan)]
                 gc = [c for c in gpt2["converted"] if (c["tp"], c["plan"]) == (tp, plan)]
-                L.append(f"| `{plan}` | {lt['forward_syncs']} | {tp} | "
-                         + (f"{gt[0]['gap_pct']:+.2f}%" if gt else "-") + " | "
-                         f"{lt['gap_pct']:+.2f}% | "
-                         + (f"{gc[0]['distilled_gap_pct']:+.2f}%" if gc else "-") + " | "
-                         f"{lc['distilled_gap_pct']:+.2f}% |")
+                L.append(f"| `{plan}` | {(lt or lc)[0]['forward_syncs']} | {tp} | "
+                         + " | ".join(f"{x[0][k]:+.2f}%" if x else "-" for x, k in (
+                             (gt, "gap_pct"), (lt, "gap_pct"), (gc, "distilled_gap_pct"),
+                             (lc, "distilled_gap_pct"))) + " |")
         n = gpt2["noise"]
         L += ["", f"Noise, borrowed (this study has one seed): in the GPT-2 study the loss's "
               f"seed-to-seed standard deviation is {n['loss_sd']:.4f} "
@@ -187,6 +196,10 @@ def write_report(out: str, doc: str, timings: dict) -> None:
             + ", ".join(f"{k}: {v:.0f}" for k, v in meta["median_step_ms"].items())
             + f"; wall time {meta['wall_s'] / 60:.0f} min over "
             f"{len(meta['invocations'])} invocation(s).", ""]
+    if data["jobs_done"] < data["jobs"]:
+        head += [f"**Partial: {data['jobs_done']} of {data['jobs']} jobs done** (the study "
+                 f"stopped or is still running: rerun it to finish; the rows below are the "
+                 f"finished jobs').", ""]
     with open(os.path.join(doc, "results.md"), "w") as f:
         f.write("\n".join(head + tables(data, gpt2, meta)) + "\n")
     with open(os.path.join(doc, "results.json"), "w") as f:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -103,3 +104,23 @@ def test_the_study_command_refuses_bad_input_in_one_line(tmp_path, capsys, case)
     assert {"lanes": "--lanes must be >= 1", "threads": "--threads must be >= 1",
             "other_settings": "other settings (iters)"}[case] in err[0]
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_a_partial_study_gives_a_partial_report(tmp_path, monkeypatch):
+    """Jobs not finished yet are left out, and the report says how many are done."""
+    out, doc = str(tmp_path / "out"), str(tmp_path / "doc")
+    fake_study(out, {})
+    for tp in (4, 8):  # no trained runs at tp 4 and 8, no variants
+        for plan in study.PLANS:
+            os.remove(os.path.join(study.run_dir(out, tp, plan), "downstream.json"))
+    for v in ("long", "kl", "grouped"):
+        shutil.rmtree(os.path.join(out, "converted", v))
+    monkeypatch.chdir(tmp_path)
+    _write(os.path.join("data", "shakespeare_char", "meta.json"), {"vocab_size": 65})
+    monkeypatch.setattr(report, "GPT2", os.path.join(ROOT, "docs", "study_12layer",
+                                                     "results.json"))
+    report.write_report(out, doc, {"invocations": [{"wall_s": 60.0, "jobs": 17}]})
+    r = json.load(open(os.path.join(doc, "results.json")))
+    assert {t["tp"] for t in r["trained"]} == {2} and len(r["converted"]) == 12
+    assert f"Partial: 17 of {len(study.jobs(out))} jobs done" in \
+        open(os.path.join(doc, "results.md")).read()
