@@ -150,8 +150,9 @@ def tables(data: dict, gpt2: dict | None, meta: dict) -> list[str]:
               f"all-sync loss {gpt2['dense_loss']:.4f} (seed 1337). Llama: "
               f"{meta['params'] / 1e6:.2f}M, {meta['iters']} iterations, all-sync loss "
               f"{data['dense_loss']:.4f}. Each gap is over its own study's all-sync model.", "",
-              "| plan | forward syncs | tp | GPT-2 trained | Llama trained | GPT-2 distilled | "
-              "Llama distilled |", "|---|---|---|---|---|---|---|"]
+              "| plan | forward syncs | tp | GPT-2 trained | Llama trained | GPT-2 zero-shot | "
+              "Llama zero-shot | GPT-2 distilled | Llama distilled |",
+              "|---|---|---|---|---|---|---|---|---|"]
         for tp in TPS:
             for plan in PLANS[1:]:
                 lt = [r for r in data["trained"] if (r["tp"], r["plan"]) == (tp, plan)]
@@ -163,17 +164,19 @@ def tables(data: dict, gpt2: dict | None, meta: dict) -> list[str]:
                 gc = [c for c in gpt2["converted"] if (c["tp"], c["plan"]) == (tp, plan)]
                 L.append(f"| `{plan}` | {(lt or lc)[0]['forward_syncs']} | {tp} | "
                          + " | ".join(f"{x[0][k]:+.2f}%" if x else "-" for x, k in (
-                             (gt, "gap_pct"), (lt, "gap_pct"), (gc, "distilled_gap_pct"),
+                             (gt, "gap_pct"), (lt, "gap_pct"), (gc, "zero_shot_gap_pct"),
+                             (lc, "zero_shot_gap_pct"), (gc, "distilled_gap_pct"),
                              (lc, "distilled_gap_pct"))) + " |")
         n = gpt2["noise"]
         L += ["", f"Noise, borrowed (this study has one seed): in the GPT-2 study the loss's "
               f"seed-to-seed standard deviation is {n['loss_sd']:.4f} "
               f"({100 * n['loss_sd'] / gpt2['dense_loss']:.2f}% of its loss) and a plan's "
               f"paired difference to `tp` scatters by {n['paired_difference_sd']:.4f} "
-              f"between seeds. Here the `tp` run at tp 4 and 8 differs from tp 2's (the same "
-              f"function) by "
-              + ", ".join(f"{v:.4f} (tp={k})" for k, v in meta["same_function_floor"].items())
-              + "."]
+              f"between seeds. "
+              + ("Here the `tp` run at tp 4 and 8 differs from tp 2's (the same function, "
+                 "summed in another order) by " + ", ".join(
+                     f"{v:.4f} (tp={k})" for k, v in meta["same_function_floor"].items()) + "."
+                 if meta["same_function_floor"] else "")]
     return L
 
 
