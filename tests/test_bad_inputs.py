@@ -466,6 +466,11 @@ def _(root):
     return ["eval", "--ckpt", trained(root), "--tasks", "x", "--num-fewshot=-1"]
 
 
+@case("eval --tasks: a --split (even val, the loss's default)", "not a split: drop")
+def _(root):
+    return ["eval", "--ckpt", trained(root), "--tasks", "x", "--split", "val"]
+
+
 @case("eval: --limit without --tasks", "--limit is an option of --tasks")
 def _(root):
     return ["eval", "--ckpt", trained(root), "--limit", "3"]

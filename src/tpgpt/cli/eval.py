@@ -20,7 +20,8 @@ def register(sub) -> argparse.ArgumentParser:
                                     "conversion). Under torchrun the model runs distributed.")
     ev.add_argument("--ckpt", required=True, help="a checkpoint dir or a run's out_dir")
     add_plan_args(ev)
-    ev.add_argument("--split", choices=["val", "train"], default="val")
+    ev.add_argument("--split", choices=["val", "train"], default=None,
+                    help="the split whose loss to compute (default val)")
     flag(ev, "data_dir", default=None,
          help="the prepared dataset (default: the one the checkpoint was trained on)")
     flag(ev, "batch_size", type=int, default=None,
@@ -54,7 +55,7 @@ def run(args) -> int:
 
     try:
         r = evaluate_checkpoint(args.ckpt, tp=args.tp, sync=args.sync, sync_dtype=args.sync_dtype,
-                                sync_block=args.sync_block, split=args.split,
+                                sync_block=args.sync_block, split=args.split or "val",
                                 data_dir=args.data_dir, batch_size=args.batch_size,
                                 device=args.device)
     finally:
@@ -77,7 +78,7 @@ def run_tasks(args) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise ConfigError(f"--tasks {args.tasks!r} names no task")
-    if args.data_dir is not None or args.split != "val":
+    if args.data_dir is not None or args.split is not None:
         raise ConfigError("--tasks scores lm-eval tasks, not a split: drop --data-dir/--split")
     try:
         from ..analysis.harness import evaluate_tasks
