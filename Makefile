@@ -76,7 +76,7 @@ study-spd: setup
 study-12layer: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash benchmarks/study_12layer.sh
 
-# the Llama study (docs/study_llama/, about 50 minutes here; rerun to resume)
+# the Llama study (docs/study_llama/, about 71 minutes here; rerun to resume)
 study-llama: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash benchmarks/study_llama.sh
 
