@@ -23,7 +23,7 @@ def _route(ax, rows: list[dict], key: str, route: str, tp: int) -> None:
     pts = sorted([(r["forward_syncs"], r[key]) for r in rows if r["tp"] == tp])
     if not pts:  # a partial study: nothing of this route at this tp yet
         return
-    pts = [(24, 0.0)] + pts
+    pts = [(24, 0.0)] + pts[::-1]  # from all syncs down, so the line joins neighbours
     marker, line = STYLE[tp]
     ax.plot(*zip(*pts), marker=marker, linestyle=line, color=COLORS[route], markersize=5,
             label=f"{LABELS[route]}, tp={tp}")
