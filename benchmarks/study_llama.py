@@ -95,17 +95,9 @@ def progress_of(out: str, j: dict) -> tuple[int, int]:
                                      "plan": j["plan"]})
     d = converted_path(out, j["tp"], j["plan"], j["variant"], "distilled")
     o = VARIANTS[j["variant"]][1]
-    total, last = o["steps"] + o.get("kl_steps", 0), 0
-    try:
-        with open(os.path.join(d, "metrics.jsonl")) as f:
-            for line in f:
-                try:
-                    last = max(last, int(json.loads(line).get("iter", 0)))
-                except (json.JSONDecodeError, ValueError, TypeError):
-                    pass
-    except OSError:
-        pass
-    return min(last, total), total
+    from study_runner import last_iter
+    total = o["steps"] + o.get("kl_steps", 0)
+    return min(last_iter(os.path.join(d, "metrics.jsonl")), total), total
 
 
 # --- the downstream task ----------------------------------------------------------------------

@@ -22,6 +22,21 @@ import sys
 import time
 
 
+def last_iter(path: str) -> int:
+    """The last iteration a run's metrics.jsonl records (0 before its first line)."""
+    last = 0
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    last = max(last, int(json.loads(line).get("iter", 0)))
+                except (json.JSONDecodeError, ValueError, TypeError):
+                    pass
+    except OSError:
+        pass
+    return last
+
+
 def write_json(path: str, obj) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(obj, f, indent=1)
