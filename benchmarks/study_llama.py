@@ -26,7 +26,6 @@ import shutil
 import sys
 import time
 
-from study_12layer import progress_of as _train_progress
 
 PRESET = "llama_char_cpu_12layer"
 BUDGET = 600  # iterations: about half an epoch, 2-4 min a run here (tp 2-8, see the README)
@@ -90,12 +89,12 @@ def job_done(out: str, j: dict) -> bool:
 
 
 def progress_of(out: str, j: dict) -> tuple[int, int]:
+    from study_runner import last_iter
     if j["kind"] == "train":
-        return _train_progress(out, {"kind": "train", "tp": j["tp"], "seed": SEED,
-                                     "plan": j["plan"]})
+        path = os.path.join(run_dir(out, j["tp"], j["plan"]), "metrics.jsonl")
+        return min(last_iter(path), BUDGET), BUDGET
     d = converted_path(out, j["tp"], j["plan"], j["variant"], "distilled")
     o = VARIANTS[j["variant"]][1]
-    from study_runner import last_iter
     total = o["steps"] + o.get("kl_steps", 0)
     return min(last_iter(os.path.join(d, "metrics.jsonl")), total), total
 
