@@ -35,7 +35,8 @@ def case_config(case: str) -> GPTConfig:
 
 
 def case_options(case: str) -> tuple[str, dict]:
-    """'PLAN[@llama][@vp][@bfloat16|@int8][@ladder][@sp]' -> (plan, ParallelGPT options)."""
+    """'PLAN[@llama][@vp][@bfloat16|@int8][@ladder][@sp][@compile]' -> (plan, ParallelGPT
+    options)."""
     sync, *opts = case.split("@")
     out = {"vocab_parallel": "vp" in opts, "ladder": "ladder" in opts,
            "sequence_parallel": "sp" in opts}
@@ -55,11 +56,13 @@ def wire_inputs(tp: int) -> dict:
     return {d: (x, SyncWire(d, 8)) for d in ("bfloat16", "int8")}
 
 
-def greedy_decode(model) -> dict:
+def greedy_decode(model, compile: bool = False) -> dict:
     """Greedy decoding with the KV cache from a 3-token prompt past block_size (10 new tokens,
-    one slide of the window): the tokens and the logits of every step."""
+    one slide of the window): the tokens and the logits of every step (`compile`: the decode
+    step compiled)."""
     from tpgpt.model.generation import decode
-    steps = list(decode(model.eval(), make_batch()[0][:, :3], 10, temperature=0))
+    steps = list(decode(model.eval(), make_batch()[0][:, :3], 10, temperature=0,
+                        compile=compile))
     return {"tokens": torch.cat([t for _, t in steps], 1),
             "logits": torch.stack([lg for lg, _ in steps])}
 

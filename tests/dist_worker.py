@@ -4,7 +4,9 @@ the KV cache per case, results saved.
 usage: torchrun --nproc_per_node=P tests/dist_worker.py OUT_DIR TP CASE [CASE ...]
 where CASE is PLAN with options: @vp (vocab-parallel), @bfloat16 / @int8 (compressed syncs),
 @ladder (each sync's all-reduce launched asynchronously and waited for one region later), @sp
-(sequence parallelism), @llama (the Llama-family model, dist_common.LLAMA).
+(sequence parallelism), @llama (the Llama-family model, dist_common.LLAMA), @compile (the
+training step under torch.compile(fullgraph=True), which records no collective, and the decode
+compiled: generation.py).
 Every process builds the same dense GPT from the seed and takes its own shards; rank k writes
 OUT_DIR/rank{k}_case{i}.pt, and OUT_DIR/rank{k}_wire.pt: compressed all-reduces of fixed
 per-rank float32 tensors (`wire_inputs`), for the bit-for-bit check.
@@ -34,6 +36,10 @@ def _count_async_launches(comm: DistributedComm) -> list:
     return launched
 
 
+def loss_of(model, idx, targets):
+    return model(idx, targets, return_logits=False)[1]
+
+
 def main() -> None:
     out, tp, cases = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     rank, _, _ = init_distributed(backend="gloo", timeout_s=120)
@@ -46,17 +52,23 @@ def main() -> None:
         comm = DistributedComm(tp)
         launched = _count_async_launches(comm)  # asynchronous all-reduces (ladder syncs)
         model = ParallelGPT.from_dense(gpt, tp=tp, sync=sync, comm=comm, **options)
-        _, loss = model(idx, targets, return_logits=False)
+        compiled = "compile" in case.split("@")
+        step = torch.compile(loss_of, fullgraph=True, backend="aot_eager") if compiled \
+            else loss_of
+        loss = step(model, idx, targets)
         loss.backward()
+        unrecorded = len(comm.counter.events) == 0 if compiled else None  # a compiled step
         model.sync_replicated_grads()
         counts = comm.counter.summary()
         with torch.no_grad():
             logits, _ = model(idx, targets)
-        decoded = greedy_decode(model)
+        decoded = greedy_decode(model, compile=compiled)
         torch.save({"ranks": list(comm.ranks), "loss": loss.detach(), "logits": logits,
                     "decode": decoded,
                     "grads": {n: p.grad for n, p in model.named_parameters()},
-                    "async_launched": len(launched), "in_flight_left": len(comm._inflight),
+                    "compiled_recorded_nothing": unrecorded,
+                    "async_launched": len(launched), # collectives not waited for
+                    "in_flight_left": torch._C._distributed_c10d._get_work_registry_size(),
                     "counts": counts, "cross_process": {e.cross_process for e in
                                                         comm.counter.events}},
                    os.path.join(out, f"rank{rank}_case{i}.pt"))

@@ -540,6 +540,16 @@ def _(root):
     return ["sample", "--ckpt", trained(root), "--prompt", "e" * 17]
 
 
+@case("sample: --compile without the KV cache", "--compile needs the KV cache")
+def _(root):
+    return ["sample", "--ckpt", trained(root), "--compile", "--no-kv-cache"]
+
+
+@case("sample: an unknown compile mode", "compile='fastest' is invalid")
+def _(root):
+    return ["sample", "--ckpt", trained(root), "--compile", "fastest"]
+
+
 @case("sample: tp that does not divide the heads", "tp=3 does not divide n_head=2")
 def _(root):
     return ["sample", "--ckpt", trained(root), "--tp", "3"]

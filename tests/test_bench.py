@@ -127,21 +127,21 @@ def test_bench_throughput_writes_json_and_markdown(tmp_path):
     assert "| sim tp=4 |" in (tmp_path / "t.md").read_text()
 
 
-def test_compiled_simulated_model_counts_exactly_and_matches_eager():
-    """Under torch.compile every collective is still recorded once per call (no recompile per
-    step either: the counter's growing list is not traced), and the loss is eager's."""
+def test_compiled_simulated_model_is_one_graph_and_matches_eager():
+    """Compiled in place (fullgraph), the model records no collective inside its graph (the
+    train step adds the eager first micro-batch's: test_train), recompiles at no step, and the
+    loss is eager's."""
     import torch
 
     from conftest import tiny_config
     from tpgpt import GPT, ParallelGPT
-    from tpgpt.comm.plan import SyncPlan, count_collectives, summarize
 
     torch.manual_seed(0)
     cfg = tiny_config(n_layer=2)
     dense = GPT(cfg)
     eager = ParallelGPT.from_dense(dense, tp=2, sync="tp,spd")
     compiled = ParallelGPT.from_dense(dense, tp=2, sync="tp,spd")
-    compiled.compile(dynamic=False)
+    compiled.compile(dynamic=False, fullgraph=True)
     idx = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
     import torch._dynamo.config as dynamo_config
     import torch._dynamo.utils as dynamo_utils
@@ -152,10 +152,8 @@ def test_compiled_simulated_model_counts_exactly_and_matches_eager():
             loss = compiled(idx, idx)[1]
         loss.backward()
         compiled.sync_replicated_grads()
-    expected = summarize(count_collectives(SyncPlan.parse("tp,spd", 2), tp=2, config=cfg,
-                                           batch_size=2, seq_len=cfg.block_size))
     assert dynamo_utils.counters["stats"]["unique_graphs"] > graphs  # it did compile
-    assert compiled.comm.counter.summary() == {k: (3 * n, 3 * b) for k, (n, b) in expected.items()}
+    assert {k[0] for k in compiled.comm.counter.summary()} == {"grad"}  # the eager grad syncs
     from conftest import assert_float32_close
     exact = ParallelGPT.from_dense(dense.double(), tp=2, sync="tp,spd")
     assert_float32_close(loss, eager(idx, idx)[1], exact(idx, idx)[1], "compiled loss")

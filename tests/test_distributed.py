@@ -14,6 +14,7 @@ from conftest import assert_close
 from dist_common import (CONFIG, DTYPE, HERE, case_config, case_options, greedy_decode,
                          free_port, make_batch, torchrun, wire_inputs)
 from tpgpt import GPT, ParallelGPT
+from tpgpt.analysis.numerics import FLOAT64_RTOL
 from tpgpt.comm.plan import count_collectives, summarize
 from tpgpt.comm.tp_comm import TPComm
 
@@ -29,7 +30,9 @@ CASES = PLANS + ["tp@vp", "spd,parallel,parallel@vp", "tp@int8", "tp,spd@bfloat1
                  RANDOM_BITS + "@sp", "tp,spd@ladder@sp",
                  # the Llama family: rotary, GQA (KV heads replicated at tp=4), biases, q/k norms
                  "tp@llama", "spd,parallel,parallel@llama@vp", RANDOM_BITS + "@llama@sp",
-                 "tp,spd@llama@int8@ladder"]
+                 "tp,spd@llama@int8@ladder",
+                 # torch.compile(fullgraph=True): training step and decode, functional collectives
+                 "tp,spd@ladder@sp@compile", "spd,parallel,parallel@llama@vp@compile"]
 LAYOUTS = {"tp2": (2, 2), "tp4": (4, 4), "hybrid_tp4_on_2": (2, 4)}  # name: (processes, tp)
 
 
@@ -37,9 +40,12 @@ LAYOUTS = {"tp2": (2, 2), "tp4": (4, 4), "hybrid_tp4_on_2": (2, 4)}  # name: (pr
 def layout(request, tmp_path_factory):
     nproc, tp = LAYOUTS[request.param]
     out = tmp_path_factory.mktemp(request.param)
-    torchrun(nproc, os.path.join(HERE, "dist_worker.py"), [str(out), str(tp), *CASES])
+    # compiled cases on 2 processes only: 4 processes compiling on this machine's 2 cores take
+    # longer than the launch's time limit
+    cases = [c for c in CASES if nproc == 2 or "@compile" not in c]
+    torchrun(nproc, os.path.join(HERE, "dist_worker.py"), [str(out), str(tp), *cases])
     results = {case: [torch.load(out / f"rank{k}_case{i}.pt", weights_only=True)
-                      for k in range(nproc)] for i, case in enumerate(CASES)}
+                      for k in range(nproc)] for i, case in enumerate(cases)}
     results["wire"] = [torch.load(out / f"rank{k}_wire.pt", weights_only=True)
                        for k in range(nproc)]
     return request.param, tp, results
@@ -62,6 +68,8 @@ def simulated(tp: int, case: str):
 @pytest.mark.parametrize("case", CASES)
 def test_distributed_equals_simulated(layout, case):
     name, tp, results = layout
+    if case not in results:
+        pytest.skip("compiled cases run on 2 processes")
     model, loss, logits, counts = simulated(tp, case)
     expected = summarize(count_collectives(
         model.plan, tp=tp, config=case_config(case), batch_size=2, seq_len=8,
@@ -71,7 +79,11 @@ def test_distributed_equals_simulated(layout, case):
     grads = {n: p.grad for n, p in model.named_parameters()}
     for res in results[case]:
         label = f"{name} {case} ranks {res['ranks']}"
-        assert res["counts"] == expected, f"{label}: distributed counts differ from the plan"
+        if res["compiled_recorded_nothing"] is None:
+            assert res["counts"] == expected, f"{label}: distributed counts differ from the plan"
+        else:  # a compiled step records nothing; the gradient syncs after it run eagerly
+            assert res["compiled_recorded_nothing"], f"{label}: a compiled step recorded"
+            assert res["counts"] == {k: v for k, v in expected.items() if k[0] == "grad"}
         assert res["cross_process"] == {True}
         # ladder syncs in float32 run asynchronously (all-reduces, or reduce-scatters under
         # sequence parallelism), and every one was waited for
@@ -93,14 +105,20 @@ def test_distributed_decode_with_cache_equals_simulated(layout, case):
     """Each process caches its ranks' heads; the tokens are the simulated model's, the logits
     equal up to reordered sums."""
     name, tp, results = layout
+    if case not in results:
+        pytest.skip("compiled cases run on 2 processes")
     sync, options = case_options(case)
     torch.manual_seed(0)
     model = ParallelGPT.from_dense(GPT(case_config(case)).to(DTYPE), tp=tp, sync=sync, **options)
     want = greedy_decode(model)
+    # compiled, a rotary model's float32 angles (layers.py) come from inductor's vector cos and
+    # sin, which may round each one ulp of float32 away from eager's
+    tol = torch.finfo(torch.float32).eps if "@compile" in case and "@llama" in case \
+        else FLOAT64_RTOL
     for res in results[case]:
         label = f"{name} {case} ranks {res['ranks']}"
         assert torch.equal(res["decode"]["tokens"], want["tokens"]), f"{label} tokens"
-        assert_close(res["decode"]["logits"], want["logits"], f"{label} decode logits")
+        assert_close(res["decode"]["logits"], want["logits"], f"{label} decode logits", tol)
 
 
 def test_compressed_all_reduce_is_bit_for_bit_the_simulated_one(layout):

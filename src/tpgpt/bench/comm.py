@@ -24,7 +24,11 @@ def bench_comm(repeats: int = 20, warmup: int = 5, sizes: list[int] | None = Non
     costmodel's module doc): alpha and B to the all-reduce, `op_fits` to the other two."""
     import torch.distributed as dist
 
-    from ..comm.distributed import _all_gather_single, _reduce_scatter_single, init_distributed
+    from ..comm.distributed import init_distributed
+    # torch 2.13 renamed all_gather_into_tensor (deprecated there) to all_gather_single
+    _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    _reduce_scatter_single = (getattr(dist, "reduce_scatter_single", None)
+                              or dist.reduce_scatter_tensor)
     rank, world, device = init_distributed()
     rows = []
     for op in COMM_OPS:

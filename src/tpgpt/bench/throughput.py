@@ -2,8 +2,8 @@
 on the CPU or one GPU, in float32 or bfloat16 autocast, eager or torch.compile'd; with the
 device's measured matmul peak, the model FLOPs utilisation (MFU) of each.
 
-Under torch.compile the simulated model's collectives are graph breaks (each records itself in
-the counter, a Python side effect); compile fuses the work between them."""
+Under torch.compile a step is one graph, the simulated model's collectives included (the
+counter records nothing inside a graph: comm/tp_comm.py)."""
 from __future__ import annotations
 
 import statistics

@@ -30,6 +30,10 @@ def register(sub) -> argparse.ArgumentParser:
                       help="end a sample at the tokenizer's end-of-sequence token (default; "
                            "GPT-2's <|endoftext|>, an HF model's eos_token_id); "
                            "--no-stop-at-eos prints --max-new-tokens tokens")
+    samp.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                      help="compile the decode step (one graph over a static KV cache; the "
+                           "same tokens); MODE: a torch.compile mode, e.g. reduce-overhead "
+                           "(CUDA graphs)")
     add_plan_args(samp)
     samp.set_defaults(func=run)
     return samp
@@ -37,17 +41,24 @@ def register(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..checkpoint.load import load_trained
+    from ..errors import ConfigError
     from ..inference.sample import check_sampling, sample
+    from ..model.generation import compile_mode
 
     if args.num_samples is None:
         args.num_samples = 1 if args.temperature == 0 else 3
     check_sampling(args.num_samples, args.max_new_tokens, args.temperature, args.top_k)
+    if args.compile is not False:
+        compile_mode(args.compile)
+        if not args.kv_cache:
+            raise ConfigError("--compile needs the KV cache: drop --no-kv-cache")
     try:
         loaded = load_trained(args.ckpt, tp=args.tp, sync=args.sync, device=args.device,
                               sync_dtype=args.sync_dtype, sync_block=args.sync_block)
         texts = sample(args.ckpt, args.prompt, args.num_samples, args.max_new_tokens,
                        args.temperature, args.top_k, args.seed, args.device, loaded=loaded,
-                       kv_cache=args.kv_cache, stop_at_eos=args.stop_at_eos)
+                       kv_cache=args.kv_cache, stop_at_eos=args.stop_at_eos,
+                       compile=args.compile)
     finally:
         shutdown()
     if is_rank0():

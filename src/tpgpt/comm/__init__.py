@@ -10,7 +10,7 @@
 name (`from tpgpt.comm.distributed import DistributedComm, init_distributed`).
 """
 from .plan import Collective, SyncPlan, count_collectives, summarize, validate_tp
-from .tp_comm import CommCounter, CommEvent, SimulatedComm, TPComm, untrace_counters
+from .tp_comm import CommCounter, CommEvent, SimulatedComm, TPComm
 
 __all__ = ["Collective", "SyncPlan", "count_collectives", "summarize", "validate_tp",
-           "CommCounter", "CommEvent", "SimulatedComm", "TPComm", "untrace_counters"]
+           "CommCounter", "CommEvent", "SimulatedComm", "TPComm"]

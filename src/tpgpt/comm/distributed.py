@@ -15,11 +15,12 @@ import torch.distributed as dist
 from .tp_comm import CommCounter, TPComm
 from ..errors import ConfigError
 
-_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
-# torch 2.13 renamed all_gather_into_tensor (deprecated there) to all_gather_single
-_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter_single = (getattr(dist, "reduce_scatter_single", None)
-                          or dist.reduce_scatter_tensor)
+# The forward's collectives are torch's functional collectives (the `_c10d_functional` ops):
+# each returns a new tensor whose collective may still be in flight until `wait_tensor`, so the
+# same lines run eagerly and trace into one torch.compile graph (in-place `dist.*` calls are
+# side effects dynamo has to rewrite, and an asynchronous handle kept in Python cannot be
+# traced at all). Inductor schedules the waits, which lets a compiled step overlap them.
+_F = torch.ops._c10d_functional
 
 
 class DistributedComm(TPComm):
@@ -44,52 +45,39 @@ class DistributedComm(TPComm):
         self.nproc = nproc
         self.grad_group = grad_group if grad_group is not None else group
         self.grad_scale = grad_scale
-        self._stash: dict[torch.nn.Parameter, torch.Tensor] = {}
-        # data_ptr of a result -> (its collective, the buffers it uses, kept alive until then)
-        self._inflight: dict[int, tuple[dist.Work, tuple | None]] = {}
+        self._sinks: dict[torch.nn.Parameter, torch.Tensor] = {}  # track_per_rank
+
+    @property
+    def _name(self) -> str:
+        return (self.group or dist.group.WORLD).group_name
 
     def _cross_all_reduce(self, x: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        x = x.contiguous().clone()
-        dist.all_reduce(x, op=_REDUCE_OPS[op], group=self.group)
-        return x
+        return _F.wait_tensor(_F.all_reduce(x.contiguous(), op, self._name))
 
-    def _cross_all_reduce_async(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous().clone()
-        self._inflight[x.data_ptr()] = (dist.all_reduce(x, group=self.group, async_op=True),
-                                        None)
-        return x
+    def _cross_all_reduce_async(self, x: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        return _F.all_reduce(x.contiguous(), op, self._name)
 
-    def wait(self, x: torch.Tensor) -> None:
-        work, _ = self._inflight.pop(x.data_ptr(), (None, None))
-        if work is not None:
-            work.wait()
+    def wait(self, x: torch.Tensor) -> torch.Tensor:
+        return _F.wait_tensor(x)
 
     def _cross_all_gather(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous()
-        out = x.new_empty((self.nproc * x.shape[0], *x.shape[1:]))
-        _all_gather_single(out, x, group=self.group)
-        return out
+        return _F.wait_tensor(_F.all_gather_into_tensor(x.contiguous(), self.nproc, self._name))
 
     def _cross_reduce_scatter(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        return self._reduce_scatter(x, dim, async_op=False)
+        return _F.wait_tensor(self._reduce_scatter(x, dim))
 
     def _cross_reduce_scatter_async(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        return self._reduce_scatter(x, dim, async_op=True)
+        # gloo lands a reduce-scatter with an in-place copy into its output: were that tensor
+        # the one autograd sees, the copy landing after the custom Function returned would
+        # replace its history (and silently zero the gradient). Autograd gets a detached alias
+        # of the same memory, which `wait` finds the collective by.
+        return self._reduce_scatter(x, dim).detach()
 
-    def _reduce_scatter(self, x: torch.Tensor, dim: int, async_op: bool) -> torch.Tensor:
+    def _reduce_scatter(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         # the collective scatters dimension 0: send [P, 1, ..., n / P, ...] as [P, ..., n / P,
-        # ...], receive into a tensor of its own (not a view, which autograd would track)
+        # ...]; the result is this process's [1, ..., n / P, ...]
         send = x.unflatten(dim, (self.nproc, -1)).movedim(dim, 0).contiguous().flatten(0, 1)
-        out = send.new_empty((x.shape[0], *send.shape[1:]))
-        work = _reduce_scatter_single(out, send, group=self.group, async_op=async_op)
-        if not async_op:
-            return out
-        # gloo finishes a reduce-scatter with an in-place copy into `out`: were `out` the tensor
-        # autograd sees, a copy landing after the custom Function returned would replace its
-        # history (and silently zero the gradient). Autograd gets a detached alias of the same
-        # memory; `send` must outlive the collective too.
-        self._inflight[out.data_ptr()] = (work, (send, out))
-        return out.detach()
+        return _F.reduce_scatter_tensor(send, "sum", self.nproc, self._name)
 
     def _cross_all_to_all(self, x: torch.Tensor) -> torch.Tensor:
         R, P = self.local_ranks, self.nproc
@@ -97,8 +85,9 @@ class DistributedComm(TPComm):
         # [R src, tp dest, ...] -> [P dest processes, R src, R dest ranks there, ...]: block p goes
         # to process p; what arrives from process p lands in block p, in rank order
         send = x.reshape(R, P, R, *rest).transpose(0, 1).contiguous()
-        out = torch.empty_like(send)
-        dist.all_to_all_single(out, send, group=self.group)
+        splits = [R] * P  # R source ranks' parts for each process
+        out = _F.wait_tensor(_F.all_to_all_single(send.flatten(0, 1), splits, splits,
+                                                  self._name))
         return out.reshape(P * R, R, *rest)
 
     @torch.no_grad()
@@ -106,20 +95,39 @@ class DistributedComm(TPComm):
         return self._cross_all_gather(x.detach())
 
     def per_rank_param(self, p: torch.Tensor) -> torch.Tensor:
-        return _StashGrad.apply(p, self._stash)
+        if not torch.is_grad_enabled():  # inference: no gradient to set apart
+            return p
+        if not torch.compiler.is_compiling():
+            self.track_per_rank([p])
+        return _PerRankGrad.apply(p, self._sinks[p])
+
+    def track_per_rank(self, params: list[torch.nn.Parameter]) -> None:
+        """Give each of `params` a gradient sink beside it: a zero leaf tensor of its shape,
+        device and dtype, into whose `.grad` autograd accumulates the gradient of the
+        parameter's per-rank uses (kept apart from the replicated uses' `p.grad` until
+        `sync_replicated_grads`). A sink is a tensor, not a Python side effect, so a compiled
+        training step traces it in one graph. ParallelGPT makes its sinks wherever it moves."""
+        for p in params:
+            sink = self._sinks.get(p)
+            if sink is None or (sink.device, sink.dtype) != (p.device, p.dtype):
+                self._sinks[p] = torch.zeros_like(p, requires_grad=True)
 
     @torch.no_grad()
     def sync_replicated_grads(self, params: list[torch.nn.Parameter]) -> None:
-        """One all-reduce of every stashed per-rank contribution, added to `p.grad`.
+        """One all-reduce of every sink's per-rank contribution, added to `p.grad`.
 
         Why our own bucket and not DDP: DDP averages whole gradients over data-parallel replicas;
         here only one *part* of a gradient (the per-rank uses) must be summed, while the part from
-        replicated uses, identical on every rank, must not be. The stash keeps the two apart.
+        replicated uses, identical on every rank, must not be. The sinks keep the two apart.
         """
         super().sync_replicated_grads(params)
         if not params:
             return
-        parts = [self._stash.pop(p, None) for p in params]
+        sinks = [self._sinks.get(p) for p in params]
+        parts = [None if s is None else s.grad for s in sinks]
+        for s in sinks:
+            if s is not None:
+                s.grad = None
         flat = torch.cat([torch.zeros(p.numel(), dtype=p.dtype, device=p.device) if g is None
                           else g.reshape(-1) for p, g in zip(params, parts)])
         flat = flat.contiguous()
@@ -128,32 +136,27 @@ class DistributedComm(TPComm):
             flat.mul_(self.grad_scale)
         for p, g in zip(params, flat.split([p.numel() for p in params])):
             g = g.view_as(p)
-            if p.grad is None:
-                p.grad = g.clone()
-            else:
-                p.grad.add_(g)
-
+            # out of place: a compiled backward may hand two parameters one gradient tensor
+            # (the two output biases of a region get the same sum), which += would change twice
+            p.grad = g.clone() if p.grad is None else p.grad + g
 
     def _grad_all_reduce(self, flat: torch.Tensor) -> None:
         dist.all_reduce(flat, group=self.grad_group)
 
 
-class _StashGrad(torch.autograd.Function):
-    """Identity forward; backward moves the gradient into a stash for the deferred all-reduce.
+class _PerRankGrad(torch.autograd.Function):
+    """Identity forward of `p`; backward sends the gradient to `sink` instead.
 
-    It hands autograd zeros rather than None, so the parameter still counts as used (DDP
-    expects a gradient for every parameter)."""
+    It hands `p` zeros rather than None, so the parameter still counts as used (DDP expects a
+    gradient for every parameter)."""
 
     @staticmethod
-    def forward(ctx, p, stash):
-        ctx.param, ctx.stash = p, stash
+    def forward(ctx, p, sink):
         return p.view_as(p)
 
     @staticmethod
     def backward(ctx, grad):
-        prev = ctx.stash.get(ctx.param)
-        ctx.stash[ctx.param] = grad.clone() if prev is None else prev + grad
-        return torch.zeros_like(grad), None
+        return torch.zeros_like(grad), grad
 
 
 def restart_count() -> int:

@@ -48,13 +48,20 @@ class CommEvent:
 
 
 class CommCounter:
-    """Records every collective; `summary()` has the same form as `plan.summarize`."""
+    """Records every collective of an eager run; `summary()` has the same form as
+    `plan.summarize`.
+
+    Under torch.compile nothing is recorded (`TPComm._record_bytes`): a Python side effect in a
+    graph is a graph break, or, traced, a growing list that becomes a guard and recompiles every
+    step. A plan fixes the collectives of a step of given shapes, so the counts are data: the
+    tests hold every eager run to `plan.count_collectives` / `count_inference`, and whatever
+    runs compiled steps records the first one eagerly and adds its events for every later one:
+    train_step, the compiled decoder (model/generation.py)."""
 
     def __init__(self) -> None:
         self.events: list[CommEvent] = []
 
     def record(self, event: CommEvent) -> None:
-        # not traced by torch.compile once `untrace_counters()` ran (ParallelGPT.compile runs it)
         self.events.append(event)
 
     def reset(self) -> None:
@@ -70,24 +77,6 @@ class CommCounter:
 
     def collectives(self) -> list[Collective]:
         return [Collective(p, o, t, n, b // n) for (p, o, t), (n, b) in self.summary().items()]
-
-
-def untrace_counters() -> None:
-    """Keep `CommCounter.record` out of torch.compile's graphs (torch.compiler.disable): traced,
-    the growing list becomes a guard and every step recompiles; as a graph break the call runs
-    in Python, so the counts stay exact under compile.
-
-    Applied before compiling rather than as a decorator at import: the decorator imports
-    torch._dynamo, which costs as much as importing torch (1.2 s here) in every process (each
-    CLI call, each torchrun worker), and most of them never compile. ParallelGPT.compile calls
-    this; call it before `torch.compile(model)` on a model of this package yourself."""
-    global _UNTRACED
-    if not _UNTRACED:
-        CommCounter.record = torch.compiler.disable(CommCounter.record)
-        _UNTRACED = True
-
-
-_UNTRACED = False
 
 
 class TPComm:
@@ -124,12 +113,13 @@ class TPComm:
                        wire: SyncWire | None = None, async_op: bool = False) -> torch.Tensor:
         """g: leave a parallel region. [R, ...] -> [1, ...] summed over all tp ranks (sent as
         `wire` says; the backward passes the gradient through). `async_op`: the sum may still
-        be in flight (a float32 sync across processes): call `wait` on it before reading it."""
+        be in flight (a float32 sync across processes): read `wait(result)`, not the result."""
         return _ReduceFromTP.apply(x, self, tag, wire, async_op)
 
-    def wait(self, x: torch.Tensor) -> None:
-        """Wait for the asynchronous all-reduce whose result is `x`, if one is in flight."""
-        return None
+    def wait(self, x: torch.Tensor) -> torch.Tensor:
+        """`x`, once the asynchronous collective whose result it is has finished (read the
+        returned tensor: under torch.compile it is the one ordered after the wait)."""
+        return x
 
     def gather_from_tp(self, x: torch.Tensor, dim: int = -1, tag: str = "gather") -> torch.Tensor:
         """[R, ..., n] -> [1, ..., n * tp], rank-major along `dim`; backward keeps each slice."""
@@ -171,6 +161,9 @@ class TPComm:
         bucketed all-reduce per optimizer step instead of one per use.
         """
         return p
+
+    def track_per_rank(self, params: list[torch.nn.Parameter]) -> None:
+        """Prepare the per-rank uses of `params` wherever they now live (DistributedComm)."""
 
     def sync_replicated_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sum the per-rank gradient contributions of `params` across the TP group."""
@@ -234,7 +227,8 @@ class TPComm:
         self._record_bytes(phase, op, tag, one_rank_buffer.numel() * one_rank_buffer.element_size())
 
     def _record_bytes(self, phase: str, op: str, tag: str, nbytes: int) -> None:
-        if self.tp > 1:
+        # a constant while dynamo traces: the branch leaves no trace in a compiled graph
+        if self.tp > 1 and not torch.compiler.is_compiling():
             self.counter.record(CommEvent(phase, op, tag, nbytes, self.cross_process))
 
     def _all_reduce_ranks(self, x: torch.Tensor, phase: str, tag: str,

@@ -7,20 +7,26 @@ import torch
 from ..checkpoint.load import Loaded, load_trained
 from ..data import tokenizer_from_meta
 from ..errors import ConfigError
-from ..model.generation import until_stop
+from ..model.generation import compile_mode, until_stop
 
 
 def sample(path: str, prompt: str = "\n", num_samples: int = 3, max_new_tokens: int = 500,
            temperature: float = 0.8, top_k: int | None = 200, seed: int = 1337,
            device: str = "cpu", tp: int | None = None, sync: str | None = None,
            loaded: Loaded | None = None, kv_cache: bool = True,
-           stop_at_eos: bool = True) -> list[str]:
+           stop_at_eos: bool = True, compile: bool | str = False) -> list[str]:
     """`num_samples` continuations of `prompt`. `tp` / `sync` convert the model to another plan
     (zero-shot); `loaded` reuses a model already built by `load_trained`. Past block_size the
     context window slides (tpgpt.model.generation says how). A sample ends at the tokenizer's
     end-of-sequence token (not printed; GPT-2's <|endoftext|>, an HF model's eos_token_id)
-    unless `stop_at_eos` is False; characters and bytes have none."""
+    unless `stop_at_eos` is False; characters and bytes have none. `compile`: the decode step
+    compiled (True, or a torch.compile mode such as "reduce-overhead": tpgpt.model.generation);
+    greedy samples are the eager ones."""
     check_sampling(num_samples, max_new_tokens, temperature, top_k)
+    if compile is not False:
+        compile_mode(compile)  # a bad mode fails before anything is loaded
+        if not kv_cache:
+            raise ConfigError("compile needs the KV cache: drop --no-kv-cache")
     if loaded is None:
         loaded = load_trained(path, tp=tp, sync=sync, device=device)
     tok = tokenizer_from_meta(loaded.meta)
@@ -37,7 +43,8 @@ def sample(path: str, prompt: str = "\n", num_samples: int = 3, max_new_tokens: 
     out = []
     for _ in range(num_samples):
         y = loaded.model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k,
-                                  generator=gen, kv_cache=kv_cache, stop=stop)[0].tolist()
+                                  generator=gen, kv_cache=kv_cache, stop=stop,
+                                  compile=compile)[0].tolist()
         out.append(tok.decode(until_stop(y, len(ids), stop)))
     return out
 

@@ -66,7 +66,7 @@ def land(s: ResidualStream, comm: TPComm, dropout: nn.Module) -> torch.Tensor:
     if s.pending is None:
         return s.shared
     delta, bias = s.pending
-    comm.wait(delta)
+    delta = comm.wait(delta)
     if bias is not None:
         delta = delta + bias
     return s.shared + stream_dropout(dropout, delta, comm, s.sharded)

@@ -13,6 +13,16 @@ all of block_size, and the prefill is paid once per block_size // 2 new tokens. 
 cache (kv_cache=False) every step recomputes the same window, so both give the same tokens.
 A rotary model (the Llama family) restarts the same way, its positions counted from the
 window's start: it never sees a position past the block_size it was trained on.
+
+Compiled (`compile=True`, or a torch.compile mode such as "reduce-overhead" for CUDA graphs):
+the decode step, one position per sequence, is one torch.compile graph (fullgraph, static
+shapes) over a static cache (kv_cache.py), compiled once per model and batch and reused for
+every position, window and call; the collectives of every plan and mode are in the graph
+(comm/tp_comm.py). The prefill runs eagerly over the same cache: its length changes with every
+prompt (a graph per length, or a prompt padded to block_size, costs more than it saves on one
+pass of large matmuls; BENCHMARKS.md). The first decode step of a call runs eagerly too: it
+records the step's collectives, which every compiled step sends unrecorded and adds to the
+counter. Greedy tokens are eager's.
 """
 from __future__ import annotations
 
@@ -20,7 +30,37 @@ from collections.abc import Iterator
 
 import torch
 
+from ..errors import ConfigError
 from .gpt import sample_next
+
+_COMPILED: dict = {}  # torch.compile mode -> the compiled decode step
+
+
+def last_logits(model, idx: torch.Tensor, cache) -> torch.Tensor:
+    """One forward pass over the cache: the last position's logits [B, V]."""
+    return model(idx, cache=cache)[0][:, -1, :]
+
+
+def compiled_step(mode: str | None):
+    """The decode step compiled with torch.compile `mode` (None: the default), one graph."""
+    if mode not in _COMPILED:
+        import torch._dynamo.config as dynamo_config
+        # one graph per model, batch size and grad mode: a process that decodes with several
+        # models (a benchmark, a study) needs more than dynamo's default 8 of one function
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+        _COMPILED[mode] = torch.compile(last_logits, fullgraph=True, dynamic=False, mode=mode)
+    return _COMPILED[mode]
+
+
+def compile_mode(compile: bool | str) -> str | None:
+    """`compile` as a torch.compile mode: True is the default (None)."""
+    if compile is True:
+        return None
+    if isinstance(compile, str) and compile in ("default", "reduce-overhead",
+                                                "max-autotune", "max-autotune-no-cudagraphs"):
+        return compile
+    raise ConfigError(f"compile={compile!r} is invalid: true, false or a torch.compile mode "
+                      f"(default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs)")
 
 
 def window_start(length: int, start: int, block_size: int) -> int:
@@ -34,15 +74,23 @@ def window_start(length: int, start: int, block_size: int) -> int:
 @torch.no_grad()
 def decode(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, generator: torch.Generator | None = None,
-           kv_cache: bool = True, stop: tuple[int, ...] = ()
+           kv_cache: bool = True, stop: tuple[int, ...] = (), compile: bool | str = False
            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Per new token, (the logits it was drawn from [B, V], the token [B, 1]), extending idx
     (B, T) (temperature 0: greedy). A prompt longer than block_size is cut to its latest
     block_size tokens. Decoding ends early once every row has drawn a token of `stop` (the
-    tokenizer's end-of-sequence ids); a row that stopped first goes on drawing until then."""
+    tokenizer's end-of-sequence ids); a row that stopped first goes on drawing until then.
+    `compile`: the decode step compiled (module doc)."""
+    step = None
+    if compile is not False:
+        if not kv_cache:
+            raise ConfigError("compile needs the KV cache: the compiled step decodes over it")
+        step = compiled_step(compile_mode(compile))
     block = model.config.block_size
     start = max(0, idx.shape[1] - block)
-    cache = model.new_kv_cache(idx.shape[0]) if kv_cache else None
+    cache = model.new_kv_cache(idx.shape[0], static=step is not None) if kv_cache else None
+    counter = getattr(getattr(model, "comm", None), "counter", None)
+    step_events = None  # a decode step's collectives, recorded by the first (eager) one
     stop_ids = torch.tensor(list(stop), dtype=torch.long, device=idx.device)
     stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     for _ in range(max_new_tokens):
@@ -51,12 +99,27 @@ def decode(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1
             cache.reset()
         start = new_start
         if cache is None:
-            logits, _ = model(idx[:, start:])
-        elif cache.length == 0:  # prefill of the window
-            logits, _ = model(idx[:, start:], cache=cache)
-        else:  # decode: the one new token
-            logits, _ = model(idx[:, -1:], cache=cache)
-        logits = logits[:, -1, :]
+            logits = last_logits(model, idx[:, start:], None)
+        elif step is None:  # eager: prefill of the window, then the one new token per step
+            logits = last_logits(model, idx[:, start:] if cache.length == 0 else idx[:, -1:],
+                                 cache)
+        else:
+            # contiguous: a slice of the growing idx has a new stride at every step, which a
+            # compiled graph would guard on (a recompile per position)
+            new = (idx[:, start:] if cache.length == 0 else idx[:, -1:]).contiguous()
+            cache.stage(new.shape[1], new.shape[0])
+            if new.shape[1] > 1 or step_events is None:  # a prefill, or the first step
+                recorded = len(counter.events) if counter is not None else 0
+                logits = last_logits(model, new, cache)
+                if new.shape[1] == 1 and counter is not None:
+                    step_events = counter.events[recorded:]
+                elif new.shape[1] == 1:
+                    step_events = []
+            else:
+                logits = step(model, new, cache).clone()  # the graph's buffer is reused
+                if counter is not None:
+                    counter.events.extend(step_events)
+            cache.commit(new.shape[1])
         token = sample_next(logits, temperature, top_k, generator)
         idx = torch.cat((idx, token), dim=1)
         yield logits, token
@@ -74,9 +137,10 @@ def until_stop(row: list[int], start: int, stop: tuple[int, ...]) -> list[int]:
 
 def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, generator: torch.Generator | None = None,
-             kv_cache: bool = True, stop: tuple[int, ...] = ()) -> torch.Tensor:
+             kv_cache: bool = True, stop: tuple[int, ...] = (),
+             compile: bool | str = False) -> torch.Tensor:
     """idx (B, T) extended by `max_new_tokens` tokens drawn from `model`, fewer when every row
-    drew a `stop` token (see `decode`)."""
+    drew a `stop` token (see `decode`; `compile`: the decode step compiled)."""
     tokens = [t for _, t in decode(model, idx, max_new_tokens, temperature, top_k, generator,
-                                   kv_cache, stop)]
+                                   kv_cache, stop, compile)]
     return torch.cat([idx, *tokens], dim=1)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from .config import GELU_APPROXIMATE, GPTConfig
 from .kv_cache import KVCache, LayerKV
-from .layers import LayerNorm, Rotary, attend, make_norm, sample_next
+from .layers import LayerNorm, Rotary, attend, make_norm, positions, sample_next
 from .llama import LlamaBlock
 
 __all__ = ["GPT", "GPTConfig", "Block", "LayerNorm", "sample_next"]
@@ -119,23 +119,20 @@ class GPT(nn.Module):
         """idx (B, T) -> (logits, loss). Without targets, only the last position's logits.
         With a `cache` (inference), idx are the positions after the cached ones."""
         B, T = idx.shape
-        start = 0 if cache is None else cache.length
-        if cache is not None:
-            cache.check_room(T, B)
-        elif T > self.config.block_size:
+        start = 0 if cache is None else cache.begin(T, B)  # a tensor of positions when static
+        if cache is None and T > self.config.block_size:
             raise ConfigError(f"sequence length {T} exceeds block_size={self.config.block_size}")
         x = self.transformer.wte(idx)
         rope = None
         if self.rotary is not None:
             rope = self.rotary(start, T, x.dtype)
         else:
-            x = x + self.transformer.wpe(
-                torch.arange(start, start + T, dtype=torch.long, device=idx.device))
+            x = x + self.transformer.wpe(positions(start, T, idx.device))
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if cache is None else cache.layer(i), rope)
         if cache is not None:
-            cache.advance(T)
+            cache.end(T)
         x = self.transformer.ln_f(x)  # (B, T, C)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None
@@ -144,18 +141,19 @@ class GPT(nn.Module):
                                ignore_index=-1)
         return logits, loss
 
-    def new_kv_cache(self, batch: int) -> KVCache:
-        """An empty cache for generating `batch` sequences of up to block_size positions."""
+    def new_kv_cache(self, batch: int, static: bool = False) -> KVCache:
+        """An empty cache for generating `batch` sequences of up to block_size positions
+        (`static`: the compiled decoder's, kv_cache.py)."""
         c, w = self.config, self.transformer.wte.weight
         return KVCache(c.n_layer, 1, batch, c.kv_heads, c.block_size, c.head_size,
-                       w.dtype, w.device)
+                       w.dtype, w.device, static)
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,
-                 kv_cache: bool = True, stop: tuple[int, ...] = ()):
+                 kv_cache: bool = True, stop: tuple[int, ...] = (), compile: bool | str = False):
         """Extend idx (B, T) by max_new_tokens sampled tokens (temperature 0 = greedy), or fewer
         once every row has drawn a token of `stop`; see tpgpt.model.generation for the cache
         and the context past block_size."""
         from .generation import generate  # generation calls back into the model
         return generate(self, idx, max_new_tokens, temperature, top_k, generator, kv_cache,
-                        stop)
+                        stop, compile)

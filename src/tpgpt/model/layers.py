@@ -83,6 +83,14 @@ def inverse_frequencies(config) -> torch.Tensor:
     return torch.where(medium, blended, scaled)
 
 
+def positions(start: int | torch.Tensor, length: int, device) -> torch.Tensor:
+    """The positions of `length` new tokens from `start`, or `start` itself when it is already
+    the positions tensor (a static KV cache's staged pass, kv_cache.py)."""
+    if isinstance(start, torch.Tensor):
+        return start
+    return torch.arange(start, start + length, dtype=torch.long, device=device)
+
+
 class Rotary(nn.Module):
     """cos and sin of every position's angles, [T, head_size] (the two halves repeated)."""
 
@@ -90,8 +98,8 @@ class Rotary(nn.Module):
         super().__init__()
         self.register_buffer("inv_freq", inverse_frequencies(config), persistent=False)
 
-    def forward(self, start: int, length: int, dtype: torch.dtype):
-        pos = torch.arange(start, start + length, device=self.inv_freq.device)
+    def forward(self, start: int | torch.Tensor, length: int, dtype: torch.dtype):
+        pos = positions(start, length, self.inv_freq.device)
         freqs = pos[:, None].float() * self.inv_freq.float()[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)

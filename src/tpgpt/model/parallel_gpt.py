@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..comm.plan import SyncPlan, validate_tp
-from ..comm.tp_comm import SEQ_DIM, TPComm, untrace_counters
+from ..comm.tp_comm import SEQ_DIM, TPComm
 from ..comm.wire import DEFAULT_BLOCK, SyncWire
 from ..errors import ConfigError
 from .blocks import ParallelBlock, ResidualStream, land, rank_norm
@@ -23,7 +23,7 @@ from .dense_weights import gather_dense_state, shard_dense_state
 from .family import kv_per_rank
 from .gpt import GPT
 from .kv_cache import KVCache
-from .layers import Rotary, make_norm
+from .layers import Rotary, make_norm, positions
 from .tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 
 
@@ -130,11 +130,13 @@ class ParallelGPT(nn.Module):
         return gpt
 
     # --- forward ---------------------------------------------------------------------------
-    def compile(self, *args, **kwargs) -> None:
-        """nn.Module.compile (in place: parameter names stay as they are), with the comm
-        counter kept out of the graphs (tp_comm.untrace_counters)."""
-        untrace_counters()
-        super().compile(*args, **kwargs)
+    def _apply(self, fn, recurse=True):
+        # .to(), .double(), .cuda() all land here: the comm's per-rank gradient sinks follow
+        # the parameters (comm/distributed.py), so a compiled first step finds them in place
+        out = super()._apply(fn, recurse)
+        if "_per_rank" in self.__dict__:
+            self.comm.track_per_rank(self._per_rank)
+        return out
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 return_logits: bool = True, cache: KVCache | None = None):
@@ -145,10 +147,7 @@ class ParallelGPT(nn.Module):
         optimizer step (a no-op for plans whose regions are single sublayers). With a `cache`
         (inference, `new_kv_cache`), idx are the positions after the cached ones.
         """
-        start = 0
-        if cache is not None:
-            cache.check_room(idx.shape[1], idx.shape[0])
-            start = cache.length
+        start = 0 if cache is None else cache.begin(idx.shape[1], idx.shape[0])
         x, rope = embed(self.transformer, idx, self.vocab_parallel, start, self.rotary)
         sharded = self._shards_sequence(idx.shape[1])
         if sharded:  # each rank keeps its slice; backward all-gathers the embedding's gradient
@@ -156,7 +155,7 @@ class ParallelGPT(nn.Module):
         s = run_blocks(enumerate(self.transformer.h), ResidualStream(shared=x, sharded=sharded),
                        cache, rope)
         if cache is not None:
-            cache.advance(idx.shape[1])
+            cache.end(idx.shape[1])
         x = land(s, self.comm, self.transformer.h[-1].resid_dropout)
         if sharded:  # the final norm on the shard, then the whole sequence for the head
             x = rank_norm(self.comm, self.transformer.ln_f, x)
@@ -220,19 +219,20 @@ class ParallelGPT(nn.Module):
         of each replicated KV head over the ranks that hold it."""
         sync_replicated_grads(self, self._per_rank)
 
-    def new_kv_cache(self, batch: int) -> KVCache:
-        """An empty cache of this process's ranks' KV heads, [R, B, kv_heads, block_size, hs]."""
+    def new_kv_cache(self, batch: int, static: bool = False) -> KVCache:
+        """An empty cache of this process's ranks' KV heads, [R, B, kv_heads, block_size, hs]
+        (`static`: the compiled decoder's, kv_cache.py)."""
         c, w = self.config, self.transformer.ln_f.weight
         return KVCache(c.n_layer, self.comm.local_ranks, batch, kv_per_rank(c, self.tp),
-                       c.block_size, c.head_size, w.dtype, w.device)
+                       c.block_size, c.head_size, w.dtype, w.device, static)
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,
-                 kv_cache: bool = True, stop: tuple[int, ...] = ()):
+                 kv_cache: bool = True, stop: tuple[int, ...] = (), compile: bool | str = False):
         """As `GPT.generate`. Distributed ranks draw the same tokens: their logits are equal."""
         from .generation import generate
         return generate(self, idx, max_new_tokens, temperature, top_k, generator, kv_cache,
-                        stop)
+                        stop, compile)
 
 
 def check_sequence_parallel(sequence_parallel: bool, tp: int, wire: SyncWire,
@@ -266,13 +266,13 @@ def embed(t: nn.ModuleDict, idx: torch.Tensor, vocab_parallel: bool, start: int 
     -> (the shared stream [1, B, T, C], the rotary angles of those positions or None)."""
     T = idx.shape[1]
     limit = t.wpe.num_embeddings if "wpe" in t else None
-    if limit is not None and start + T > limit:
+    static = isinstance(start, torch.Tensor)  # positions staged in a static KV cache
+    if limit is not None and not static and start + T > limit:
         raise ConfigError(f"sequence length {start + T} exceeds block_size={limit}")
     tok = t.wte(idx) if vocab_parallel else t.wte(idx).unsqueeze(0)  # [1, B, T, C]
     if rotary is not None:
         return t.drop(tok), rotary(start, T, tok.dtype)
-    pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-    return t.drop(tok + t.wpe(pos)), None
+    return t.drop(tok + t.wpe(positions(start, T, idx.device))), None
 
 
 def run_blocks(blocks, s: ResidualStream, cache: KVCache | None = None,

@@ -45,6 +45,9 @@ class Setup:
     scaler: torch.amp.GradScaler  # enabled for float16 only
     # what autograd saved for backward in the run's first micro-batch, MiB (train/metrics.py)
     saved_activations_mib: float | None = None
+    # compile: the forward and backward collectives of one micro-batch, recorded in the run's
+    # first one, run eagerly (a compiled graph sends them without recording them: tp_comm.py)
+    compiled_events: list | None = None
 
     @property
     def device(self) -> torch.device:
@@ -136,9 +139,9 @@ def build_model(cfg: TrainConfig, layout: Layout, mesh, model_config: GPTConfig,
     inner.to(layout.device)
     if cfg.compile and layout.pp == 1:
         # In place, so parameter names and checkpoints are unchanged; static shapes (the
-        # shapes of a run never change). Each collective stays a graph break: the comm
-        # counter records it in Python, which keeps the counts exact.
-        inner.compile(dynamic=False)
+        # shapes of a run never change); one graph, collectives included (comm/tp_comm.py:
+        # train_step records the first micro-batch's eagerly and adds them for the others).
+        inner.compile(dynamic=False, fullgraph=True)
     model = inner
     if layout.pp > 1:
         from .pipeline import Pipeline

@@ -49,12 +49,20 @@ def _step(s: Setup, mine: torch.Tensor) -> float:
         # their own tensors)
         meter = SavedActivations(s.model.parameters()) \
             if s.saved_activations_mib is None and not s.cfg.compile else nullcontext()
-        with ctx:
+        probe = s.cfg.compile and s.comm is not None and s.compiled_events is None
+        recorded = len(s.comm.counter.events) if s.comm is not None else 0
+        with ctx, (torch.compiler.set_stance("force_eager") if probe else nullcontext()):
             with meter:
                 loss = s.loss(s.model, x, y) / s.accum
             if isinstance(meter, SavedActivations):
                 s.saved_activations_mib = meter.mib
             s.scaler.scale(loss).backward()
+        if s.cfg.compile:
+            unalias_grads(s.inner)
+            if probe:  # the run's first micro-batch ran eagerly: what every one sends
+                s.compiled_events = list(s.comm.counter.events[recorded:])
+            elif s.comm is not None:  # a compiled one sends it without recording it
+                s.comm.counter.events.extend(s.compiled_events)
         total += loss.item()
     if isinstance(s.inner, ParallelGPT):
         s.inner.sync_replicated_grads()
@@ -65,6 +73,20 @@ def _step(s: Setup, mine: torch.Tensor) -> float:
     s.scaler.update()
     s.optimizer.zero_grad(set_to_none=True)
     return total
+
+
+def unalias_grads(model: torch.nn.Module) -> None:
+    """Give every parameter a gradient tensor of its own: a compiled backward may return one
+    tensor as the gradient of two parameters whose gradients are equal (a region's two output
+    biases), and the next micro-batch's accumulation, the clipping and the optimizer work in
+    place."""
+    seen = set()
+    for p in model.parameters():
+        if p.grad is not None:
+            key = (p.grad.untyped_storage().data_ptr(), p.grad.storage_offset())
+            if key in seen:
+                p.grad = p.grad.clone()
+            seen.add(key)
 
 
 def _pipeline_step(s: Setup, mine: torch.Tensor) -> float:
