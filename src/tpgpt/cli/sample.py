@@ -41,17 +41,14 @@ def register(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..checkpoint.load import load_trained
-    from ..errors import ConfigError
     from ..inference.sample import check_sampling, sample
     from ..model.generation import compile_mode
 
     if args.num_samples is None:
         args.num_samples = 1 if args.temperature == 0 else 3
     check_sampling(args.num_samples, args.max_new_tokens, args.temperature, args.top_k)
-    if args.compile is not False:
-        compile_mode(args.compile)
-        if not args.kv_cache:
-            raise ConfigError("--compile needs the KV cache: drop --no-kv-cache")
+    if args.compile is not False:  # before the checkpoint is loaded
+        compile_mode(args.compile, args.kv_cache, name="--compile")
     try:
         loaded = load_trained(args.ckpt, tp=args.tp, sync=args.sync, device=args.device,
                               sync_dtype=args.sync_dtype, sync_block=args.sync_block)

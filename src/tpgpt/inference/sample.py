@@ -24,9 +24,7 @@ def sample(path: str, prompt: str = "\n", num_samples: int = 3, max_new_tokens: 
     greedy samples are the eager ones."""
     check_sampling(num_samples, max_new_tokens, temperature, top_k)
     if compile is not False:
-        compile_mode(compile)  # a bad mode fails before anything is loaded
-        if not kv_cache:
-            raise ConfigError("compile needs the KV cache: drop --no-kv-cache")
+        compile_mode(compile, kv_cache)  # a bad setting fails before anything is loaded
     if loaded is None:
         loaded = load_trained(path, tp=tp, sync=sync, device=device)
     tok = tokenizer_from_meta(loaded.meta)

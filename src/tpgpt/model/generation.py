@@ -52,8 +52,13 @@ def compiled_step(mode: str | None):
     return _COMPILED[mode]
 
 
-def compile_mode(compile: bool | str) -> str | None:
-    """`compile` as a torch.compile mode: True is the default (None)."""
+def compile_mode(compile: bool | str, kv_cache: bool = True, name: str = "compile"
+                 ) -> str | None:
+    """`compile` (True, or a mode) as a torch.compile mode (True: the default, None), checked
+    with the KV cache setting; `name`: what the message calls the option."""
+    if not kv_cache:
+        raise ConfigError(f"{name} needs the KV cache (the compiled step decodes over it): "
+                          f"drop --no-kv-cache / kv_cache=False")
     if compile is True:
         return None
     if isinstance(compile, str) and compile in ("default", "reduce-overhead",
@@ -81,15 +86,12 @@ def decode(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1
     block_size tokens. Decoding ends early once every row has drawn a token of `stop` (the
     tokenizer's end-of-sequence ids); a row that stopped first goes on drawing until then.
     `compile`: the decode step compiled (module doc)."""
-    step = None
-    if compile is not False:
-        if not kv_cache:
-            raise ConfigError("compile needs the KV cache: the compiled step decodes over it")
-        step = compiled_step(compile_mode(compile))
+    step = None if compile is False else compiled_step(compile_mode(compile, kv_cache))
     block = model.config.block_size
     start = max(0, idx.shape[1] - block)
     cache = model.new_kv_cache(idx.shape[0], static=step is not None) if kv_cache else None
     counter = getattr(getattr(model, "comm", None), "counter", None)
+    events = counter.events if counter is not None else []  # (the dense GPT sends none)
     step_events = None  # a decode step's collectives, recorded by the first (eager) one
     stop_ids = torch.tensor(list(stop), dtype=torch.long, device=idx.device)
     stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
@@ -108,17 +110,15 @@ def decode(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1
             # compiled graph would guard on (a recompile per position)
             new = (idx[:, start:] if cache.length == 0 else idx[:, -1:]).contiguous()
             cache.stage(new.shape[1], new.shape[0])
-            if new.shape[1] > 1 or step_events is None:  # a prefill, or the first step
-                recorded = len(counter.events) if counter is not None else 0
+            if new.shape[1] > 1:  # a prefill: eager
                 logits = last_logits(model, new, cache)
-                if new.shape[1] == 1 and counter is not None:
-                    step_events = counter.events[recorded:]
-                elif new.shape[1] == 1:
-                    step_events = []
+            elif step_events is None:  # the first step: eager, recording what each one sends
+                recorded = len(events)
+                logits = last_logits(model, new, cache)
+                step_events = events[recorded:]
             else:
                 logits = step(model, new, cache).clone()  # the graph's buffer is reused
-                if counter is not None:
-                    counter.events.extend(step_events)
+                events.extend(step_events)
             cache.commit(new.shape[1])
         token = sample_next(logits, temperature, top_k, generator)
         idx = torch.cat((idx, token), dim=1)
