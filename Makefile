@@ -31,7 +31,8 @@ verify: setup
 	$(BIN)/tpgpt verify
 	OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc_per_node=2 -m tpgpt verify --tp 2,4
 
-# Lint, the suite, then the numerical tests (marker `numerics`) that run in this process again
+# Lint, the suite, the GPU checklist's CPU dry run (benchmarks/gpu.sh --device cpu --quick: so
+# that the script a lent GPU runs cannot rot), then the numerical tests (marker `numerics`) that run in this process again
 # under the other CPU kernel sets torch can pick, so a tolerance that holds on one CPU only fails
 # here, not on a user's machine (tolerances: src/tpgpt/analysis/numerics.py). The multi-process
 # ones (marker `slow`) are not rerun: they compare processes that all run the same kernels, with
@@ -48,6 +49,9 @@ XDIST = -n $(or $(TEST_WORKERS),2) --dist loadfile
 test: setup
 	$(BIN)/ruff check src tests benchmarks
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(XDIST) --durations=10
+	dry=$$(mktemp -d) && PYTHON=$(BIN)/python bash benchmarks/gpu.sh --device cpu --quick \
+		--out $$dry/gpu > $$dry/log 2>&1 || { tail -30 $$dry/log; exit 1; }; \
+		echo "benchmarks/gpu.sh --device cpu --quick: green"; rm -rf $$dry
 	native=$$($(BIN)/python -c "import torch; print(torch.backends.cpu.get_cpu_capability().lower())"); \
 	for cap in default avx2; do \
 		if [ "$$cap" = "$$native" ]; then \

@@ -75,7 +75,7 @@ def _float64(gpt: GPT) -> GPT:
     """A float64 copy of `gpt`: its exact function, the reference of float32 comparisons."""
     gpt64 = GPT(gpt.config)
     gpt64.load_state_dict(gpt.state_dict())
-    return gpt64.double()
+    return gpt64.double().to(next(gpt.parameters()).device)
 
 
 def _expected_counts(plan, tp, gpt, idx, vocab_parallel):

@@ -28,6 +28,11 @@ THROUGHPUT_SHAPES = {
                             activation="silu"), 12),
     "gpt2-small": (GPTConfig(block_size=1024, vocab_size=50304, n_layer=12, n_head=12,
                              n_embd=768), 8),
+    # a Llama-shaped ~150M beside it, for one GPU: 12 layers, 768 wide, 12 query heads on 4 KV
+    # heads, SwiGLU 2560, vocabulary 32000, untied head; block 1024, batch 8
+    "llama-150m": (GPTConfig(block_size=1024, vocab_size=32000, n_layer=12, n_head=12,
+                             n_embd=768, bias=False, family="llama", n_kv_head=4,
+                             intermediate_size=2560, activation="silu", tie_embeddings=False), 8),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

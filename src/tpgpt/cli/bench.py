@@ -24,7 +24,7 @@ def register(sub) -> argparse.ArgumentParser:
                                        "run under torchrun.")
     bench.add_argument("what", choices=["throughput", "comm", "plans", "dist", "decode"])
     bench.add_argument("--shapes", nargs="+", default=["cpu-preset", "12-layer"],
-                       choices=["cpu-preset", "12-layer", "llama-cpu", "gpt2-small"],
+                       choices=["cpu-preset", "12-layer", "llama-cpu", "gpt2-small", "llama-150m"],
                        help="throughput, decode: model shapes (decode: cpu-preset, 12-layer, "
                             "llama-cpu); dist: the first one")
     bench.add_argument("--ckpt", metavar="DIR",

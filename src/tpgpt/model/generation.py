@@ -19,8 +19,8 @@ the decode step, one position per sequence, is one torch.compile graph (fullgrap
 shapes) over a static cache (kv_cache.py), compiled once per model and batch and reused for
 every position, window and call; the collectives of every plan and mode are in the graph
 (comm/tp_comm.py). The prefill runs eagerly over the same cache: its length changes with every
-prompt (a graph per length, or a prompt padded to block_size, costs more than it saves on one
-pass of large matmuls; BENCHMARKS.md). The first decode step of a call runs eagerly too: it
+prompt, and it is one pass of large matmuls, where a compiled graph saves little (a graph per
+bucketed length, or a prompt padded to block_size, has not been measured against it). The first decode step of a call runs eagerly too: it
 records the step's collectives, which every compiled step sends unrecorded and adds to the
 counter. Greedy tokens are eager's.
 """
