@@ -98,6 +98,23 @@ def test_compiled_decode_draws_eager_tokens_and_counts(fam, tp, sync, options):
                              torch.stack([lg for lg, _ in steps64]), "compiled decode logits")
 
 
+def test_compiled_decode_at_batch_1_compiles_once():
+    """At batch 1 the new token's [1, 1] slice of the growing context counts as contiguous and
+    keeps a stride that grows every step: the step must not guard on it (a recompile per token
+    until dynamo's limit, found by benchmarks/decode_roofline.py on GPT-2 small)."""
+    import torch._dynamo
+    import torch._dynamo.utils as dynamo_utils
+
+    torch._dynamo.reset()
+    dense, _ = build({}, 1, "tp", {}, n_layer=2)
+    prompt = torch.randint(0, 96, (1, 3), generator=torch.Generator().manual_seed(1))
+    graphs = dynamo_utils.counters["stats"]["unique_graphs"]
+    eager = [t for _, t in decode(dense, prompt, 12, temperature=0)]
+    compiled = [t for _, t in decode(dense, prompt, 12, temperature=0, compile=True)]
+    assert dynamo_utils.counters["stats"]["unique_graphs"] - graphs == 1
+    assert torch.equal(torch.cat(compiled, 1), torch.cat(eager, 1))
+
+
 def test_compiled_decode_refuses_no_cache_and_bad_modes():
     from tpgpt.errors import ConfigError
     dense, _ = build({}, 1, "tp", {})

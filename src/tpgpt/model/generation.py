@@ -106,9 +106,11 @@ def decode(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1
             logits = last_logits(model, idx[:, start:] if cache.length == 0 else idx[:, -1:],
                                  cache)
         else:
-            # contiguous: a slice of the growing idx has a new stride at every step, which a
-            # compiled graph would guard on (a recompile per position)
-            new = (idx[:, start:] if cache.length == 0 else idx[:, -1:]).contiguous()
+            # a copy with fresh strides: a slice of the growing idx has a new stride at every
+            # step, which a compiled graph would guard on (a recompile per position); at batch 1
+            # .contiguous() keeps the slice's stride (a [1, 1] view counts as contiguous)
+            new = idx[:, start:] if cache.length == 0 else idx[:, -1:]
+            new = new.new_empty(new.shape).copy_(new)
             cache.stage(new.shape[1], new.shape[0])
             if new.shape[1] > 1:  # a prefill: eager
                 logits = last_logits(model, new, cache)
