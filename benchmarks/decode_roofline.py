@@ -24,6 +24,7 @@ and the per-token saving of each dropped forward sync (the slope over the plans)
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -292,10 +293,12 @@ def main(argv=None) -> int:
         for dtype in args.dtypes:
             for b in args.batches:
                 fn = tp_rows if world > 1 else dense_rows
-                rows += fn(name, SHAPES[name], dtype, b, args, device, bw,
-                           *((world,) if world > 1 else ()))
-                if rank == 0:
-                    print(f"{name} {dtype} batch {b}: done", file=sys.stderr, flush=True)
+                new = fn(name, SHAPES[name], dtype, b, args, device, bw,
+                         *((world,) if world > 1 else ()))
+                rows += new
+                if rank == 0:  # each shape's rows as they come: a later failure keeps them
+                    print(f"{name} {dtype} batch {b}: {json.dumps(new)}", file=sys.stderr,
+                          flush=True)
     if rank == 0:
         from tpgpt.bench.timing import _cpu_model
         machine = (torch.cuda.get_device_name() if device.type == "cuda"

@@ -20,9 +20,9 @@ shapes) over a static cache (kv_cache.py), compiled once per model and batch and
 every position, window and call; the collectives of every plan and mode are in the graph
 (comm/tp_comm.py). The prefill runs eagerly over the same cache: its length changes with every
 prompt, and it is one pass of large matmuls, where a compiled graph saves little (a graph per
-bucketed length, or a prompt padded to block_size, has not been measured against it). The first decode step of a call runs eagerly too: it
-records the step's collectives, which every compiled step sends unrecorded and adds to the
-counter. Greedy tokens are eager's.
+bucketed length, or a prompt padded to block_size, has not been measured against it). The
+first decode step of a call runs eagerly too: it records the step's collectives, which every
+compiled step sends unrecorded and adds to the counter. Greedy tokens are eager's.
 """
 from __future__ import annotations
 
