@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from tpgpt.analysis.generation_cost import pass_work
+from tpgpt.bench.hf_reference import hf_generate_timed, hf_model
+from tpgpt.bench.plans import _slope
 from tpgpt.bench.throughput import THROUGHPUT_SHAPES
 from tpgpt.model import GPT, GPTConfig
 from tpgpt.model.generation import decode
@@ -111,32 +113,13 @@ def tpgpt_steps(model, prompt, new_tokens: int, compile, barrier=None):
     return stamps[2 if compile else 1:], torch.cat(toks, dim=1)
 
 
-def hf_steps(hf, prompt, new_tokens: int, compile: bool):
-    """transformers' greedy generate timed per token by a streamer: (decode-step seconds after
-    the first two tokens, the tokens); `compile`: its static cache and compiled forward."""
-    from transformers import CompileConfig
-    from transformers.generation.streamers import BaseStreamer
-    stamps: list[float] = []
-
-    class Stamps(BaseStreamer):
-        def put(self, value):
-            if value.dim() == 1:
-                sync(value.device)
-                stamps.append(time.perf_counter())
-
-        def end(self):
-            pass
-    extra = {}
-    if compile:
-        cfg = CompileConfig(fullgraph=True, dynamic=False, mode="default")
-        cfg._compile_all_devices = True  # transformers compiles on a CPU only when told to
-        extra = dict(cache_implementation="static", compile_config=cfg)
-    with torch.no_grad():
-        out = hf.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
-                          max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                          use_cache=True, pad_token_id=0, streamer=Stamps(), **extra)
+def hf_steps(dense, prompt, new_tokens: int, compile: bool):
+    """transformers' greedy generate on `dense`'s weights, timed per token
+    (hf_reference.hf_generate_timed): (decode-step seconds after the first two tokens, the
+    tokens); `compile`: its static cache and compiled forward."""
+    stamps, tokens = hf_generate_timed(dense, prompt, new_tokens, compile=compile)
     d = [b - a for a, b in zip(stamps, stamps[1:])]
-    return d[1:], out[:, prompt.shape[1]:]
+    return d[1:], tokens
 
 
 def median_ms(times) -> float:
@@ -144,11 +127,8 @@ def median_ms(times) -> float:
 
 
 def dense_rows(name, cfg, dtype, batch, args, device, bw) -> list[dict]:
-    from tpgpt.bench.hf_reference import hf_reference
     torch.manual_seed(0)
     dense = GPT(cfg).to(device=device, dtype=DTYPES[dtype]).eval()
-    hf = hf_reference(dense)
-    hf = hf.to(device).eval() if hf is not None else None
     P, N = args.prompt_len, args.new_tokens
     prompt = torch.randint(0, cfg.vocab_size, (batch, P),
                            generator=torch.Generator().manual_seed(1)).to(device)
@@ -159,10 +139,10 @@ def dense_rows(name, cfg, dtype, batch, args, device, bw) -> list[dict]:
     if device.type == "cuda":
         runs["tpgpt compiled, CUDA graphs"] = lambda: tpgpt_steps(dense, prompt, N,
                                                                   "reduce-overhead")
-    if hf is not None:
-        runs["transformers generate"] = lambda: hf_steps(hf, prompt, N, False)
+    if hf_model(dense) is not None:
+        runs["transformers generate"] = lambda: hf_steps(dense, prompt, N, False)
         runs["transformers generate, static cache, compiled"] = lambda: hf_steps(
-            hf, prompt, N, True)
+            dense, prompt, N, True)
     times = {k: [] for k in runs}
     tokens = {}
     for r in range(1 + args.rounds):  # round 0 compiles and warms up
@@ -223,11 +203,8 @@ def tp_rows(name, cfg, dtype, batch, args, device, bw, world) -> list[dict]:
         rs = [r for r in rows if r["compiled"] == c]
         xs, ys = [r["forward_syncs"] for r in rs], [r["ms"] for r in rs]
         if len(set(xs)) > 1:
-            mx, my = statistics.fmean(xs), statistics.fmean(ys)
-            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / \
-                sum((x - mx) ** 2 for x in xs)
             for r in rs:
-                r["ms_per_forward_sync"] = slope
+                r["ms_per_forward_sync"] = _slope(xs, ys)
     return rows
 
 

@@ -46,7 +46,8 @@ def hf_reference(dense):
     assert not unexpected and all(k == "lm_head.weight" for k in missing), (missing, unexpected)
     if dense.config.tie_embeddings:
         model.tie_weights()
-    return model.to(dense.transformer.wte.weight.dtype).train()
+    wte = dense.transformer.wte.weight
+    return model.to(device=wte.device, dtype=wte.dtype).train()
 
 
 _built: dict = {}  # {"dense": the dense GPT, "hf": its GPT2LMHeadModel}: the last one built
@@ -62,12 +63,14 @@ def hf_model(dense):
     return _built["hf"]
 
 
-def hf_generate_timed(dense, prompt: torch.Tensor, new_tokens: int):
+def hf_generate_timed(dense, prompt: torch.Tensor, new_tokens: int, compile: bool = False):
     """(time stamps: before the call, then one per new token; the new tokens [B, N]), or None
-    without transformers."""
+    without transformers. `compile`: its static cache and its own compiled forward (on a CPU
+    transformers compiles only when told to: `_compile_all_devices`)."""
     model = hf_model(dense)
     if model is None:
         return None
+    from transformers import CompileConfig
     from transformers.generation.streamers import BaseStreamer
 
     stamps: list[float] = []
@@ -75,14 +78,21 @@ def hf_generate_timed(dense, prompt: torch.Tensor, new_tokens: int):
     class Stamps(BaseStreamer):
         def put(self, value):  # the prompt first ([B, T]), then each new token ([B])
             if value.dim() == 1:
+                if value.is_cuda:
+                    torch.cuda.synchronize()
                 stamps.append(time.perf_counter())
 
         def end(self):
             pass
 
+    extra = {}
+    if compile:
+        cfg = CompileConfig(fullgraph=True, dynamic=False, mode="default")
+        cfg._compile_all_devices = True
+        extra = dict(cache_implementation="static", compile_config=cfg)
     with torch.no_grad():
         stamps.append(time.perf_counter())
         out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
                              max_new_tokens=new_tokens, do_sample=False, use_cache=True,
-                             pad_token_id=0, streamer=Stamps())
+                             pad_token_id=0, streamer=Stamps(), **extra)
     return stamps, out[:, prompt.shape[1]:]
